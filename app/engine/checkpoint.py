@@ -1,0 +1,195 @@
+"""Checkpoints: one safetensors file a task version, never pickle.
+
+Tensors: `prefix.kv` [n_layers_with_prefix, 2, P, kv] (the folded prefix, only the layers that
+carry one), `prompt.embeddings` [Pi, H] for shallow prompt tuning, `head.*` for the head, and
+`finetuned.*` (the whole encoder) for the full fine-tuning baseline. The safetensors header's
+metadata holds `prompthub`: a JSON document with the task spec, the backbone identity (name,
+sha256 of its config and of its weights), the training config, metrics, data source.
+
+Writes are atomic (temp file in the same folder, fsync, rename, fsync of the folder). Loading
+checks the sha256 when one is expected and refuses a backbone mismatch with a clear error.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+from app.engine.backbone import Backbone
+from app.engine.heads import build_head
+from app.engine.model import ServingTask, TaskSpec
+
+FORMAT = "prompthub-checkpoint"
+FORMAT_VERSION = 1
+MAX_HEADER_BYTES = 10 * 1024 * 1024
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is unreadable, corrupt, or of another format."""
+
+
+class BackboneMismatchError(CheckpointError):
+    """A checkpoint was trained on another backbone than the one it is loaded onto."""
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def checkpoint_bytes(task: ServingTask, backbone: Backbone, meta: dict | None = None) -> bytes:
+    """Serialise a served task into safetensors bytes with its metadata."""
+    tensors: dict[str, torch.Tensor] = {}
+    if task.kv is not None:
+        layers = task.layer_mask.nonzero().flatten()
+        tensors["prefix.kv"] = task.kv[layers].detach().float().cpu().contiguous()
+    if task.prompt is not None:
+        tensors["prompt.embeddings"] = task.prompt.detach().float().cpu().contiguous()
+    for name, t in task.head.state_dict().items():
+        tensors[f"head.{name}"] = t.detach().float().cpu().contiguous()
+    if task.finetuned is not None:
+        for name, t in task.finetuned.model.state_dict().items():
+            tensors[f"finetuned.{name}"] = t.detach().cpu().contiguous().clone()
+    doc = dict(meta or {})
+    doc["spec"] = task.spec.to_dict()
+    doc["backbone"] = backbone.identity.as_dict()
+    header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "prompthub": json.dumps(doc)}
+    return st_save(tensors, metadata=header)
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write a file so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def save_checkpoint(task: ServingTask, path: str | Path, backbone: Backbone, meta: dict | None = None) -> str:
+    """Write the checkpoint atomically; returns the file's sha256."""
+    data = checkpoint_bytes(task, backbone, meta)
+    atomic_write(path, data)
+    return sha256_bytes(data)
+
+
+def parse_header(data: bytes) -> dict:
+    """The `prompthub` metadata document of a checkpoint, from its bytes."""
+    if len(data) < 8:
+        raise CheckpointError("not a safetensors file: too short")
+    (n,) = struct.unpack("<Q", data[:8])
+    if n > MAX_HEADER_BYTES or 8 + n > len(data):
+        raise CheckpointError("not a safetensors file: bad header length")
+    try:
+        header = json.loads(data[8 : 8 + n])
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError("not a safetensors file: header is not JSON") from e
+    meta = header.get("__metadata__") or {}
+    if meta.get("format") != FORMAT:
+        raise CheckpointError(f"not a PromptHub checkpoint (format {meta.get('format')!r})")
+    if int(meta.get("format_version", 0)) > FORMAT_VERSION:
+        raise CheckpointError(f"checkpoint format version {meta['format_version']} is newer than this software")
+    try:
+        return json.loads(meta["prompthub"])
+    except (KeyError, json.JSONDecodeError) as e:
+        raise CheckpointError("checkpoint metadata is missing or not JSON") from e
+
+
+def read_metadata(path: str | Path) -> dict:
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise CheckpointError(f"{path}: not a safetensors file")
+        (n,) = struct.unpack("<Q", head)
+        if n > MAX_HEADER_BYTES:
+            raise CheckpointError(f"{path}: bad header length")
+        return parse_header(head + f.read(n))
+
+
+def check_backbone(doc: dict, backbone: Backbone, where: str = "checkpoint") -> None:
+    want = doc.get("backbone") or {}
+    have = backbone.identity
+    if not have.matches(want):
+        raise BackboneMismatchError(
+            f"{where} was trained on backbone {want.get('name')!r} "
+            f"(weights sha256 {str(want.get('weights_sha256'))[:12]}…), but the loaded backbone is "
+            f"{have.name!r} (weights sha256 {have.weights_sha256[:12]}…): load it with the backbone it was trained on"
+        )
+
+
+def load_checkpoint_bytes(
+    data: bytes, backbone: Backbone, *, expected_sha256: str | None = None, where: str = "checkpoint"
+) -> ServingTask:
+    if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
+        raise CheckpointError(f"{where}: sha256 does not match the recorded one; the file is corrupt or was replaced")
+    doc = parse_header(data)
+    check_backbone(doc, backbone, where)
+    try:
+        tensors = st_load(data)
+    except Exception as e:  # safetensors raises its own error types
+        raise CheckpointError(f"{where}: unreadable tensors: {e}") from e
+    spec = TaskSpec.from_dict(doc["spec"])
+    head = build_head(spec, backbone)
+    head_state = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
+    try:
+        head.load_state_dict(head_state, strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{where}: head weights do not fit the spec: {e}") from e
+    head.eval()
+    for p in head.parameters():
+        p.requires_grad_(False)
+    task = ServingTask(spec=spec, head=head, meta=doc)
+    if "prefix.kv" in tensors:
+        flat = tensors["prefix.kv"]
+        layers = torch.tensor(spec.layers, dtype=torch.long)
+        if flat.shape[0] != len(spec.layers) or flat.shape[3] != backbone.kv_size:
+            raise CheckpointError(f"{where}: prefix shape {tuple(flat.shape)} does not fit the spec")
+        task.kv = flat.new_zeros(backbone.num_layers, *flat.shape[1:]).index_copy(0, layers, flat)
+        task.layer_mask = torch.zeros(backbone.num_layers, dtype=torch.bool)
+        task.layer_mask[layers] = True
+    if "prompt.embeddings" in tensors:
+        task.prompt = tensors["prompt.embeddings"]
+    ft = {k[len("finetuned.") :]: v for k, v in tensors.items() if k.startswith("finetuned.")}
+    if ft:
+        clone = copy.deepcopy(backbone)
+        clone.model.load_state_dict(ft, strict=True)
+        clone.eval()
+        task.finetuned = clone
+    return task.to(backbone.device)
+
+
+def load_checkpoint(path: str | Path, backbone: Backbone, *, expected_sha256: str | None = None) -> ServingTask:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "checkpoint.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    return load_checkpoint_bytes(path.read_bytes(), backbone, expected_sha256=expected_sha256, where=str(path))

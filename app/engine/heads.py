@@ -1,0 +1,88 @@
+"""Task heads on top of the encoder's last hidden states.
+
+All heads take hidden states [B, L, H] and return logits:
+- ClassificationHead: [B, C] from the first ([CLS]) position.
+- VerbalizerHead: [B, C] from the [MASK] position (index 1: the input is "[CLS] [MASK] text ..."),
+  scored against a trainable label matrix initialised from the label words' input embeddings
+  (the backbones here ship no masked-LM head, so the matrix stands in for the decoder rows).
+- TokenClassificationHead: [B, L, C].
+- QuestionAnsweringHead: [B, L, 2] (start, end).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+VERBALIZER_MASK_POSITION = 1
+
+
+class ClassificationHead(nn.Module):
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.classifier(self.dropout(hidden[:, 0]))
+
+
+class VerbalizerHead(nn.Module):
+    def __init__(self, label_embeddings: Tensor, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.label_matrix = nn.Parameter(label_embeddings.detach().clone())
+        self.bias = nn.Parameter(torch.zeros(label_embeddings.shape[0]))
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        h = self.dropout(hidden[:, VERBALIZER_MASK_POSITION])
+        return h @ self.label_matrix.t() + self.bias
+
+
+class TokenClassificationHead(nn.Module):
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.classifier(self.dropout(hidden))
+
+
+class QuestionAnsweringHead(nn.Module):
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.qa_outputs = nn.Linear(hidden_size, 2)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return self.qa_outputs(hidden)
+
+
+def label_word_embeddings(backbone, label_words: list[str]) -> Tensor:
+    """Mean input embedding of each label word's word pieces: [C, H]."""
+    emb = backbone.input_embeddings().weight.detach()
+    rows = []
+    for word in label_words:
+        ids = backbone.tokenizer(word, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"label word {word!r} has no tokens in the backbone's vocabulary")
+        rows.append(emb[ids].mean(dim=0))
+    out = torch.stack(rows)
+    if out.shape[1] != backbone.hidden_size:  # factorised embeddings (ELECTRA, ALBERT-style)
+        raise ValueError("the verbalizer head needs input embeddings of the hidden size")
+    return out
+
+
+def build_head(spec, backbone) -> nn.Module:
+    """A freshly initialised head for a TaskSpec."""
+    h = backbone.hidden_size
+    if spec.task_type == "classification":
+        if spec.head == "verbalizer":
+            words = spec.label_words or [lab.replace("_", " ") for lab in spec.labels]
+            return VerbalizerHead(label_word_embeddings(backbone, words), dropout=spec.head_dropout)
+        return ClassificationHead(h, len(spec.labels), dropout=spec.head_dropout)
+    if spec.task_type == "token-classification":
+        return TokenClassificationHead(h, len(spec.labels), dropout=spec.head_dropout)
+    if spec.task_type == "question-answering":
+        return QuestionAnsweringHead(h)
+    raise ValueError(f"unknown task type {spec.task_type!r}")

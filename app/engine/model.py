@@ -1,0 +1,230 @@
+"""A task on a shared backbone: its spec, its trainable prompt, its head.
+
+TaskModel is the trainable form (prefix encoder, optional MLP, head). ServingTask is the folded
+form that is stored and served: flat per-layer K/V (zeros and a mask at layers without a
+prefix), an optional input prompt, the head. Many ServingTasks share one Backbone.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field, fields
+
+import torch
+from torch import Tensor, nn
+
+from app.engine.backbone import Backbone, PrefixBatch
+from app.engine.heads import build_head
+from app.engine.prefix import InputPrompt, PrefixEncoder, parse_layers
+
+TASK_TYPES = ("classification", "token-classification", "question-answering")
+METHODS = ("p-tuning-v2", "prompt-tuning", "fine-tuning")
+HEADS = ("linear", "verbalizer")
+
+
+class SpecError(ValueError):
+    pass
+
+
+@dataclass
+class TaskSpec:
+    """Everything that defines a task's shape. Stored as JSON in every checkpoint."""
+
+    task_type: str
+    labels: list[str] = field(default_factory=list)
+    method: str = "p-tuning-v2"
+    prefix_length: int = 16
+    layers: list[int] | str | None = None
+    reparameterize: bool = False
+    reparam_hidden: int = 512
+    prefix_dropout: float = 0.1
+    prefix_init_std: float = 0.5
+    head: str = "linear"
+    label_words: list[str] | None = None
+    head_dropout: float = 0.1
+    max_length: int = 128
+    doc_stride: int = 64
+    max_answer_length: int = 30
+    allow_no_answer: bool = False
+
+    def validate(self, num_layers: int | None = None) -> TaskSpec:
+        if self.task_type not in TASK_TYPES:
+            raise SpecError(f"task_type {self.task_type!r}: expected one of {', '.join(TASK_TYPES)}")
+        if self.method not in METHODS:
+            raise SpecError(f"method {self.method!r}: expected one of {', '.join(METHODS)}")
+        if self.head not in HEADS:
+            raise SpecError(f"head {self.head!r}: expected one of {', '.join(HEADS)}")
+        if self.head == "verbalizer" and self.task_type != "classification":
+            raise SpecError("head 'verbalizer' is for classification tasks only")
+        if self.task_type != "question-answering" and len(self.labels) < 1:
+            raise SpecError("labels: a classification or labelling task needs at least one label")
+        if self.label_words is not None and len(self.label_words) != len(self.labels):
+            raise SpecError("label_words: one word per label is needed")
+        if not 1 <= self.prefix_length <= 512:
+            raise SpecError("prefix_length must be between 1 and 512")
+        if not 8 <= self.max_length <= 4096:
+            raise SpecError("max_length must be between 8 and 4096")
+        if self.task_type == "question-answering" and not 0 < self.doc_stride < self.max_length:
+            raise SpecError("doc_stride must be between 1 and max_length - 1")
+        if num_layers is not None and self.method == "p-tuning-v2":
+            self.layers = parse_layers(self.layers, num_layers)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> TaskSpec:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+class TaskModel(nn.Module):
+    """Trainable task: prompt parameters and head; the backbone is shared and frozen
+    (fine-tuning owns a trainable copy of it instead)."""
+
+    def __init__(self, spec: TaskSpec, backbone: Backbone, shared_prefix: PrefixEncoder | None = None):
+        super().__init__()
+        spec.validate(backbone.num_layers)
+        self.spec = spec
+        self.head = build_head(spec, backbone)
+        self.prefix: PrefixEncoder | None = None
+        self.prompt: InputPrompt | None = None
+        self.finetuned: Backbone | None = None
+        self._shared = [backbone]  # a list, so the shared backbone is not a submodule
+        if spec.method == "p-tuning-v2":
+            self.prefix = shared_prefix or PrefixEncoder(
+                n_layers=len(spec.layers),
+                kv_size=backbone.kv_size,
+                prefix_length=spec.prefix_length,
+                reparameterize=spec.reparameterize,
+                reparam_hidden=spec.reparam_hidden,
+                dropout=spec.prefix_dropout,
+                init_std=spec.prefix_init_std,
+            )
+        elif spec.method == "prompt-tuning":
+            self.prompt = InputPrompt(
+                spec.prefix_length, backbone.hidden_size, init=_vocab_init(backbone, spec.prefix_length)
+            )
+        else:
+            self.finetuned = copy.deepcopy(backbone)
+            self.finetuned.unfreeze()
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.finetuned if self.finetuned is not None else self._shared[0]
+
+    def prefix_batch(self, batch_size: int) -> PrefixBatch | None:
+        if self.prefix is None:
+            return None
+        bb = self._shared[0]
+        kv = self.prefix()  # [n_active, 2, P, kv]
+        layers = torch.tensor(self.spec.layers, device=kv.device)
+        full = kv.new_zeros(bb.num_layers, *kv.shape[1:]).index_copy(0, layers, kv)
+        mask = kv.new_zeros(bb.num_layers, batch_size, kv.shape[2])
+        mask[layers] = 1.0
+        return PrefixBatch(full.unsqueeze(2).expand(-1, -1, batch_size, -1, -1), mask)
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        b = batch["input_ids"].shape[0]
+        prompts = self.prompt(b) if self.prompt is not None else None
+        hidden = self.backbone(
+            batch["input_ids"],
+            batch["attention_mask"],
+            batch.get("token_type_ids"),
+            prefix=self.prefix_batch(b),
+            input_prompts=prompts,
+        )
+        return self.head(hidden)
+
+    def train(self, mode: bool = True) -> TaskModel:
+        super().train(mode)
+        self.backbone.train(mode)  # dropout in the frozen encoder too, as in the paper's code
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def num_trainable(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    def to_serving(self) -> ServingTask:
+        """Fold the prompt (MLP away) into what is stored and served."""
+        bb = self._shared[0]
+        kv = layer_mask = prompt = None
+        if self.prefix is not None:
+            flat = self.prefix.fold()
+            layers = torch.tensor(self.spec.layers, device=flat.device)
+            kv = flat.new_zeros(bb.num_layers, *flat.shape[1:]).index_copy(0, layers, flat)
+            layer_mask = torch.zeros(bb.num_layers, dtype=torch.bool, device=flat.device)
+            layer_mask[layers] = True
+        if self.prompt is not None:
+            prompt = self.prompt.weight.detach().clone()
+        head = copy.deepcopy(self.head).eval()
+        for p in head.parameters():
+            p.requires_grad_(False)
+        return ServingTask(
+            spec=self.spec,
+            head=head,
+            kv=kv,
+            layer_mask=layer_mask,
+            prompt=prompt,
+            finetuned=copy.deepcopy(self.finetuned).eval() if self.finetuned is not None else None,
+        )
+
+
+def _vocab_init(backbone: Backbone, n: int, seed: int = 0) -> Tensor:
+    """Initialise shallow prompts from the embeddings of frequent-ish vocabulary entries."""
+    emb = backbone.input_embeddings().weight.detach()
+    g = torch.Generator().manual_seed(seed)
+    lo = min(1000, emb.shape[0] - n)
+    hi = min(5000, emb.shape[0])
+    ids = torch.randint(lo, max(hi, lo + n), (n,), generator=g)
+    if emb.shape[1] != backbone.hidden_size:
+        return torch.randn(n, backbone.hidden_size, generator=g) * 0.02
+    return emb[ids].clone()
+
+
+@dataclass
+class ServingTask:
+    """A task ready to serve on a shared backbone."""
+
+    spec: TaskSpec
+    head: nn.Module
+    kv: Tensor | None = None  # [num_layers, 2, P, kv_size], zeros where layer_mask is False
+    layer_mask: Tensor | None = None  # [num_layers] bool
+    prompt: Tensor | None = None  # [Pi, hidden]
+    finetuned: Backbone | None = None  # full fine-tuning: its own encoder copy (CLI only)
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def prefix_length(self) -> int:
+        return 0 if self.kv is None else self.kv.shape[2]
+
+    @property
+    def prompt_length(self) -> int:
+        return 0 if self.prompt is None else self.prompt.shape[0]
+
+    def nbytes(self) -> int:
+        n = sum(p.numel() * p.element_size() for p in self.head.parameters())
+        for t in (self.kv, self.prompt):
+            if t is not None:
+                n += t.numel() * t.element_size()
+        return n
+
+    def to(self, device: str | torch.device, dtype: torch.dtype | None = None) -> ServingTask:
+        def mv(t: Tensor | None) -> Tensor | None:
+            if t is None:
+                return None
+            return t.to(device=device, dtype=dtype) if dtype is not None and t.is_floating_point() else t.to(device)
+
+        head = self.head.to(device=device, dtype=dtype) if dtype is not None else self.head.to(device)
+        return ServingTask(
+            spec=self.spec,
+            head=head,
+            kv=mv(self.kv),
+            layer_mask=mv(self.layer_mask),
+            prompt=mv(self.prompt),
+            finetuned=self.finetuned.to(device) if self.finetuned is not None else None,
+            meta=self.meta,
+        )
