@@ -58,7 +58,7 @@ def build_prefix_batch(tasks: Sequence[ServingTask], num_layers: int, kv_size: i
     b = len(tasks)
     kv = ref.new_zeros(num_layers, 2, b, p_max, kv_size)
     mask = ref.new_zeros(num_layers, b, p_max)
-    for task, rows in _group(tasks).items():
+    for rows in _group(tasks).values():
         t = tasks[rows[0]]
         if t.kv is None:
             continue
