@@ -1,0 +1,87 @@
+"""Command line: `prompthub serve | worker | train | predict | tasks | doctor`.
+
+Each subcommand lives in the module that owns it; this file only parses and dispatches.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a task from a labelled file (no server needed)")
+    p.add_argument("--task-type", required=True, choices=["classification", "token-classification", "question-answering"])
+    p.add_argument("--train", required=True, help="training data: JSONL, CSV/TSV (classification) or SQuAD JSON")
+    p.add_argument("--eval", help="held-out data for evaluation and best-epoch selection")
+    p.add_argument("--out", required=True, help="output folder for checkpoint.safetensors and metrics.json")
+    p.add_argument("--backbone", default=None, help="backbone name or local directory (default all-MiniLM-L6-v2)")
+    p.add_argument("--method", default="p-tuning-v2", choices=["p-tuning-v2", "prompt-tuning", "fine-tuning"])
+    p.add_argument("--prefix-length", type=int, default=16)
+    p.add_argument("--reparameterize", action="store_true", help="MLP reparameterisation of the prefix")
+    p.add_argument("--layers", default="all", help="'all', 'lower-half', 'upper-half', 'first:N', 'last:N', '0-2,5'")
+    p.add_argument("--head", default="linear", choices=["linear", "verbalizer"])
+    p.add_argument("--label-words", default=None, help="comma-separated verbalizer words, one per label")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None, help="default 1e-2 for prompts, 5e-5 for fine-tuning")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--doc-stride", type=int, default=64)
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+
+
+def _add_predict(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("predict", help="run a checkpoint over an input file, JSONL predictions to stdout")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder (or .safetensors file)")
+    p.add_argument("--input", required=True, help="JSONL/CSV/JSON inputs; labels are not needed")
+    p.add_argument("--backbone", default=None)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--device", default="cpu")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="prompthub", description="P-Tuning v2 prompt hub")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_predict(sub)
+    s = sub.add_parser("serve", help="run the API server (host/port from PROMPTHUB_HOST/PROMPTHUB_PORT)")
+    s.add_argument("--host", default=None)
+    s.add_argument("--port", type=int, default=None)
+    s.add_argument("--no-worker", action="store_true", help="do not start the embedded training worker")
+    w = sub.add_parser("worker", help="run a training worker against the configured database")
+    w.add_argument("--once", action="store_true", help="process at most one job, then exit")
+    w.add_argument("--poll", type=float, default=None, help="seconds between polls for queued jobs")
+    sub.add_parser("migrate", help="apply database migrations")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "train":
+        from app.engine.cli_commands import train_command
+
+        return train_command(args)
+    if args.command == "predict":
+        from app.engine.cli_commands import predict_command
+
+        return predict_command(args)
+    if args.command == "serve":
+        from app.api.server import serve_command
+
+        return serve_command(args)
+    if args.command == "worker":
+        from app.jobs.worker import worker_command
+
+        return worker_command(args)
+    if args.command == "migrate":
+        from app.db.session import migrate_command
+
+        return migrate_command(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,382 @@
+"""Training: P-Tuning v2, shallow prompt tuning and full fine-tuning through one loop.
+
+AdamW with linear warm-up and decay, gradient clipping, evaluation every epoch with
+best-checkpoint selection and early stopping, seeded, progress through a callback, cancellation
+between steps. `train_multitask` trains one shared prefix jointly over several tasks (each with
+its own head), then optionally continues per task from the shared prefix (the paper's MPT-2).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from app.engine import data as D
+from app.engine import metrics as M
+from app.engine.backbone import Backbone
+from app.engine.batch import LABEL_PAD, collate
+from app.engine.model import ServingTask, TaskModel, TaskSpec
+from app.engine.predict import Prepared, encode_examples, finish, run_features, word_tags
+from app.engine.prefix import PrefixEncoder
+
+
+class Cancelled(Exception):
+    """Training stopped because should_stop() returned True."""
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 3
+    lr: float = 1e-2
+    batch_size: int = 16
+    weight_decay: float = 0.01
+    warmup_ratio: float = 0.06
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    early_stopping_patience: int = 2
+    max_steps: int | None = None
+    eval_batch_size: int = 64
+    backbone_lr: float = 5e-5
+    max_train_examples: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Progress:
+    step: int
+    total: int
+    epoch: float
+    loss: float | None
+    metrics: dict | None = None
+    message: str = ""
+    task: str | None = None
+
+
+@dataclass
+class TrainResult:
+    task: ServingTask
+    metrics: dict
+    history: list[dict] = field(default_factory=list)
+    best_epoch: int | None = None
+    num_trainable: int = 0
+    trainable_fraction: float = 0.0
+    seconds: float = 0.0
+    steps: int = 0
+
+
+ProgressFn = Callable[[Progress], None]
+StopFn = Callable[[], bool]
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def primary_metric(spec: TaskSpec) -> str:
+    if spec.task_type == "classification":
+        return "accuracy"
+    if spec.task_type == "question-answering":
+        return "f1"
+    if any(lab.startswith(("B-", "I-", "E-", "S-")) for lab in spec.labels):
+        return "f1"
+    return "token_accuracy"
+
+
+def infer_labels(spec: TaskSpec, examples: Sequence) -> TaskSpec:
+    if spec.task_type != "question-answering" and not spec.labels:
+        spec.labels = D.label_list(examples)
+    return spec
+
+
+# ------------------------------------------------------------------------------------ loss
+
+
+def task_loss(spec: TaskSpec, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    if spec.task_type == "classification":
+        return F.cross_entropy(logits, batch["label"])
+    if spec.task_type == "token-classification":
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=LABEL_PAD)
+    start, end = logits[..., 0], logits[..., 1]
+    pad = batch["attention_mask"] == 0
+    start = start.masked_fill(pad, -1e4)
+    end = end.masked_fill(pad, -1e4)
+    return (F.cross_entropy(start, batch["start_position"]) + F.cross_entropy(end, batch["end_position"])) / 2
+
+
+# ------------------------------------------------------------------------------------ evaluation
+
+
+def evaluate(backbone: Backbone, task: ServingTask, examples: Sequence, batch_size: int = 64) -> dict:
+    """Metrics of a served task on labelled examples."""
+    spec = task.spec
+    features = encode_examples(spec, backbone.tokenizer, examples, with_labels=False)
+    logits = run_features(backbone, task, features, batch_size)
+    if spec.task_type == "classification":
+        preds = [spec.labels[int(r.argmax())] for r in logits]
+        golds = [ex.label for ex in examples]
+        return {"accuracy": M.accuracy(preds, golds), "macro_f1": M.macro_f1(preds, golds), "n": len(golds)}
+    if spec.task_type == "token-classification":
+        pred_seqs = [word_tags(spec, f, r) for f, r in zip(features, logits, strict=True)]
+        gold_seqs = [list(ex.tags) for ex in examples]
+        out = {"token_accuracy": M.token_accuracy(pred_seqs, gold_seqs), "n": len(gold_seqs)}
+        out.update(M.entity_f1(pred_seqs, gold_seqs))
+        return out
+    preds = finish(task, Prepared(spec.task_type, list(examples), features), logits)
+    predictions = {p["id"]: p["answer"] for p in preds}
+    references = {ex.id: list(ex.answers) or [""] for ex in examples}
+    out = M.squad_em_f1(predictions, references)
+    out["n"] = len(references)
+    return out
+
+
+# ------------------------------------------------------------------------------------ optimisation
+
+
+def _param_groups(model: TaskModel, config: TrainConfig) -> list[dict]:
+    groups: dict[tuple[float, float], list] = {}
+    seen: set[int] = set()
+    for name, p in model.named_parameters():
+        if not p.requires_grad or id(p) in seen:
+            continue
+        seen.add(id(p))
+        lr = config.backbone_lr if name.startswith("finetuned.") else config.lr
+        no_decay = p.dim() < 2 or "LayerNorm" in name or name.startswith(("prefix.", "prompt."))
+        key = (lr, 0.0 if no_decay else config.weight_decay)
+        groups.setdefault(key, []).append(p)
+    return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
+
+
+def _scheduler(opt: torch.optim.Optimizer, total: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup = int(total * warmup_ratio)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / max(1, warmup)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[list[int]]:
+    order = torch.randperm(n, generator=gen).tolist()
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _emit(progress: ProgressFn | None, **kw) -> None:
+    if progress is not None:
+        progress(Progress(**kw))
+
+
+# ------------------------------------------------------------------------------------ single task
+
+
+def train_task(
+    backbone: Backbone,
+    spec: TaskSpec,
+    train_examples: Sequence,
+    eval_examples: Sequence | None = None,
+    config: TrainConfig | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    init_kv: ServingTask | None = None,
+    shared_prefix: PrefixEncoder | None = None,
+    task_name: str | None = None,
+) -> TrainResult:
+    config = config or TrainConfig()
+    if not train_examples:
+        raise D.DataError("training data is empty", field="train")
+    infer_labels(spec, train_examples)
+    if init_kv is not None:
+        spec.reparameterize = False  # the flat K/V of the init prefix are the parameters
+        spec.layers = list(init_kv.spec.layers)
+        spec.prefix_length = init_kv.prefix_length
+    spec.validate(backbone.num_layers)
+    seed_everything(config.seed)
+    model = TaskModel(spec, backbone, shared_prefix=shared_prefix).to(backbone.device)
+    if init_kv is not None and model.prefix is not None:
+        layers = torch.tensor(spec.layers)
+        model.prefix.load_flat(init_kv.kv[layers].to(model.prefix.weight.device))
+    train_examples = list(train_examples)
+    if config.max_train_examples:
+        train_examples = train_examples[: config.max_train_examples]
+    features = encode_examples(spec, backbone.tokenizer, train_examples, with_labels=True)
+    return _fit(backbone, {task_name or "task": (model, features, eval_examples)}, config, progress, should_stop)[
+        task_name or "task"
+    ]
+
+
+def _fit(
+    backbone: Backbone,
+    tasks: dict[str, tuple[TaskModel, list[dict], Sequence | None]],
+    config: TrainConfig,
+    progress: ProgressFn | None,
+    should_stop: StopFn | None,
+) -> dict[str, TrainResult]:
+    """The training loop over one or more task models (several share a prefix encoder)."""
+    start_time = time.monotonic()
+    gen = torch.Generator().manual_seed(config.seed)
+    pad = backbone.tokenizer.pad_token_id or 0
+    device = backbone.device
+    names = list(tasks)
+    params = {}
+    for model, _, _ in tasks.values():
+        for p in model.trainable_parameters():
+            params[id(p)] = p
+    joint = _JointModule([m for m, _, _ in tasks.values()])
+    opt = torch.optim.AdamW(_param_groups(joint, config), lr=config.lr)
+    steps_per_epoch = sum(math.ceil(len(f) / config.batch_size) for _, f, _ in tasks.values())
+    total = steps_per_epoch * config.epochs
+    if config.max_steps:
+        total = min(total, config.max_steps)
+    sched = _scheduler(opt, total, config.warmup_ratio)
+    history: list[dict] = []
+    best: dict[str, tuple[float, ServingTask, dict, int]] = {}
+    bad_epochs = 0
+    best_score = -math.inf
+    step = 0
+    epoch = 0
+    while step < total:
+        epoch += 1
+        plan = [(name, b) for name in names for b in _batches(len(tasks[name][1]), config.batch_size, gen)]
+        order = torch.randperm(len(plan), generator=gen).tolist()
+        joint.train()
+        running, count = 0.0, 0
+        for k in order:
+            if step >= total:
+                break
+            if should_stop is not None and should_stop():
+                raise Cancelled(f"cancelled at step {step} of {total}")
+            name, idx = plan[k]
+            model, feats, _ = tasks[name]
+            batch = collate([feats[i] for i in idx], pad, device)
+            loss = task_loss(model.spec, model(batch), batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
+            opt.step()
+            sched.step()
+            step += 1
+            running += float(loss)
+            count += 1
+            _emit(progress, step=step, total=total, epoch=epoch - 1 + count / max(1, len(plan)), loss=running / count, task=name if len(names) > 1 else None)
+        joint.eval()
+        record = {"epoch": epoch, "step": step, "loss": running / max(1, count), "metrics": {}}
+        scores = []
+        for name in names:
+            model, _, eval_examples = tasks[name]
+            serving = model.to_serving()
+            if eval_examples:
+                m = evaluate(backbone, serving, eval_examples, config.eval_batch_size)
+                record["metrics"][name] = m
+                score = m[primary_metric(model.spec)]
+            else:
+                m, score = {}, float(epoch)  # no eval data: the last epoch wins
+            scores.append(score)
+            if name not in best or score > best[name][0] or not eval_examples:
+                best[name] = (score, serving, m, epoch)
+        history.append(record)
+        mean = sum(scores) / len(scores)
+        _emit(progress, step=step, total=total, epoch=float(epoch), loss=record["loss"], metrics=record["metrics"], message=f"epoch {epoch} done")
+        if mean > best_score:
+            best_score, bad_epochs = mean, 0
+        else:
+            bad_epochs += 1
+            if config.early_stopping_patience and bad_epochs >= config.early_stopping_patience:
+                _emit(progress, step=step, total=total, epoch=float(epoch), loss=record["loss"], message="early stopping")
+                break
+    seconds = time.monotonic() - start_time
+    backbone_params = backbone.num_parameters()
+    out = {}
+    for name in names:
+        model = tasks[name][0]
+        score, serving, m, ep = best[name]
+        n_train = model.num_trainable() if model.finetuned is None else model.num_trainable()
+        out[name] = TrainResult(
+            task=serving,
+            metrics=m,
+            history=history,
+            best_epoch=ep,
+            num_trainable=n_train,
+            trainable_fraction=n_train / backbone_params,
+            seconds=seconds,
+            steps=step,
+        )
+    return out
+
+
+class _JointModule(torch.nn.Module):
+    def __init__(self, models: list[TaskModel]):
+        super().__init__()
+        self.models = torch.nn.ModuleList(models)
+
+    def train(self, mode: bool = True) -> _JointModule:
+        for m in self.models:
+            m.train(mode)
+        self.training = mode
+        return self
+
+
+# ------------------------------------------------------------------------------------ multi-task
+
+
+def train_multitask(
+    backbone: Backbone,
+    tasks: dict[str, tuple[TaskSpec, Sequence, Sequence | None]],
+    config: TrainConfig | None = None,
+    progress: ProgressFn | None = None,
+    should_stop: StopFn | None = None,
+    per_task_epochs: int = 0,
+) -> dict[str, TrainResult]:
+    """One prefix shared by all tasks (each its own head), trained jointly on batches drawn from
+    every task; then, with per_task_epochs > 0, each task continues alone from the shared prefix."""
+    config = config or TrainConfig()
+    if len(tasks) < 2:
+        raise ValueError("multi-task training needs at least two tasks")
+    specs = [s for s, _, _ in tasks.values()]
+    first = specs[0]
+    first.validate(backbone.num_layers)
+    for name, (spec, train, _) in tasks.items():
+        if spec.method != "p-tuning-v2":
+            raise ValueError(f"task {name!r}: multi-task training shares a P-Tuning v2 prefix")
+        infer_labels(spec, train)
+        spec.prefix_length, spec.layers, spec.reparameterize = first.prefix_length, list(first.layers), first.reparameterize
+        spec.validate(backbone.num_layers)
+    seed_everything(config.seed)
+    shared = PrefixEncoder(
+        n_layers=len(first.layers),
+        kv_size=backbone.kv_size,
+        prefix_length=first.prefix_length,
+        reparameterize=first.reparameterize,
+        reparam_hidden=first.reparam_hidden,
+        dropout=first.prefix_dropout,
+        init_std=first.prefix_init_std,
+    ).to(backbone.device)
+    models: dict[str, tuple[TaskModel, list[dict], Sequence | None]] = {}
+    for name, (spec, train, ev) in tasks.items():
+        model = TaskModel(spec, backbone, shared_prefix=shared).to(backbone.device)
+        feats = encode_examples(spec, backbone.tokenizer, list(train), with_labels=True)
+        models[name] = (model, feats, ev)
+    results = _fit(backbone, models, config, progress, should_stop)
+    if per_task_epochs <= 0:
+        return results
+    out = {}
+    for name, (spec, train, ev) in tasks.items():
+        cont = TrainConfig(**{**config.to_dict(), "epochs": per_task_epochs, "max_steps": None})
+        spec_cont = TaskSpec.from_dict(spec.to_dict())
+        spec_cont.prefix_dropout = spec.prefix_dropout
+        result = train_task(
+            backbone, spec_cont, train, ev, cont, progress, should_stop, init_kv=results[name].task, task_name=name
+        )
+        result.history = results[name].history + result.history
+        out[name] = result
+    return out
