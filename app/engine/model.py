@@ -109,6 +109,9 @@ class TaskModel(nn.Module):
         else:
             self.finetuned = copy.deepcopy(backbone)
             self.finetuned.unfreeze()
+            for name, p in self.finetuned.model.named_parameters():
+                if name.startswith("pooler."):  # not used by any head here
+                    p.requires_grad_(False)
 
     @property
     def backbone(self) -> Backbone:

@@ -266,7 +266,7 @@ def _fit(
             opt.step()
             sched.step()
             step += 1
-            running += float(loss)
+            running += loss.item()
             count += 1
             _emit(progress, step=step, total=total, epoch=epoch - 1 + count / max(1, len(plan)), loss=running / count, task=name if len(names) > 1 else None)
         joint.eval()

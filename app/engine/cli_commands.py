@@ -1,0 +1,163 @@
+"""`prompthub train` and `prompthub predict`: the engine as a command-line tool, no server."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from app.engine import data as D
+
+
+class _Bar:
+    """A progress bar on stderr (tqdm), or nothing."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self.bar = None
+
+    def __call__(self, p) -> None:
+        if not self.enabled:
+            return
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=p.total, file=sys.stderr, unit="step", dynamic_ncols=True)
+        self.bar.total = p.total
+        self.bar.n = p.step
+        post = {"epoch": f"{p.epoch:.2f}"}
+        if p.loss is not None:
+            post["loss"] = f"{p.loss:.4f}"
+        if p.metrics:
+            for task_metrics in p.metrics.values():
+                for k, v in task_metrics.items():
+                    if k != "n" and isinstance(v, float):
+                        post[k] = f"{v:.4f}"
+        self.bar.set_postfix(post, refresh=False)
+        self.bar.refresh()
+        if p.message:
+            self.bar.write(p.message, file=sys.stderr)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _fail(msg: str) -> int:
+    print(f"prompthub: error: {msg}", file=sys.stderr)
+    return 2
+
+
+def train_command(args) -> int:
+    import torch
+
+    from app.engine.backbone import BackboneError, load_backbone
+    from app.engine.checkpoint import save_checkpoint
+    from app.engine.model import SpecError, TaskSpec
+    from app.engine.prefix import LayerSpecError
+    from app.engine.train import TrainConfig, train_task
+
+    try:
+        train = D.read_examples(args.train, args.task_type)
+        evals = D.read_examples(args.eval, args.task_type) if args.eval else None
+    except (D.DataError, OSError) as e:
+        return _fail(f"{getattr(e, 'filename', None) or args.train}: {e}")
+    try:
+        backbone = load_backbone(args.backbone, device=args.device)
+    except BackboneError as e:
+        return _fail(str(e))
+    fine_tuning = args.method == "fine-tuning"
+    lr = args.lr if args.lr is not None else (5e-5 if fine_tuning else 1e-2)
+    spec = TaskSpec(
+        task_type=args.task_type,
+        method=args.method,
+        prefix_length=args.prefix_length,
+        layers=args.layers,
+        reparameterize=args.reparameterize,
+        head=args.head,
+        label_words=args.label_words.split(",") if args.label_words else None,
+        max_length=args.max_length,
+        doc_stride=args.doc_stride,
+    )
+    config = TrainConfig(
+        epochs=args.epochs or (3 if fine_tuning else 5),
+        lr=lr,
+        backbone_lr=lr,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        max_steps=args.max_steps,
+    )
+    bar = _Bar(not args.no_progress)
+    t0 = time.time()
+    try:
+        result = train_task(backbone, spec, train, evals, config, progress=bar)
+    except (D.DataError, SpecError, LayerSpecError) as e:
+        bar.close()
+        return _fail(str(e))
+    finally:
+        bar.close()
+    out = Path(args.out)
+    meta = {
+        "training": {**config.to_dict(), "method": args.method, "device": str(args.device), "torch": torch.__version__},
+        "metrics": result.metrics,
+        "history": result.history,
+        "source": {"train": str(args.train), "eval": str(args.eval) if args.eval else None},
+        "num_trainable": result.num_trainable,
+        "trainable_fraction": result.trainable_fraction,
+    }
+    sha = save_checkpoint(result.task, out / "checkpoint.safetensors", backbone, meta)
+    summary = {
+        "metrics": result.metrics,
+        "best_epoch": result.best_epoch,
+        "steps": result.steps,
+        "seconds": round(time.time() - t0, 2),
+        "num_trainable": result.num_trainable,
+        "trainable_fraction": result.trainable_fraction,
+        "checkpoint": str(out / "checkpoint.safetensors"),
+        "sha256": sha,
+    }
+    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
+def predict_command(args) -> int:
+    from app.engine.backbone import BackboneError, load_backbone
+    from app.engine.checkpoint import CheckpointError, load_checkpoint, read_metadata
+    from app.engine.predict import predict
+
+    path = Path(args.checkpoint)
+    if path.is_dir():
+        path = path / "checkpoint.safetensors"
+    try:
+        meta = read_metadata(path)
+    except (CheckpointError, OSError) as e:
+        return _fail(str(e))
+    try:
+        backbone = load_backbone(args.backbone or meta.get("backbone", {}).get("name"), device=args.device)
+        task = load_checkpoint(path, backbone)
+    except (BackboneError, CheckpointError) as e:
+        return _fail(str(e))
+    try:
+        examples_raw = _read_raw(args.input, task.spec.task_type)
+        preds = predict(backbone, task, examples_raw, batch_size=args.batch_size)
+    except (D.DataError, OSError) as e:
+        return _fail(f"{args.input}: {e}")
+    for p in preds:
+        sys.stdout.write(json.dumps(p) + "\n")
+    return 0
+
+
+def _read_raw(path: str, task_type: str) -> list[dict]:
+    """Input records as dicts (labels optional), validated by the same parser as training data."""
+    examples = D.read_examples(path, task_type, require_labels=False)
+    out: list[dict] = []
+    for ex in examples:
+        if isinstance(ex, D.ClassificationExample):
+            out.append({"text": ex.text, "text_pair": ex.text_pair})
+        elif isinstance(ex, D.TokenExample):
+            out.append({"text": ex.text} if ex.text is not None and ex.tokens is None else {"tokens": ex.tokens})
+        else:
+            out.append({"id": ex.id, "question": ex.question, "context": ex.context})
+    return out

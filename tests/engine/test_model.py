@@ -1,0 +1,185 @@
+"""Prefix encoder, heads, MLP fold, gradients, layer choice and checkpoints."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from app.engine.backbone import backbone_from_config
+from app.engine.batch import collate, task_forward
+from app.engine.checkpoint import (
+    BackboneMismatchError,
+    CheckpointError,
+    checkpoint_bytes,
+    load_checkpoint,
+    load_checkpoint_bytes,
+    read_metadata,
+    save_checkpoint,
+)
+from app.engine.heads import VERBALIZER_MASK_POSITION, label_word_embeddings
+from app.engine.model import SpecError, TaskModel, TaskSpec
+from app.engine.predict import encode_examples, prepare
+from app.engine.prefix import LayerSpecError, parse_layers
+
+from .conftest import tiny_config
+
+
+def _batch(tokenizer, texts):
+    return collate([dict(tokenizer(t)) for t in texts], tokenizer.pad_token_id)
+
+
+@pytest.mark.parametrize(
+    "spec,expected",
+    [
+        ("all", [0, 1, 2, 3, 4, 5]),
+        (None, [0, 1, 2, 3, 4, 5]),
+        ("lower-half", [0, 1, 2]),
+        ("upper-half", [3, 4, 5]),
+        ("first:2", [0, 1]),
+        ("last:1", [5]),
+        ("0-2,5", [0, 1, 2, 5]),
+        ([4, 1, 1], [1, 4]),
+    ],
+)
+def test_parse_layers(spec, expected):
+    assert parse_layers(spec, 6) == expected
+
+
+@pytest.mark.parametrize("spec", ["7", "2-1", "x", "first:9", ""])
+def test_parse_layers_errors(spec):
+    if spec == "":
+        assert parse_layers(spec, 6) == list(range(6))
+        return
+    with pytest.raises(LayerSpecError):
+        parse_layers(spec, 6)
+
+
+def test_spec_validation_messages():
+    with pytest.raises(SpecError, match="task_type"):
+        TaskSpec("regression", labels=["a"]).validate()
+    with pytest.raises(SpecError, match="labels"):
+        TaskSpec("classification").validate()
+    with pytest.raises(SpecError, match="verbalizer"):
+        TaskSpec("token-classification", labels=["O"], head="verbalizer").validate()
+
+
+@pytest.mark.parametrize("layers", ["all", "upper-half", "0,2"])
+def test_mlp_fold_gives_the_same_outputs(tiny_bert, tokenizer, layers):
+    spec = TaskSpec("classification", labels=["a", "b"], reparameterize=True, reparam_hidden=24, layers=layers)
+    model = TaskModel(spec, tiny_bert).eval()
+    batch = _batch(tokenizer, ["first text", "a second, longer text here"])
+    with torch.no_grad():
+        before = model(batch)
+    served = model.to_serving()
+    after = task_forward(served, tiny_bert, batch)
+    assert (before - after).abs().max() <= 1e-5
+    # what is served holds no MLP: flat K/V only, zero at layers without a prefix
+    assert served.kv.shape == (tiny_bert.num_layers, 2, spec.prefix_length, tiny_bert.kv_size)
+    off = ~served.layer_mask
+    assert torch.count_nonzero(served.kv[off]) == 0
+
+
+@pytest.mark.parametrize("method", ["p-tuning-v2", "prompt-tuning", "fine-tuning"])
+def test_gradients_reach_only_trainable_parameters(tiny_bert, tokenizer, method):
+    spec = TaskSpec("classification", labels=["a", "b"], method=method, prefix_length=4)
+    model = TaskModel(spec, tiny_bert).train()
+    batch = _batch(tokenizer, ["one", "two three"])
+    loss = model(batch).logsumexp(-1).sum()
+    loss.backward()
+    assert all(p.grad is None for p in tiny_bert.model.parameters()), "the shared backbone must stay frozen"
+    trainable = model.trainable_parameters()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert trainable and not missing, missing
+    n_backbone = tiny_bert.num_parameters()
+    if method == "fine-tuning":
+        assert model.num_trainable() > 0.9 * n_backbone
+    else:
+        assert model.num_trainable() < 0.2 * n_backbone
+
+
+def test_prefix_parameter_count_matches_the_paper_formula(tiny_bert):
+    spec = TaskSpec("classification", labels=["a", "b"], prefix_length=8, layers="0,1")
+    model = TaskModel(spec, tiny_bert)
+    assert sum(p.numel() for p in model.prefix.parameters()) == 2 * 2 * 8 * tiny_bert.kv_size
+
+
+def test_heads_shapes(tiny_bert, tokenizer):
+    batch = _batch(tokenizer, ["a b c", "d e"])
+    L = batch["input_ids"].shape[1]
+    cases = [
+        (TaskSpec("classification", labels=["a", "b", "c"]), (2, 3)),
+        (TaskSpec("token-classification", labels=["O", "B-X", "I-X", "B-Y"]), (2, L, 4)),
+        (TaskSpec("question-answering"), (2, L, 2)),
+        (TaskSpec("classification", labels=["good", "bad"], head="verbalizer"), (2, 2)),
+    ]
+    for spec, shape in cases:
+        with torch.no_grad():
+            assert tuple(TaskModel(spec, tiny_bert).eval()(batch).shape) == shape
+
+
+def test_verbalizer_inits_from_label_words_and_reads_the_mask(tiny_bert, tokenizer):
+    spec = TaskSpec("classification", labels=["positive", "negative"], head="verbalizer", label_words=["great", "terrible"])
+    model = TaskModel(spec, tiny_bert)
+    expected = label_word_embeddings(tiny_bert, ["great", "terrible"])
+    assert torch.equal(model.head.label_matrix.detach(), expected)
+    from app.engine.data import ClassificationExample
+
+    feats = encode_examples(spec, tokenizer, [ClassificationExample("it was fine", label="positive")], with_labels=True)
+    assert feats[0]["input_ids"][VERBALIZER_MASK_POSITION] == tokenizer.mask_token_id
+    assert feats[0]["input_ids"][0] == tokenizer.cls_token_id
+
+
+@pytest.mark.parametrize("method", ["p-tuning-v2", "prompt-tuning", "fine-tuning"])
+def test_checkpoint_round_trip(tiny_bert, tokenizer, tmp_path, method):
+    spec = TaskSpec("classification", labels=["a", "b", "c"], method=method, prefix_length=5, layers="lower-half")
+    served = TaskModel(spec, tiny_bert).eval().to_serving()
+    path = tmp_path / "v1.safetensors"
+    sha = save_checkpoint(served, path, tiny_bert, {"metrics": {"accuracy": 0.5}, "source": "unit test"})
+    loaded = load_checkpoint(path, tiny_bert, expected_sha256=sha)
+    batch = _batch(tokenizer, ["round trip", "of a checkpoint"])
+    assert torch.allclose(task_forward(served, tiny_bert, batch), task_forward(loaded, tiny_bert, batch), atol=1e-6)
+    meta = read_metadata(path)
+    assert meta["spec"]["method"] == method
+    assert meta["metrics"] == {"accuracy": 0.5}
+    assert meta["backbone"]["weights_sha256"] == tiny_bert.identity.weights_sha256
+    # the file holds only the prefix layers that carry one
+    if method == "p-tuning-v2":
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            assert f.get_slice("prefix.kv").get_shape()[0] == 2
+
+
+def test_checkpoint_refuses_another_backbone(tiny_bert, tokenizer):
+    other = backbone_from_config(tiny_config("bert"), tokenizer, name="other", seed=7)
+    served = TaskModel(TaskSpec("classification", labels=["a", "b"]), tiny_bert).to_serving()
+    data = checkpoint_bytes(served, tiny_bert)
+    with pytest.raises(BackboneMismatchError, match="trained on backbone"):
+        load_checkpoint_bytes(data, other)
+
+
+def test_checkpoint_refuses_corrupt_or_foreign_files(tiny_bert, tmp_path):
+    served = TaskModel(TaskSpec("classification", labels=["a", "b"]), tiny_bert).to_serving()
+    data = checkpoint_bytes(served, tiny_bert)
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint_bytes(data, tiny_bert, expected_sha256="0" * 64)
+    with pytest.raises(CheckpointError):
+        load_checkpoint_bytes(b"\x80\x04K\x01.", tiny_bert)  # a pickle is never loaded
+    from safetensors.torch import save
+
+    with pytest.raises(CheckpointError, match="not a PromptHub checkpoint"):
+        load_checkpoint_bytes(save({"x": torch.zeros(1)}), tiny_bert)
+    with pytest.raises(CheckpointError, match="no such checkpoint"):
+        load_checkpoint(tmp_path / "missing.safetensors", tiny_bert)
+
+
+def test_prepare_refuses_long_text_in_refuse_mode(tiny_bert, tokenizer):
+    from app.engine.data import DataError
+
+    served = TaskModel(TaskSpec("classification", labels=["a", "b"], max_length=16), tiny_bert).to_serving()
+    long = " ".join(["word"] * 40)
+    prepared = prepare(served, tokenizer, [{"text": long}])
+    assert len(prepared.features[0]["input_ids"]) == 16
+    with pytest.raises(DataError) as err:
+        prepare(served, tokenizer, [{"text": "ok"}, {"text": long}], overflow="refuse")
+    assert err.value.line == 2 and err.value.field == "text"
