@@ -272,23 +272,25 @@ def _fit(
         joint.eval()
         record = {"epoch": epoch, "step": step, "loss": running / max(1, count), "metrics": {}}
         scores = []
+        snapshot: dict[str, tuple[ServingTask, dict]] = {}
         for name in names:
             model, _, eval_examples = tasks[name]
             serving = model.to_serving()
             if eval_examples:
                 m = evaluate(backbone, serving, eval_examples, config.eval_batch_size)
                 record["metrics"][name] = m
-                score = m[primary_metric(model.spec)]
+                scores.append(m[primary_metric(model.spec)])
             else:
-                m, score = {}, float(epoch)  # no eval data: the last epoch wins
-            scores.append(score)
-            if name not in best or score > best[name][0] or not eval_examples:
-                best[name] = (score, serving, m, epoch)
+                m = {}
+                scores.append(float(epoch))  # no eval data: the last epoch wins
+            snapshot[name] = (serving, m)
         history.append(record)
+        # one selection for all tasks: with a shared prefix they must come from the same epoch
         mean = sum(scores) / len(scores)
         _emit(progress, step=step, total=total, epoch=float(epoch), loss=record["loss"], metrics=record["metrics"], message=f"epoch {epoch} done")
         if mean > best_score:
             best_score, bad_epochs = mean, 0
+            best = {name: (scores[i], snapshot[name][0], snapshot[name][1], epoch) for i, name in enumerate(names)}
         else:
             bad_epochs += 1
             if config.early_stopping_patience and bad_epochs >= config.early_stopping_patience:
@@ -300,7 +302,7 @@ def _fit(
     for name in names:
         model = tasks[name][0]
         score, serving, m, ep = best[name]
-        n_train = model.num_trainable() if model.finetuned is None else model.num_trainable()
+        n_train = model.num_trainable()
         out[name] = TrainResult(
             task=serving,
             metrics=m,
@@ -342,13 +344,13 @@ def train_multitask(
     config = config or TrainConfig()
     if len(tasks) < 2:
         raise ValueError("multi-task training needs at least two tasks")
-    specs = [s for s, _, _ in tasks.values()]
-    first = specs[0]
-    first.validate(backbone.num_layers)
     for name, (spec, train, _) in tasks.items():
         if spec.method != "p-tuning-v2":
             raise ValueError(f"task {name!r}: multi-task training shares a P-Tuning v2 prefix")
         infer_labels(spec, train)
+    first = next(iter(tasks.values()))[0]
+    first.validate(backbone.num_layers)
+    for spec, _, _ in tasks.values():
         spec.prefix_length, spec.layers, spec.reparameterize = first.prefix_length, list(first.layers), first.reparameterize
         spec.validate(backbone.num_layers)
     seed_everything(config.seed)

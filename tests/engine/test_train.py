@@ -1,0 +1,166 @@
+"""Training loop: learning, progress, cancellation, reproducibility, multi-task, CLI, real data."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+from app.engine.data import ClassificationExample, QAExample, TokenExample
+from app.engine.model import TaskSpec
+from app.engine.predict import predict
+from app.engine.train import Cancelled, TrainConfig, evaluate, train_multitask, train_task
+
+POS = ["good", "great", "fine", "nice", "lovely", "superb"]
+NEG = ["bad", "awful", "poor", "nasty", "horrid", "dire"]
+FILL = ["the", "film", "was", "really", "quite", "food", "service", "day", "and", "it"]
+
+
+def sentiment(n: int, seed: int) -> list[ClassificationExample]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        pos = rng.random() < 0.5
+        words = rng.sample(FILL, 4) + [rng.choice(POS if pos else NEG)]
+        rng.shuffle(words)
+        out.append(ClassificationExample(" ".join(words), label="pos" if pos else "neg"))
+    return out
+
+
+def tagging(n: int, seed: int) -> list[TokenExample]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        words = rng.sample(FILL + POS, 5)
+        out.append(TokenExample(words, ["ADJ" if w in POS else "X" for w in words]))
+    return out
+
+
+FAST = TrainConfig(epochs=6, lr=3e-2, batch_size=16, seed=3, early_stopping_patience=0)
+
+
+def test_prefix_training_reduces_loss_and_reports_progress(tiny_bert):
+    """A random tiny encoder cannot show real learning (the slow MiniLM test does); here the
+    loop must lower the loss and report progress and per-epoch evaluation."""
+    progress = []
+    spec = TaskSpec("classification", prefix_length=8)
+    result = train_task(tiny_bert, spec, sentiment(160, 0), sentiment(80, 1), FAST, progress=progress.append)
+    assert spec.labels == ["neg", "pos"]
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    steps = [p.step for p in progress]
+    assert steps == sorted(steps) and steps[-1] == progress[-1].total
+    assert any(p.metrics for p in progress)  # evaluation reported every epoch
+    assert len(result.history) == FAST.epochs
+    assert result.trainable_fraction < 0.2
+
+
+def test_training_is_reproducible(tiny_bert):
+    cfg = TrainConfig(epochs=1, lr=1e-2, batch_size=8, seed=11, max_steps=5)
+    a = train_task(tiny_bert, TaskSpec("classification", prefix_length=4), sentiment(40, 0), None, cfg)
+    b = train_task(tiny_bert, TaskSpec("classification", prefix_length=4), sentiment(40, 0), None, cfg)
+    assert torch.equal(a.task.kv, b.task.kv)
+
+
+def test_cancellation_between_steps(tiny_bert):
+    calls = []
+
+    def stop() -> bool:
+        calls.append(1)
+        return len(calls) > 3
+
+    with pytest.raises(Cancelled, match="step 3"):
+        train_task(tiny_bert, TaskSpec("classification"), sentiment(64, 0), None, TrainConfig(batch_size=8), should_stop=stop)
+
+
+def test_early_stopping_and_best_epoch(tiny_bert):
+    cfg = TrainConfig(epochs=8, lr=1e-6, batch_size=16, early_stopping_patience=1)
+    result = train_task(tiny_bert, TaskSpec("classification"), sentiment(48, 0), sentiment(32, 1), cfg)
+    assert len(result.history) < 8  # nothing improves at this learning rate, so it stops early
+    assert result.best_epoch is not None
+
+
+def test_token_classification_and_qa_train_and_predict(tiny_bert):
+    r = train_task(tiny_bert, TaskSpec("token-classification", prefix_length=4), tagging(120, 0), tagging(40, 1), FAST)
+    assert r.metrics["token_accuracy"] >= 0.75
+    preds = predict(tiny_bert, r.task, [{"tokens": ["the", "good", "day"]}, {"text": "a lovely film"}])
+    assert len(preds[0]["tags"]) == 3 and len(preds[1]["tags"]) == 3
+    ctx = "The cat sat on the mat while the dog slept."
+    qa = [QAExample(f"q{i}", "Where did the cat sit?", ctx, ["the mat"], [ctx.index("the mat")]) for i in range(16)]
+    r = train_task(tiny_bert, TaskSpec("question-answering", prefix_length=4, max_length=32, doc_stride=8), qa, qa[:4], FAST)
+    assert set(r.metrics) >= {"exact_match", "f1"}
+    (p,) = predict(tiny_bert, r.task, [{"question": "Where did the cat sit?", "context": ctx}])
+    assert ctx[p["start"] : p["end"]] == p["answer"]
+
+
+@pytest.mark.parametrize("method", ["prompt-tuning", "fine-tuning"])
+def test_baselines_train_through_the_same_loop(tiny_bert, method):
+    cfg = TrainConfig(epochs=2, lr=3e-2 if method == "prompt-tuning" else 1e-3, backbone_lr=1e-3, batch_size=16)
+    r = train_task(tiny_bert, TaskSpec("classification", method=method, prefix_length=4), sentiment(64, 0), sentiment(32, 1), cfg)
+    assert 0.0 <= r.metrics["accuracy"] <= 1.0
+    assert (r.trainable_fraction > 0.9) == (method == "fine-tuning")
+
+
+def test_multitask_shared_prefix_then_per_task(tiny_bert):
+    tasks = {
+        "sent": (TaskSpec("classification", prefix_length=6), sentiment(96, 0), sentiment(32, 1)),
+        "tags": (TaskSpec("token-classification", prefix_length=6), tagging(96, 0), tagging(32, 1)),
+    }
+    joint = train_multitask(tiny_bert, tasks, TrainConfig(epochs=2, lr=3e-2, batch_size=16))
+    assert torch.equal(joint["sent"].task.kv, joint["tags"].task.kv)  # one shared prefix
+    assert set(joint["sent"].history[0]["metrics"]) == {"sent", "tags"}
+    tasks2 = {k: (TaskSpec(v[0].task_type, prefix_length=6), v[1], v[2]) for k, v in tasks.items()}
+    cont = train_multitask(tiny_bert, tasks2, TrainConfig(epochs=1, lr=3e-2, batch_size=16), per_task_epochs=1)
+    assert not torch.equal(cont["sent"].task.kv, cont["tags"].task.kv)  # each continued alone
+
+
+def test_cli_train_and_predict(tiny_bert, tmp_path, capsys):
+    from app.cli import main
+
+    bb_dir = tmp_path / "tiny"
+    tiny_bert.model.save_pretrained(bb_dir)
+    tiny_bert.tokenizer.save_pretrained(bb_dir)
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in sentiment(64, 0)))
+    rc = main(["train", "--task-type", "classification", "--train", str(train), "--eval", str(train), "--out",
+               str(tmp_path / "out"), "--backbone", str(bb_dir), "--epochs", "1", "--batch-size", "16", "--no-progress"])
+    assert rc == 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= summary["metrics"]["accuracy"] <= 1 and summary["trainable_fraction"] < 0.2
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text('{"text": "a good day"}\n{"text": "an awful day"}\n')
+    rc = main(["predict", "--checkpoint", str(tmp_path / "out"), "--input", str(inputs), "--backbone", str(bb_dir)])
+    assert rc == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert len(lines) == 2 and all(x["label"] in {"pos", "neg"} for x in lines)
+
+
+def test_cli_reports_bad_records_with_line_and_field(tmp_path, capsys):
+    from app.cli import main
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "ok", "label": "a"}\n{"text": "missing label"}\n')
+    rc = main(["train", "--task-type", "classification", "--train", str(bad), "--out", str(tmp_path / "o")])
+    assert rc == 2
+    err = capsys.readouterr().err
+    assert "line 2" in err and "label" in err
+
+
+@pytest.mark.slow
+def test_minilm_learns_banking77_subset(minilm):
+    """Real weights, real data: 10 BANKING77 intents, P-Tuning v2, two short epochs."""
+    from app.engine.data import parse_records
+    from bench.datasets import load_split, prepare
+
+    prepare("banking77")
+    train_all = parse_records(load_split("banking77", "train"), "classification")
+    test_all = parse_records(load_split("banking77", "test"), "classification")
+    keep = sorted({e.label for e in train_all})[:10]
+    train = [e for e in train_all if e.label in keep]
+    test = [e for e in test_all if e.label in keep]
+    spec = TaskSpec("classification", labels=keep, prefix_length=16, max_length=64)
+    result = train_task(minilm, spec, train, None, TrainConfig(epochs=2, lr=1e-2, batch_size=32, seed=0))
+    metrics = evaluate(minilm, result.task, test)
+    print("banking77-10 held-out", metrics, "train", len(train), "test", len(test))
+    assert metrics["accuracy"] >= 0.6  # chance is 0.1
