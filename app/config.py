@@ -1,0 +1,75 @@
+"""One settings object for the whole service, read from the environment (prefix PROMPTHUB_).
+
+Example: ``PROMPTHUB_DATABASE_URL=postgresql://user@host/db PROMPTHUB_DEVICES=cuda:0,cuda:1``.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="PROMPTHUB_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    database_url: str = "sqlite:///var/prompthub.db"
+    store_dir: str = "prompts_store"
+    data_dir: str = "var/datasets"
+    backbone: str = "all-MiniLM-L6-v2"
+    devices: str = "cpu"
+
+    # serving
+    max_batch_size: int = 32
+    max_wait_ms: float = 5.0
+    max_queue_rows: int = 2048
+    cache_bytes: int = 536_870_912
+
+    # request limits
+    max_body_bytes: int = 10_485_760
+    max_inputs_per_request: int = 64
+    max_text_chars: int = 20_000
+    text_overflow: Literal["truncate", "refuse"] = "truncate"
+    max_upload_bytes: int = 52_428_800
+    max_dataset_rows: int = 200_000
+
+    # training jobs
+    max_queued_jobs: int = 50
+    embedded_worker: bool = True
+    worker_poll_s: float = 0.5
+    job_heartbeat_s: float = 5.0
+    job_stale_s: float = 30.0
+    on_crash: Literal["requeue", "fail"] = "requeue"
+    max_job_attempts: int = 2
+
+    log_level: str = "info"
+
+    @field_validator("devices")
+    @classmethod
+    def _check_devices(cls, v: str) -> str:
+        if not [d for d in (p.strip() for p in v.split(",")) if d]:
+            raise ValueError("devices: give at least one device, e.g. 'cpu' or 'cuda:0,cuda:1'")
+        return v
+
+    @field_validator("text_overflow", "on_crash", "log_level", mode="before")
+    @classmethod
+    def _lower(cls, v: object) -> object:
+        return v.strip().lower() if isinstance(v, str) else v
+
+    @property
+    def device_list(self) -> list[str]:
+        return [d.strip() for d in self.devices.split(",") if d.strip()]
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()
+
+
+def reset_settings() -> None:
+    """Forget the cached settings (tests change the environment between cases)."""
+    get_settings.cache_clear()

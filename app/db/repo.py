@@ -1,0 +1,542 @@
+"""Data access: every function takes a Session first.
+
+Functions that change something commit before they return, so a caller never holds a half-done
+change (claiming a job, for one, must be visible to other workers at once). Reads do not commit.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from app.db.models import (
+    CANCELLED,
+    FAILED,
+    JOB_KINDS,
+    JOB_STATES,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    TERMINAL_STATES,
+    Dataset,
+    Job,
+    Task,
+    TaskVersion,
+    new_id,
+    utcnow,
+)
+
+TASK_NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,63}$"
+_TASK_NAME = re.compile(TASK_NAME_RE)
+
+
+class NotFound(LookupError):
+    """No such task, version, dataset or job."""
+
+
+class Conflict(ValueError):
+    """The change contradicts what is stored (a version that exists, another task type...)."""
+
+
+class TooManyJobs(RuntimeError):
+    """The job queue is full."""
+
+
+def validate_task_name(name: str) -> str:
+    """Return `name` if it is a valid task name, else raise ValueError saying why.
+
+    Names are also folder names in the prompt store, so nothing but lower-case letters, digits,
+    '-' and '_' is allowed (no '/', '..', spaces or upper case), 1 to 64 characters, starting
+    with a letter or digit.
+    """
+    if not isinstance(name, str) or not _TASK_NAME.fullmatch(name):
+        shown = name if isinstance(name, str) else type(name).__name__
+        raise ValueError(
+            f"invalid task name {shown!r}: use 1-64 characters of a-z, 0-9, '-' and '_', "
+            "starting with a letter or digit (no upper case, '/', '.' or spaces)"
+        )
+    return name
+
+
+# ------------------------------------------------------------------------------------ tasks
+
+
+def get_task(s: Session, name: str) -> Task | None:
+    return s.get(Task, name)
+
+
+def list_tasks(s: Session) -> list[Task]:
+    return list(s.scalars(select(Task).order_by(Task.name)))
+
+
+def get_versions(s: Session, name: str) -> list[TaskVersion]:
+    stmt = select(TaskVersion).where(TaskVersion.task_name == name).order_by(TaskVersion.version)
+    return list(s.scalars(stmt))
+
+
+def get_version(s: Session, name: str, version: int) -> TaskVersion | None:
+    stmt = select(TaskVersion).where(TaskVersion.task_name == name, TaskVersion.version == version)
+    return s.scalars(stmt).first()
+
+
+def get_active_version(s: Session, name: str) -> TaskVersion | None:
+    task = get_task(s, name)
+    if task is None or task.active_version is None:
+        return None
+    return get_version(s, name, task.active_version)
+
+
+def max_version(s: Session, name: str) -> int:
+    return s.scalar(select(func.max(TaskVersion.version)).where(TaskVersion.task_name == name)) or 0
+
+
+def add_version(
+    s: Session,
+    *,
+    name: str,
+    task_type: str,
+    labels: Sequence[str] | None,
+    file: str,
+    sha256: str,
+    size_bytes: int,
+    spec: dict[str, Any],
+    metrics: dict[str, Any] | None,
+    training: dict[str, Any] | None,
+    source: str | None,
+    activate: bool = True,
+    version: int | None = None,
+    description: str | None = None,
+) -> TaskVersion:
+    """Register a version whose file is already in the store (file first, then the row).
+
+    Creates the task when it is new. `version` defaults to the highest so far + 1. Raises Conflict
+    when the version exists or the task has another task type.
+    """
+    validate_task_name(name)
+    task = get_task(s, name)
+    if task is None:
+        task = Task(
+            name=name, task_type=task_type, labels=list(labels or []), description=description, source=source
+        )
+        s.add(task)
+    elif task.task_type != task_type:
+        raise Conflict(
+            f"task {name!r} is a {task.task_type} task; a {task_type} version cannot be added to it"
+        )
+    if version is None:
+        version = max_version(s, name) + 1
+    elif version < 1:
+        raise ValueError(f"version must be >= 1, got {version}")
+    elif get_version(s, name, version) is not None:
+        raise Conflict(f"task {name!r} already has a version {version}")
+    row = TaskVersion(
+        task_name=name,
+        version=version,
+        file=file,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        spec=dict(spec),
+        metrics=dict(metrics or {}),
+        training=dict(training or {}),
+        source=source,
+    )
+    s.add(row)
+    try:
+        s.flush()
+    except IntegrityError as e:
+        s.rollback()
+        raise Conflict(f"task {name!r} already has a version {version}") from e
+    if activate or task.active_version is None:
+        task.active_version = version
+        task.labels = list(labels or [])
+        task.updated_at = utcnow()
+    s.commit()
+    return row
+
+
+def activate_version(s: Session, name: str, version: int) -> Task:
+    task = get_task(s, name)
+    if task is None:
+        raise NotFound(f"no task named {name!r}")
+    row = get_version(s, name, version)
+    if row is None:
+        raise NotFound(f"task {name!r} has no version {version}")
+    task.active_version = version
+    task.labels = list((row.spec or {}).get("labels") or task.labels or [])
+    task.updated_at = utcnow()
+    s.commit()
+    return task
+
+
+def delete_task(s: Session, name: str) -> list[str]:
+    """Delete the task and its versions; returns their files (relative to the store root) for the
+    caller to remove from the store after this commit."""
+    task = get_task(s, name)
+    if task is None:
+        raise NotFound(f"no task named {name!r}")
+    files = [v.file for v in get_versions(s, name)]
+    s.delete(task)
+    s.commit()
+    return files
+
+
+def delete_version(s: Session, name: str, version: int) -> str:
+    """Delete one version row (a version that is not active); returns its file."""
+    row = get_version(s, name, version)
+    if row is None:
+        raise NotFound(f"task {name!r} has no version {version}")
+    task = get_task(s, name)
+    if task is not None and task.active_version == version:
+        raise Conflict(f"version {version} of task {name!r} is active; activate another version first")
+    s.delete(row)
+    s.commit()
+    return row.file
+
+
+# --------------------------------------------------------------------------------- datasets
+
+
+def create_dataset(
+    s: Session,
+    *,
+    filename: str,
+    task_type: str | None,
+    rows: int,
+    columns: Sequence[str],
+    path: str,
+    sha256: str,
+    size_bytes: int,
+    id: str | None = None,
+) -> Dataset:
+    ds = Dataset(
+        id=id or new_id(),
+        filename=filename,
+        task_type=task_type,
+        rows=rows,
+        columns=list(columns),
+        path=path,
+        sha256=sha256,
+        size_bytes=size_bytes,
+    )
+    s.add(ds)
+    s.commit()
+    return ds
+
+
+def get_dataset(s: Session, id: str) -> Dataset | None:
+    return s.get(Dataset, id)
+
+
+# ------------------------------------------------------------------------------------- jobs
+
+
+def create_job(
+    s: Session, *, kind: str, payload: dict[str, Any], task_names: Sequence[str], max_queued: int
+) -> Job:
+    """Queue a job; raises TooManyJobs when `max_queued` jobs are already queued or running."""
+    if kind not in JOB_KINDS:
+        raise ValueError(f"job kind {kind!r}: expected one of {', '.join(JOB_KINDS)}")
+    pending = s.scalar(select(func.count()).select_from(Job).where(Job.state.in_((QUEUED, RUNNING)))) or 0
+    if pending >= max_queued:
+        raise TooManyJobs(
+            f"{pending} training jobs are queued or running (limit {max_queued}); try again later"
+        )
+    job = Job(
+        id=new_id(),
+        state=QUEUED,
+        kind=kind,
+        payload=payload,
+        task_names=list(task_names),
+        progress={"step": 0, "total": None, "epoch": None, "loss": None, "message": "queued"},
+        cancel_requested=False,
+        attempts=0,
+        created_at=utcnow(),
+    )
+    s.add(job)
+    s.commit()
+    return job
+
+
+def get_job(s: Session, id: str) -> Job | None:
+    return s.get(Job, id, populate_existing=True)
+
+
+def list_jobs(s: Session, state: str | None = None, limit: int = 100) -> list[Job]:
+    """Newest first."""
+    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if state is not None:
+        if state not in JOB_STATES:
+            raise ValueError(f"job state {state!r}: expected one of {', '.join(JOB_STATES)}")
+        stmt = stmt.where(Job.state == state)
+    return list(s.scalars(stmt.execution_options(populate_existing=True)))
+
+
+def job_counts(s: Session) -> dict[str, int]:
+    counts = dict.fromkeys(JOB_STATES, 0)
+    for state, n in s.execute(select(Job.state, func.count()).group_by(Job.state)):
+        counts[state] = int(n)
+    return counts
+
+
+def _get_job_or_raise(s: Session, id: str) -> Job:
+    job = get_job(s, id)
+    if job is None:
+        raise NotFound(f"no job with id {id!r}")
+    return job
+
+
+def request_cancel(s: Session, id: str) -> Job:
+    """Queued: cancelled at once. Running: flagged; the worker stops at its next step.
+    Finished jobs are returned unchanged."""
+    now = utcnow()
+    s.execute(
+        update(Job)
+        .where(Job.id == id, Job.state == QUEUED)
+        .values(state=CANCELLED, finished_at=now, cancel_requested=True, error=None)
+        .execution_options(synchronize_session=False)
+    )
+    s.execute(
+        update(Job)
+        .where(Job.id == id, Job.state == RUNNING)
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    s.commit()
+    return _get_job_or_raise(s, id)
+
+
+def _claim_values(worker_id: str) -> dict[str, Any]:
+    now = utcnow()
+    return {
+        "state": RUNNING,
+        "worker_id": worker_id,
+        "started_at": now,
+        "heartbeat_at": now,
+        "finished_at": None,
+        "error": None,
+    }
+
+
+def claim_next_job(s: Session, worker_id: str) -> Job | None:
+    """Take the oldest queued job for `worker_id`, or None. Two workers never take the same job:
+    PostgreSQL locks the row with FOR UPDATE SKIP LOCKED; elsewhere a guarded
+    UPDATE ... WHERE state = 'queued' decides, and the loser tries the next job."""
+    oldest = select(Job.id).where(Job.state == QUEUED).order_by(Job.created_at, Job.id).limit(1)
+    if s.get_bind().dialect.name == "postgresql":
+        job_id = s.scalar(oldest.with_for_update(skip_locked=True))
+        if job_id is None:
+            s.rollback()
+            return None
+        s.execute(
+            update(Job)
+            .where(Job.id == job_id)
+            .values(**_claim_values(worker_id))
+            .execution_options(synchronize_session=False)
+        )
+        s.commit()
+        return get_job(s, job_id)
+    for _ in range(100):
+        job_id = s.scalar(oldest)
+        if job_id is None:
+            s.rollback()
+            return None
+        res = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == QUEUED)
+            .values(**_claim_values(worker_id))
+            .execution_options(synchronize_session=False)
+        )
+        s.commit()
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            return get_job(s, job_id)
+    return None
+
+
+def heartbeat(
+    s: Session, id: str, progress: dict[str, Any] | None = None, *, worker_id: str | None = None
+) -> bool:
+    """Refresh the job's heartbeat (and progress); returns True when the worker should stop: a cancel
+    was asked for, or the job is no longer running (for `worker_id`, when given)."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow()}
+    if progress is not None:
+        values["progress"] = progress
+    cond = [Job.id == id, Job.state == RUNNING]
+    if worker_id is not None:
+        cond.append(Job.worker_id == worker_id)
+    res = s.execute(update(Job).where(*cond).values(**values).execution_options(synchronize_session=False))
+    s.commit()
+    if res.rowcount != 1:  # type: ignore[attr-defined]
+        return True
+    return bool(s.scalar(select(Job.cancel_requested).where(Job.id == id)))
+
+
+def finish_job(
+    s: Session,
+    id: str,
+    state: str,
+    *,
+    metrics: dict[str, Any] | None = None,
+    result: dict[str, Any] | None = None,
+    error: str | None = None,
+    worker_id: str | None = None,
+) -> Job:
+    """Move a running job to a final state. With `worker_id`, only if that worker still owns it
+    (a job recovered from a worker presumed dead is not overwritten by it)."""
+    if state not in TERMINAL_STATES:
+        raise ValueError(f"finish_job: {state!r} is not a final state ({', '.join(sorted(TERMINAL_STATES))})")
+    cond = [Job.id == id, Job.state.in_((QUEUED, RUNNING))]
+    if worker_id is not None:
+        cond += [Job.worker_id == worker_id, Job.state == RUNNING]
+    values: dict[str, Any] = {
+        "state": state,
+        "finished_at": utcnow(),
+        "metrics": metrics,
+        "result": result,
+        "error": error,
+    }
+    s.execute(update(Job).where(*cond).values(**values).execution_options(synchronize_session=False))
+    s.commit()
+    return _get_job_or_raise(s, id)
+
+
+def release_job(
+    s: Session, id: str, *, worker_id: str | None = None, message: str = "re-queued: worker stopped"
+) -> bool:
+    """Put a running job back in the queue (a worker shutting down cleanly); True if it was."""
+    cond = [Job.id == id, Job.state == RUNNING]
+    if worker_id is not None:
+        cond.append(Job.worker_id == worker_id)
+    res = s.execute(
+        update(Job)
+        .where(*cond)
+        .values(
+            state=QUEUED,
+            worker_id=None,
+            started_at=None,
+            heartbeat_at=None,
+            progress={"step": 0, "total": None, "epoch": None, "loss": None, "message": message},
+        )
+        .execution_options(synchronize_session=False)
+    )
+    s.commit()
+    return res.rowcount == 1  # type: ignore[attr-defined]
+
+
+def make_worker_id() -> str:
+    """ "<host>:<pid>:<random>": lets recovery on the same host see that a worker process is gone."""
+    return f"{socket.gethostname()}:{os.getpid()}:{new_id()[:8]}"
+
+
+def worker_process_gone(worker_id: str | None) -> bool:
+    """True only when `worker_id` names a process on this host that no longer exists."""
+    if not worker_id:
+        return False
+    parts = worker_id.split(":")
+    if len(parts) < 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+        return False
+    pid = int(parts[1])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def recover_stale_jobs(s: Session, *, stale_after_s: float, on_crash: str, max_attempts: int) -> list[str]:
+    """Jobs left 'running' by a dead worker (heartbeat older than `stale_after_s`, or its process on
+    this host gone): re-queued with attempts + 1 when `on_crash` is "requeue" and attempts remain,
+    else failed with a clear error. Returns their ids."""
+    if on_crash not in ("requeue", "fail"):
+        raise ValueError(f"on_crash {on_crash!r}: expected 'requeue' or 'fail'")
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    recovered: list[str] = []
+    running = s.scalars(
+        select(Job).where(Job.state == RUNNING).execution_options(populate_existing=True)
+    ).all()
+    for job in running:
+        last = job.heartbeat_at or job.started_at or job.created_at
+        if not (last < cutoff or worker_process_gone(job.worker_id)):
+            continue
+        attempt = job.attempts + 1
+        guard = [Job.id == job.id, Job.state == RUNNING, Job.worker_id == job.worker_id]
+        if job.worker_id is None:
+            guard[-1] = Job.worker_id.is_(None)
+        guard.append(Job.heartbeat_at == job.heartbeat_at if job.heartbeat_at else Job.heartbeat_at.is_(None))
+        if on_crash == "requeue" and attempt < max_attempts and not job.cancel_requested:
+            values: dict[str, Any] = {
+                "state": QUEUED,
+                "attempts": attempt,
+                "worker_id": None,
+                "started_at": None,
+                "heartbeat_at": None,
+                "progress": {
+                    "step": 0,
+                    "total": None,
+                    "epoch": None,
+                    "loss": None,
+                    "message": f"re-queued: worker died while running (attempt {attempt})",
+                },
+            }
+        elif job.cancel_requested:
+            values = {"state": CANCELLED, "attempts": attempt, "finished_at": utcnow()}
+        else:
+            values = {
+                "state": FAILED,
+                "attempts": attempt,
+                "finished_at": utcnow(),
+                "error": f"worker died while running (attempt {attempt})",
+            }
+        res = s.execute(
+            update(Job).where(*guard).values(**values).execution_options(synchronize_session=False)
+        )
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            recovered.append(job.id)
+    s.commit()
+    return recovered
+
+
+__all__ = [
+    "CANCELLED",
+    "FAILED",
+    "QUEUED",
+    "RUNNING",
+    "SUCCEEDED",
+    "TASK_NAME_RE",
+    "Conflict",
+    "NotFound",
+    "TooManyJobs",
+    "activate_version",
+    "add_version",
+    "claim_next_job",
+    "create_dataset",
+    "create_job",
+    "delete_task",
+    "delete_version",
+    "finish_job",
+    "get_active_version",
+    "get_dataset",
+    "get_job",
+    "get_task",
+    "get_version",
+    "get_versions",
+    "heartbeat",
+    "job_counts",
+    "list_jobs",
+    "list_tasks",
+    "recover_stale_jobs",
+    "release_job",
+    "request_cancel",
+    "validate_task_name",
+]

@@ -1,0 +1,491 @@
+"""The training worker: a process of its own that takes queued jobs from the database, trains them
+on the shared frozen backbone, writes the new version to the prompt store (file first, then the
+database row) and activates it, so the server serves it at once.
+
+Liveness: a background thread refreshes the job's heartbeat; a worker that dies leaves a job whose
+heartbeat goes stale (or whose process is gone), and `recover_stale_jobs`, run by every worker at
+start and then periodically, re-queues or fails it. SIGTERM/SIGINT stop between two training steps
+and put the current job back in the queue.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from app.config import Settings, get_settings
+from app.db import repo
+from app.db.models import CANCELLED, FAILED, SUCCEEDED
+from app.db.session import REPO_ROOT, get_sessionmaker, run_migrations
+from app.engine.backbone import Backbone, load_backbone
+from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes, parse_header
+from app.engine.data import DataError, label_list
+from app.engine.model import ServingTask
+from app.engine.train import Cancelled, Progress, TrainConfig, TrainResult, train_multitask, train_task
+from app.jobs.payload import DataRef, load_split, task_spec, train_config, training_doc
+from app.serving.store import PromptStore, StoreError
+
+log = logging.getLogger(__name__)
+
+PROGRESS_MIN_INTERVAL_S = 0.5  # at most 2 progress writes a second (plus always the last)
+PARENT_PID_ENV = "PROMPTHUB_WORKER_PARENT_PID"
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON (numpy/torch scalars and the like become floats or strings)."""
+
+    def default(o: Any) -> Any:
+        try:
+            return float(o)
+        except (TypeError, ValueError):
+            return str(o)
+
+    return json.loads(json.dumps(value, default=default))
+
+
+class _JobRun:
+    """State of the job being trained: the stop flag, throttled progress, the heartbeat thread."""
+
+    def __init__(self, worker: Worker, job_id: str) -> None:
+        self.worker = worker
+        self.job_id = job_id
+        self.stop_requested = threading.Event()  # cancel asked for, or the job is no longer ours
+        self._done = threading.Event()
+        self._last_write = 0.0
+        self._pending: dict[str, Any] | None = None
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
+
+    def __enter__(self) -> _JobRun:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+
+    def _write(self, progress: dict[str, Any] | None) -> None:
+        try:
+            with self.worker.sessionmaker() as s:
+                if repo.heartbeat(s, self.job_id, progress, worker_id=self.worker.worker_id):
+                    self.stop_requested.set()
+        except Exception:  # the database may blip; the next beat tries again
+            log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
+
+    def _beat(self) -> None:
+        interval = max(0.05, self.worker.settings.job_heartbeat_s)
+        while not self._done.wait(interval):
+            with self._lock:
+                self._write(None)
+
+    def should_stop(self) -> bool:
+        return self.stop_requested.is_set() or self.worker.stop_event.is_set()
+
+    def progress(self, p: Progress) -> None:
+        doc = {
+            "step": p.step,
+            "total": p.total,
+            "epoch": round(float(p.epoch), 4) if p.epoch is not None else None,
+            "loss": float(p.loss) if p.loss is not None else None,
+            "message": p.message or "training",
+        }
+        if getattr(p, "task", None):
+            doc["task"] = p.task
+        now = time.monotonic()
+        last = bool(p.total) and p.step >= p.total and not p.message
+        with self._lock:
+            if last or now - self._last_write >= PROGRESS_MIN_INTERVAL_S:
+                self._write(doc)
+                self._last_write = now
+                self._pending = None
+            else:
+                self._pending = doc
+
+    def flush(self, message: str | None = None) -> None:
+        """Write the last progress (always), optionally with a final message."""
+        with self._lock:
+            doc = self._pending
+            self._pending = None
+            if message is not None:
+                doc = {**(doc or {}), "message": message}
+            if doc is not None:
+                self._write(doc)
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        worker_id: str | None = None,
+        *,
+        backbone: Backbone | None = None,
+        stop_event: threading.Event | None = None,
+    ) -> None:
+        self.settings = settings
+        self.worker_id = worker_id or repo.make_worker_id()
+        self.sessionmaker = get_sessionmaker(settings.database_url)
+        self.store = PromptStore(settings.store_dir)
+        self.stop_event = stop_event or threading.Event()
+        self._backbone = backbone
+        self._last_recovery: float | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            device = self.settings.device_list[0]
+            log.info("worker %s: loading backbone %s on %s", self.worker_id, self.settings.backbone, device)
+            self._backbone = load_backbone(self.settings.backbone, device=device)
+        return self._backbone
+
+    def recover(self) -> list[str]:
+        with self.sessionmaker() as s:
+            ids = repo.recover_stale_jobs(
+                s,
+                stale_after_s=self.settings.job_stale_s,
+                on_crash=self.settings.on_crash,
+                max_attempts=self.settings.max_job_attempts,
+            )
+        self._last_recovery = time.monotonic()
+        for job_id in ids:
+            log.warning("recovered job %s left running by a dead worker (%s)", job_id, self.settings.on_crash)
+        return ids
+
+    def _maybe_recover(self) -> None:
+        every = max(1.0, self.settings.job_stale_s / 2)
+        if self._last_recovery is None or time.monotonic() - self._last_recovery >= every:
+            self.recover()
+
+    def run_once(self) -> bool:
+        """Take one queued job and run it to the end; False when there was none."""
+        self._maybe_recover()
+        backbone = self.backbone  # loaded before claiming: a broken backbone must not eat jobs
+        with self.sessionmaker() as s:
+            job = repo.claim_next_job(s, self.worker_id)
+            if job is None:
+                return False
+            job_id, kind, payload = job.id, job.kind, dict(job.payload or {})
+        log.info("worker %s: job %s (%s) started", self.worker_id, job_id, kind)
+        self._run_job(job_id, kind, payload, backbone)
+        return True
+
+    def run_forever(self, stop_event: threading.Event | None = None) -> None:
+        if stop_event is not None:
+            self.stop_event = stop_event
+        self.recover()
+        _ = self.backbone
+        log.info("worker %s ready (poll every %.2fs)", self.worker_id, self.settings.worker_poll_s)
+        while not self.stop_event.is_set():
+            try:
+                busy = self.run_once()
+            except Exception:  # e.g. the database is down: wait and retry
+                log.exception("worker %s: poll failed", self.worker_id)
+                busy = False
+                self.stop_event.wait(max(1.0, self.settings.worker_poll_s * 4))
+            if not busy:
+                self.stop_event.wait(self.settings.worker_poll_s)
+        log.info("worker %s stopped", self.worker_id)
+
+    # ------------------------------------------------------------------ one job
+    def _finish(self, job_id: str, state: str, **kw: Any) -> None:
+        with self.sessionmaker() as s:
+            repo.finish_job(s, job_id, state, worker_id=self.worker_id, **kw)
+
+    def _run_job(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> None:
+        with _JobRun(self, job_id) as run:
+            try:
+                if kind == "multitask":
+                    result, metrics = self._train_multitask(job_id, payload, backbone, run)
+                else:
+                    result, metrics = self._train_single(job_id, payload, backbone, run)
+            except Cancelled:
+                if self.stop_event.is_set() and not run.stop_requested.is_set():
+                    with self.sessionmaker() as s:
+                        repo.release_job(s, job_id, worker_id=self.worker_id)
+                    log.info("job %s put back in the queue: the worker is stopping", job_id)
+                else:
+                    self._finish(job_id, CANCELLED)
+                    log.info("job %s cancelled", job_id)
+                return
+            except Exception as e:
+                message = (
+                    str(e)
+                    if isinstance(e, (DataError, ValueError, StoreError))
+                    else f"{type(e).__name__}: {e}"
+                )
+                log.warning("job %s failed: %s", job_id, message, exc_info=not isinstance(e, DataError))
+                self._finish(job_id, FAILED, error=message or type(e).__name__)
+                return
+            run.flush("done")
+            self._finish(job_id, SUCCEEDED, result=result, metrics=_jsonable(metrics))
+            log.info("job %s succeeded: %s", job_id, result)
+
+    def _lookup_dataset(self, dataset_id: str) -> tuple[Path, str, str] | None:
+        with self.sessionmaker() as s:
+            ds = repo.get_dataset(s, dataset_id)
+            if ds is None:
+                return None
+            return Path(ds.path), ds.filename, ds.sha256
+
+    def _splits(
+        self, spec_doc: dict[str, Any], task_type: str, where: str
+    ) -> tuple[Any, Any, dict[str, Any]]:
+        max_rows = self.settings.max_dataset_rows
+        train, train_ref = load_split(
+            spec_doc.get("train"), task_type, self._lookup_dataset, what=f"{where}train", max_rows=max_rows
+        )
+        if train is None:
+            raise DataError(f"{where}train: training data is required")
+        ev, ev_ref = load_split(
+            spec_doc.get("eval"), task_type, self._lookup_dataset, what=f"{where}eval", max_rows=max_rows
+        )
+        data = {"train": _ref(train_ref), "eval": _ref(ev_ref)}
+        return train, ev, data
+
+    def _check_task_type(self, name: str, task_type: str) -> None:
+        with self.sessionmaker() as s:
+            task = repo.get_task(s, name)
+            if task is not None and task.task_type != task_type:
+                raise repo.Conflict(f"task {name!r} is a {task.task_type} task, not {task_type}")
+
+    def _init_from(self, name: str | None, backbone: Backbone) -> ServingTask | None:
+        if not name:
+            return None
+        with self.sessionmaker() as s:
+            ver = repo.get_active_version(s, name)
+            if ver is None:
+                raise ValueError(f"init_from: task {name!r} does not exist or has no active version")
+            number, sha = ver.version, ver.sha256
+        data = self.store.read_version(name, number, sha)
+        task = load_checkpoint_bytes(
+            data, backbone, expected_sha256=sha, where=f"init_from task {name!r} v{number}"
+        )
+        if task.kv is None:
+            raise ValueError(f"init_from: task {name!r} has no P-Tuning v2 prefix to start from")
+        return task
+
+    def _train_single(
+        self, job_id: str, payload: dict[str, Any], backbone: Backbone, run: _JobRun
+    ) -> tuple[dict[str, int], dict[str, Any]]:
+        name = repo.validate_task_name(payload.get("task", ""))
+        task_type = payload["task_type"]
+        self._check_task_type(name, task_type)
+        hp = payload.get("hyperparameters") or {}
+        train, ev, data = self._splits(payload, task_type, "")
+        spec = task_spec(task_type, hp, payload.get("labels"))
+        config = train_config(hp)
+        init_kv = self._init_from(payload.get("init_from"), backbone)
+        result = train_task(
+            backbone,
+            spec,
+            train,
+            ev,
+            config,
+            progress=run.progress,
+            should_stop=run.should_stop,
+            init_kv=init_kv,
+            task_name=name,
+        )
+        extra = {"init_from": payload.get("init_from")} if payload.get("init_from") else {}
+        version = self._publish(job_id, name, result, backbone, hp, config, data, **extra)
+        return {name: version}, _jsonable(result.metrics)
+
+    def _train_multitask(
+        self, job_id: str, payload: dict[str, Any], backbone: Backbone, run: _JobRun
+    ) -> tuple[dict[str, int], dict[str, Any]]:
+        hp = payload.get("hyperparameters") or {}
+        config = train_config(hp)
+        tasks: dict[str, tuple[Any, Any, Any]] = {}
+        datas: dict[str, dict[str, Any]] = {}
+        for i, t in enumerate(payload.get("tasks") or []):
+            name = repo.validate_task_name(t.get("task", ""))
+            if name in tasks:
+                raise ValueError(f"tasks[{i}]: task {name!r} is listed twice")
+            self._check_task_type(name, t["task_type"])
+            train, ev, data = self._splits(t, t["task_type"], f"tasks[{i}].")
+            spec = task_spec(t["task_type"], hp, t.get("labels"))
+            if spec.task_type != "question-answering" and not spec.labels:
+                spec.labels = label_list(train)  # train_multitask validates the first spec before inferring
+            tasks[name] = (spec, train, ev)
+            datas[name] = data
+        results = train_multitask(
+            backbone,
+            tasks,
+            config,
+            progress=run.progress,
+            should_stop=run.should_stop,
+            per_task_epochs=int(payload.get("per_task_epochs") or 0),
+        )
+        versions: dict[str, int] = {}
+        for name, result in results.items():
+            versions[name] = self._publish(
+                job_id, name, result, backbone, hp, config, datas[name], multitask=sorted(tasks)
+            )
+        return versions, {name: _jsonable(r.metrics) for name, r in results.items()}
+
+    def _publish(
+        self,
+        job_id: str,
+        name: str,
+        result: TrainResult,
+        backbone: Backbone,
+        hp: dict[str, Any],
+        config: TrainConfig,
+        data: dict[str, Any],
+        **extra: Any,
+    ) -> int:
+        """Write the checkpoint to the store, then register and activate it; returns the version."""
+        training = _jsonable(
+            training_doc(
+                hp,
+                config,
+                job_id=job_id,
+                history=result.history,
+                best_epoch=result.best_epoch,
+                steps=getattr(result, "steps", None),
+                seconds=getattr(result, "seconds", None),
+                num_trainable=result.num_trainable,
+                trainable_fraction=result.trainable_fraction,
+                **extra,
+            )
+        )
+        metrics = _jsonable(result.metrics)
+        source = f"job:{job_id}"
+        meta = {"training": training, "metrics": metrics, "source": source, "data": data}
+        blob = checkpoint_bytes(result.task, backbone, meta=meta)
+        doc = parse_header(blob)
+        spec = doc["spec"]
+        for _ in range(20):
+            with self.sessionmaker() as s:
+                version = max(repo.max_version(s, name), max(self.store.versions(name), default=0)) + 1
+            try:
+                stored = self.store.write_version(name, version, blob, doc)
+            except StoreError:
+                if self.store.exists(name, version):
+                    continue  # another writer took this number: take the next
+                raise
+            try:
+                with self.sessionmaker() as s:
+                    repo.add_version(
+                        s,
+                        name=name,
+                        task_type=spec["task_type"],
+                        labels=spec.get("labels") or [],
+                        file=self.store.rel_path(name, version),
+                        sha256=stored.sha256,
+                        size_bytes=stored.size_bytes,
+                        spec=spec,
+                        metrics=metrics,
+                        training={**training, "data": data},
+                        source=source,
+                        activate=True,
+                        version=version,
+                    )
+            except repo.Conflict:
+                with self.sessionmaker() as s:
+                    row = repo.get_version(s, name, version)
+                    if row is not None and row.sha256 == stored.sha256:  # registered by a store sync
+                        repo.activate_version(s, name, version)
+                        return version
+                self.store.delete_version(name, version)
+                raise
+            return version
+        raise StoreError(f"task {name!r}: could not find a free version number")
+
+
+def _ref(ref: DataRef | None) -> dict[str, Any] | None:
+    return ref.as_dict() if ref is not None else None
+
+
+# ---------------------------------------------------------------------------- process entry points
+
+
+def _watch_parent(parent_pid: int, stop_event: threading.Event) -> None:
+    """An embedded worker stops when the server that started it is gone."""
+
+    def watch() -> None:
+        while not stop_event.wait(1.0):
+            if os.getppid() != parent_pid:
+                log.warning("worker: parent process %d is gone; stopping", parent_pid)
+                stop_event.set()
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def worker_command(args: argparse.Namespace) -> int:
+    """`prompthub worker [--once] [--poll S]`."""
+    settings = get_settings()
+    if getattr(args, "poll", None) is not None:
+        settings = settings.model_copy(update={"worker_poll_s": float(args.poll)})
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    run_migrations(settings.database_url)
+    stop_event = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("worker: signal %d, stopping after the current step", signum)
+        stop_event.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    parent = os.environ.get(PARENT_PID_ENV)
+    if parent and parent.isdigit():
+        _watch_parent(int(parent), stop_event)
+    worker = Worker(settings, stop_event=stop_event)
+    try:
+        if getattr(args, "once", False):
+            worker.run_once()
+        else:
+            worker.run_forever(stop_event)
+    except Exception as e:
+        log.exception("worker failed")
+        print(f"worker failed: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as PROMPTHUB_* variables, so a child process sees exactly these settings."""
+    env: dict[str, str] = {}
+    for key, value in settings.model_dump().items():
+        env[f"PROMPTHUB_{key.upper()}"] = (
+            ("true" if value else "false") if isinstance(value, bool) else str(value)
+        )
+    return env
+
+
+def spawn_embedded_worker(settings: Settings) -> subprocess.Popen:
+    """Start `python -m app.cli worker` with this process's environment and settings."""
+    env = os.environ.copy()
+    env.update(settings_env(settings))
+    env[PARENT_PID_ENV] = str(os.getpid())
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("HF_HUB_OFFLINE", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env, cwd=os.getcwd())
+    log.info("embedded worker started (pid %d)", proc.pid)
+    return proc
+
+
+def stop_embedded_worker(proc: subprocess.Popen | None, timeout: float = 20.0) -> int | None:
+    """SIGTERM (the worker re-queues its job), then SIGKILL after `timeout`; returns the exit code."""
+    if proc is None:
+        return None
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            log.warning("embedded worker did not stop in %.0fs; killing it", timeout)
+            proc.kill()
+            proc.wait()
+    return proc.returncode
