@@ -1,0 +1,159 @@
+"""Errors are part of the API: each maps to a status and a message naming the field, line or limit.
+
+Validation-style problems answer 422 in FastAPI's shape: {"detail": [{"loc": [...], "msg", "type"}]}.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from app.engine.checkpoint import BackboneMismatchError, CheckpointError
+from app.engine.data import DataError
+from app.serving.batcher import BatcherClosed, QueueFull, TooManyRows
+from app.serving.hub import NotReady, TaskNotFound
+
+log = logging.getLogger(__name__)
+
+Loc = Sequence[str | int]
+
+
+class ApiError(Exception):
+    """An error with a status and a plain message: {"detail": message}."""
+
+    def __init__(self, status_code: int, message: str, headers: dict[str, str] | None = None) -> None:
+        self.status_code = status_code
+        self.message = message
+        self.headers = headers
+        super().__init__(message)
+
+
+class InputError(Exception):
+    """One or more 422 problems, each at a location in the request."""
+
+    def __init__(self, errors: list[dict]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(e["msg"] for e in errors))
+
+    @classmethod
+    def at(cls, loc: Loc, msg: str, type_: str = "value_error") -> InputError:
+        return cls([{"loc": list(loc), "msg": msg, "type": type_}])
+
+
+def data_error(err: DataError, prefix: Loc, label: str | None = None) -> InputError:
+    """A DataError located at prefix[line - 1][field]; `label` names the list in the message."""
+    loc: list[str | int] = list(prefix)
+    msg = err.message
+    if err.line is not None:
+        loc.append(err.line - 1)
+        where = f"{label}[{err.line - 1}]" if label else f"line {err.line}"
+        if err.field:
+            loc.append(err.field)
+            where += f".{err.field}" if label else f", field '{err.field}'"
+        msg = f"{where}: {msg}"
+    elif err.field:
+        loc.append(err.field)
+        msg = f"{err.field}: {msg}"
+    return InputError.at(loc, msg, "data_error")
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+async def _api_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ApiError)
+    return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=exc.headers)
+
+
+async def _input_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, InputError)
+    return JSONResponse({"detail": exc.errors}, status_code=422)
+
+
+async def _data_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DataError)
+    return JSONResponse({"detail": data_error(exc, ["body"]).errors}, status_code=422)
+
+
+async def _not_found(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=404)
+
+
+async def _queue_full(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, QueueFull)
+    return JSONResponse({"detail": str(exc)}, status_code=429, headers=_retry_after(exc.retry_after_s))
+
+
+async def _too_many_rows(_: Request, exc: Exception) -> JSONResponse:
+    err = {"loc": ["body", "inputs"], "msg": str(exc), "type": "too_long"}
+    return JSONResponse({"detail": [err]}, status_code=422)
+
+
+async def _not_ready(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": f"not ready: {exc}"}, status_code=503, headers=_retry_after(5))
+
+
+async def _mismatch(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=409)
+
+
+async def _checkpoint(_: Request, exc: Exception) -> JSONResponse:
+    log.error("checkpoint error: %s", exc)
+    return JSONResponse({"detail": f"the stored task could not be loaded: {exc}"}, status_code=500)
+
+
+def status_for(exc: BaseException) -> int:
+    """The status an exception answers with (for metrics recorded before the handler runs)."""
+    if isinstance(exc, ApiError):
+        return exc.status_code
+    if isinstance(exc, InputError | DataError | TooManyRows):
+        return 422
+    if isinstance(exc, TaskNotFound):
+        return 404
+    if isinstance(exc, QueueFull):
+        return 429
+    if isinstance(exc, NotReady | BatcherClosed):
+        return 503
+    if isinstance(exc, BackboneMismatchError):
+        return 409
+    return 500
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(InputError, _input_error)
+    app.add_exception_handler(DataError, _data_error)
+    app.add_exception_handler(TaskNotFound, _not_found)
+    app.add_exception_handler(QueueFull, _queue_full)
+    app.add_exception_handler(TooManyRows, _too_many_rows)
+    app.add_exception_handler(NotReady, _not_ready)
+    app.add_exception_handler(BatcherClosed, _not_ready)
+    app.add_exception_handler(BackboneMismatchError, _mismatch)
+    app.add_exception_handler(CheckpointError, _checkpoint)
+    _install_repo_handlers(app)
+    _install_store_handlers(app)
+
+
+def _install_repo_handlers(app: FastAPI) -> None:
+    from app.db import repo
+
+    async def conflict(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    async def too_many(_: Request, exc: Exception) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=429, headers=_retry_after(30))
+
+    app.add_exception_handler(repo.NotFound, _not_found)
+    app.add_exception_handler(repo.Conflict, conflict)
+    app.add_exception_handler(repo.TooManyJobs, too_many)
+
+
+def _install_store_handlers(app: FastAPI) -> None:
+    from app.serving.store import StoreError
+
+    app.add_exception_handler(StoreError, _checkpoint)

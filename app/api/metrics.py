@@ -1,0 +1,138 @@
+"""Prometheus metrics, one registry per app (so several apps can live in one process).
+
+Request counts and latencies are recorded by a middleware; queue depth, batch sizes, cache
+counters and jobs by state are read from the hub and the database at scrape time.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+from fastapi import FastAPI, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from app.serving.hub import Hub
+
+log = logging.getLogger(__name__)
+
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+UNKNOWN_TASK = "_unknown"
+
+
+class HubCollector(Collector):
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
+
+    def collect(self) -> Iterator[Metric]:
+        hub = self.hub
+        batcher = hub.batcher
+        ready = GaugeMetricFamily("prompthub_ready", "1 when the backbone is loaded and serving")
+        ready.add_metric([], 1.0 if hub.ready else 0.0)
+        yield ready
+        depth = GaugeMetricFamily("prompthub_queue_rows", "rows waiting in the batcher queue")
+        depth.add_metric([], float(batcher.queue_depth()) if batcher else 0.0)
+        yield depth
+        if batcher is not None:
+            yield _batch_histogram(batcher.stats().batch_sizes)
+        cs = hub.cache.stats()
+        for name, doc, value in (
+            ("prompthub_cache_hits", "task cache hits", cs.hits),
+            ("prompthub_cache_misses", "task cache misses (loads from the store)", cs.misses),
+            ("prompthub_cache_evictions", "task cache evictions", cs.evictions),
+        ):
+            c = CounterMetricFamily(name, doc)
+            c.add_metric([], float(value))
+            yield c
+        for name, doc, value in (
+            ("prompthub_cache_entries", "task versions held on the device", cs.entries),
+            ("prompthub_cache_bytes", "bytes of task versions held on the device", cs.bytes_used),
+        ):
+            g = GaugeMetricFamily(name, doc)
+            g.add_metric([], float(value))
+            yield g
+        jobs = GaugeMetricFamily("prompthub_jobs", "training jobs by state", labels=["state"])
+        for state, n in self._job_counts().items():
+            jobs.add_metric([state], float(n))
+        yield jobs
+
+    def _job_counts(self) -> dict[str, int]:
+        from app.db import models, repo
+
+        counts = dict.fromkeys(models.JOB_STATES, 0)
+        try:
+            with self.hub.sessionmaker() as s:
+                counts.update(repo.job_counts(s))
+        except Exception:  # a scrape must not fail because the database hiccups
+            log.warning("job counts unavailable for /metrics", exc_info=True)
+        return counts
+
+
+def _batch_histogram(sizes: dict[int, int]) -> HistogramMetricFamily:
+    buckets = []
+    for bound in BATCH_BUCKETS:
+        buckets.append((str(float(bound)), float(sum(n for size, n in sizes.items() if size <= bound))))
+    total = float(sum(sizes.values()))
+    buckets.append(("+Inf", total))
+    h = HistogramMetricFamily("prompthub_batch_size", "rows per backbone forward")
+    h.add_metric([], buckets, sum_value=float(sum(size * n for size, n in sizes.items())))
+    return h
+
+
+class ApiMetrics:
+    def __init__(self, hub: Hub) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "prompthub_requests",
+            "HTTP requests by route, task and status",
+            ["route", "task", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "prompthub_request_latency_seconds",
+            "HTTP request latency by route, task and status",
+            ["route", "task", "status"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.registry.register(HubCollector(hub))
+
+    def observe(self, route: str, task: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, task, str(status)).inc()
+        self.latency.labels(route, task, str(status)).observe(seconds)
+
+    def render(self) -> Response:
+        return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def install_metrics(app: FastAPI, metrics: ApiMetrics) -> None:
+    @app.middleware("http")
+    async def record(request: Request, call_next):  # type: ignore[no-untyped-def]
+        start = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            return response
+        finally:
+            route = request.scope.get("route")
+            path = getattr(route, "path", None)
+            if path is not None and path != "/metrics":
+                task = request.path_params.get("task", "")
+                if task and (status == 404 or not _valid_name(task)):
+                    task = UNKNOWN_TASK  # label values stay names of tasks that exist
+                metrics.observe(path, task, status, time.perf_counter() - start)
+
+
+def _valid_name(name: str) -> bool:
+    from app.db.repo import validate_task_name
+
+    try:
+        validate_task_name(name)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,79 @@
+"""create_app(): wiring only. The lifespan migrates the database, syncs the prompt store into it,
+loads the backbones in the background (/healthz answers at once, /readyz flips when ready),
+starts the batcher and, when configured, the embedded training worker."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from app.api.errors import install_error_handlers
+from app.api.limits import BodySizeLimit
+from app.api.metrics import ApiMetrics, install_metrics
+from app.api.routes import ROUTERS
+from app.config import Settings, get_settings
+from app.serving.hub import Hub
+
+log = logging.getLogger(__name__)
+
+
+def _prepare_database(settings: Settings, hub: Hub) -> None:
+    from app.db.session import run_migrations
+    from app.serving.store import sync_store_to_db
+
+    run_migrations(settings.database_url)
+    with hub.sessionmaker() as s:
+        sync_store_to_db(s, hub.store)
+        s.commit()
+
+
+MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and form fields around an uploaded file
+
+
+def _body_limit(settings: Settings, path: str) -> int:
+    if path.startswith("/datasets"):
+        return settings.max_upload_bytes + MULTIPART_SLACK_BYTES  # the file itself is checked exactly
+    return settings.max_body_bytes
+
+
+def create_app(settings: Settings | None = None, hub: Hub | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        hub: Hub = app.state.hub
+        await asyncio.to_thread(_prepare_database, settings, hub)
+        hub.start(background=True)
+        worker = None
+        if settings.embedded_worker:
+            from app.jobs.worker import spawn_embedded_worker
+
+            worker = spawn_embedded_worker(settings)
+        try:
+            yield
+        finally:
+            if worker is not None:
+                from app.jobs.worker import stop_embedded_worker
+
+                await asyncio.to_thread(stop_embedded_worker, worker)
+            hub.close()
+
+    app = FastAPI(
+        title="PromptHub",
+        version="0.1.0",
+        summary="P-Tuning v2 prompts on one frozen encoder, served as a multi-task hub",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.hub = hub or Hub(settings)
+    app.state.metrics = ApiMetrics(app.state.hub)
+    for router in ROUTERS:
+        app.include_router(router)
+    install_error_handlers(app)
+    install_metrics(app, app.state.metrics)
+    app.add_middleware(BodySizeLimit, limit_for=lambda path: _body_limit(settings, path))
+    return app

@@ -1,0 +1,276 @@
+"""Dynamic batching of rows of ANY tasks into one backbone forward per batch.
+
+Requests put their rows (task, features) on one bounded queue. One worker thread per device
+takes up to `max_batch_size` rows, waiting at most `max_wait_ms` after the first one for more,
+sorts them by length so rows of similar length share a padded forward, runs
+`collate` + `mixed_forward` under inference mode, and resolves each request's future once all
+of its rows are done. Rows hold the ServingTask object itself, so a request whose task gets a
+new version while it waits still runs on the version it resolved (hot-swap safety).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, InvalidStateError
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from app.engine.backbone import Backbone
+from app.engine.batch import collate, mixed_forward, task_forward
+from app.engine.model import ServingTask
+
+log = logging.getLogger(__name__)
+
+Row = tuple[ServingTask, dict]
+
+
+class QueueFull(RuntimeError):
+    """Adding the rows would exceed the queue bound; the client should retry later."""
+
+    def __init__(self, rows: int, depth: int, limit: int, retry_after_s: float = 1.0) -> None:
+        self.rows = rows
+        self.depth = depth
+        self.limit = limit
+        self.retry_after_s = retry_after_s
+        super().__init__(f"the prediction queue is full ({depth} of {limit} rows queued, {rows} more asked)")
+
+
+class TooManyRows(ValueError):
+    """One request holds more rows than the whole queue may: it can never fit, so retrying is futile."""
+
+    def __init__(self, rows: int, limit: int) -> None:
+        self.rows = rows
+        self.limit = limit
+        super().__init__(
+            f"the inputs make {rows} rows (long question-answering contexts are split into windows); "
+            f"at most {limit} fit the queue: send fewer or shorter inputs"
+        )
+
+
+class BatcherClosed(RuntimeError):
+    pass
+
+
+@dataclass
+class _Request:
+    future: Future
+    results: list[Tensor | None]
+    remaining: int
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock, contextlib.suppress(InvalidStateError):  # cancelled by a client that left
+            if not self.future.done():
+                self.future.set_exception(exc)
+
+    def deliver(self, index: int, logits: Tensor) -> None:
+        with self.lock:
+            if self.future.done():
+                return
+            self.results[index] = logits
+            self.remaining -= 1
+            if self.remaining == 0:
+                with contextlib.suppress(InvalidStateError):
+                    self.future.set_result(self.results)
+
+
+@dataclass
+class _Item:
+    request: _Request
+    index: int
+    task: ServingTask
+    features: dict
+    enqueued: float
+
+    @property
+    def length(self) -> int:
+        return len(self.features["input_ids"])
+
+
+@dataclass
+class BatcherStats:
+    queue_rows: int
+    batches: int
+    rows: int
+    batch_sizes: dict[int, int]
+    max_queue_rows: int
+
+
+class Batcher:
+    """One bounded row queue, one worker thread per backbone (device)."""
+
+    def __init__(
+        self,
+        backbones: Sequence[Backbone],
+        max_batch_size: int = 32,
+        max_wait_ms: float = 5.0,
+        max_queue_rows: int = 2048,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> None:
+        if not backbones:
+            raise ValueError("the batcher needs at least one backbone")
+        self.backbones = list(backbones)
+        self.max_batch_size = max(1, int(max_batch_size))
+        self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
+        self.max_queue_rows = max(1, int(max_queue_rows))
+        self.on_batch = on_batch
+        self._queue: deque[_Item] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._batches = 0
+        self._rows = 0
+        self._sizes: dict[int, int] = {}
+        self._threads: list[threading.Thread] = []
+        self._moved: list[dict[int, tuple[ServingTask, ServingTask]]] = [{} for _ in self.backbones]
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> Batcher:
+        for i, bb in enumerate(self.backbones):
+            t = threading.Thread(target=self._run, args=(i,), name=f"batcher-{bb.device}", daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cond:
+            self._closed = True
+            pending = list(self._queue)
+            self._queue.clear()
+            self._cond.notify_all()
+        for item in pending:
+            item.request.fail(BatcherClosed("the server is shutting down"))
+        for t in self._threads:
+            t.join(timeout)
+        self._threads.clear()
+
+    # ------------------------------------------------------------------ requests
+    def submit(self, rows: Sequence[Row]) -> Future:
+        """Queue rows; the future resolves to one CPU logits tensor per row, in order."""
+        future: Future = Future()
+        if not rows:
+            future.set_result([])
+            return future
+        if len(rows) > self.max_queue_rows:
+            raise TooManyRows(len(rows), self.max_queue_rows)
+        request = _Request(future=future, results=[None] * len(rows), remaining=len(rows))
+        now = time.monotonic()
+        with self._cond:
+            if self._closed:
+                raise BatcherClosed("the batcher is closed")
+            depth = len(self._queue)
+            if depth + len(rows) > self.max_queue_rows:
+                raise QueueFull(len(rows), depth, self.max_queue_rows)
+            for i, (task, feats) in enumerate(rows):
+                self._queue.append(_Item(request, i, task, feats, now))
+            self._cond.notify_all()
+        return future
+
+    def queue_depth(self) -> int:
+        with self._cond:
+            return len(self._queue)
+
+    def stats(self) -> BatcherStats:
+        with self._cond:
+            return BatcherStats(
+                queue_rows=len(self._queue),
+                batches=self._batches,
+                rows=self._rows,
+                batch_sizes=dict(self._sizes),
+                max_queue_rows=self.max_queue_rows,
+            )
+
+    # ------------------------------------------------------------------ worker
+    def _take(self) -> list[_Item] | None:
+        """Block for the next batch: up to max_batch_size rows, or what came within max_wait."""
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                return None
+            deadline = self._queue[0].enqueued + self.max_wait_s
+            while len(self._queue) < self.max_batch_size and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            if self._closed or not self._queue:
+                return None if self._closed else []
+            n = min(self.max_batch_size, len(self._queue))
+            batch = [self._queue.popleft() for _ in range(n)]
+            self._batches += 1
+            self._rows += n
+            self._sizes[n] = self._sizes.get(n, 0) + 1
+        if self.on_batch is not None:
+            try:
+                self.on_batch(n)
+            except Exception:  # metrics must never break serving
+                log.exception("batch size callback failed")
+        return batch
+
+    def _run(self, device_index: int) -> None:
+        backbone = self.backbones[device_index]
+        while True:
+            batch = self._take()
+            if batch is None:
+                return
+            if not batch:
+                continue
+            live = [it for it in batch if not it.request.future.done()]
+            if not live:
+                continue
+            try:
+                self._forward(device_index, backbone, live)
+            except Exception as exc:  # one bad batch fails its requests, never the worker
+                log.exception("batch forward failed")
+                for it in live:
+                    it.request.fail(exc)
+
+    def _on_device(self, device_index: int, task: ServingTask, backbone: Backbone) -> ServingTask:
+        ref = task.kv if task.kv is not None else task.prompt
+        device = backbone.device
+        if ref is None or ref.device == device:
+            return task
+        memo = self._moved[device_index]
+        hit = memo.get(id(task))
+        if hit is not None and hit[0] is task:
+            return hit[1]
+        moved = task.to(device)
+        if len(memo) > 1024:
+            memo.clear()
+        memo[id(task)] = (task, moved)
+        return moved
+
+    def _forward(self, device_index: int, backbone: Backbone, items: list[_Item]) -> None:
+        items = sorted(items, key=lambda it: it.length)
+        pad = backbone.tokenizer.pad_token_id or 0
+        shared = [it for it in items if it.task.finetuned is None]
+        own: dict[int, list[_Item]] = {}
+        for it in items:
+            if it.task.finetuned is not None:
+                own.setdefault(id(it.task), []).append(it)
+        with torch.inference_mode():
+            if shared:
+                tasks = [self._on_device(device_index, it.task, backbone) for it in shared]
+                batch = collate([_inputs(it.features) for it in shared], pad, backbone.device)
+                self._deliver(shared, mixed_forward(backbone, tasks, batch))
+            for group in own.values():
+                batch = collate([_inputs(it.features) for it in group], pad, backbone.device)
+                self._deliver(group, list(task_forward(group[0].task, backbone, batch)))
+
+    @staticmethod
+    def _deliver(items: list[_Item], logits: Sequence[Tensor]) -> None:
+        for it, row in zip(items, logits, strict=True):
+            row = row[: it.length] if row.dim() >= 2 else row
+            it.request.deliver(it.index, row.detach().float().cpu())
+
+
+def _inputs(features: dict) -> dict:
+    """Only what the backbone reads: rows of different task types carry different extras."""
+    return {"input_ids": features["input_ids"], "token_type_ids": features.get("token_type_ids")}

@@ -1,0 +1,203 @@
+"""The serving hub: settings, database, prompt store, device cache, backbones and batcher.
+
+`Hub.predict` resolves the task's active version from the database on every request, so a
+version written by the worker process (or activated through the API) is served at once, with
+no restart; the loaded task is then held by the request until its rows are done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from app.config import Settings
+from app.engine.backbone import Backbone, load_backbone
+from app.engine.checkpoint import load_checkpoint_bytes
+from app.engine.data import DataError
+from app.engine.model import ServingTask
+from app.engine.predict import Prepared, finish, prepare
+from app.serving.batcher import Batcher
+from app.serving.cache import PrefixCache
+
+log = logging.getLogger(__name__)
+
+
+class TaskNotFound(LookupError):
+    def __init__(self, name: str, version: int | None = None) -> None:
+        self.name = name
+        self.version = version
+        what = f"task {name!r}" if version is None else f"version {version} of task {name!r}"
+        super().__init__(f"{what} not found")
+
+
+class NotReady(RuntimeError):
+    """The backbone is still loading (or failed to load)."""
+
+
+@dataclass(frozen=True)
+class Resolved:
+    name: str
+    version: int
+    sha256: str
+    task: ServingTask
+
+
+class Hub:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        sessionmaker: Callable[[], Any] | None = None,
+        store: Any | None = None,
+        backbones: Sequence[Backbone] | None = None,
+        cache: PrefixCache | None = None,
+    ) -> None:
+        self.settings = settings
+        if sessionmaker is None:
+            from app.db.session import get_sessionmaker
+
+            sessionmaker = get_sessionmaker(settings.database_url)
+        if store is None:
+            from app.serving.store import PromptStore
+
+            store = PromptStore(settings.store_dir)
+        self.sessionmaker = sessionmaker
+        self.store = store
+        self.cache = cache or PrefixCache(settings.cache_bytes)
+        self.backbones: list[Backbone] | None = list(backbones) if backbones else None
+        self.batcher: Batcher | None = None
+        self.load_error: str | None = None
+        self._ready = threading.Event()
+        self._loader: threading.Thread | None = None
+        self._tok_lock = threading.Lock()  # fast tokenizers must not be called concurrently
+
+    # ------------------------------------------------------------------ lifecycle
+    @property
+    def ready(self) -> bool:
+        return self._ready.is_set()
+
+    @property
+    def backbone(self) -> Backbone:
+        if not self.backbones:
+            raise NotReady("the backbone is still loading")
+        return self.backbones[0]
+
+    def start(self, background: bool = True) -> None:
+        """Load the backbones (one per device) unless given, then start the batcher."""
+        if self.backbones is not None:
+            self._start_batcher()
+            return
+        if background:
+            self._loader = threading.Thread(target=self._load, name="backbone-loader", daemon=True)
+            self._loader.start()
+        else:
+            self._load()
+
+    def _load(self) -> None:
+        try:
+            backbones = [load_backbone(self.settings.backbone, device=d) for d in self.settings.device_list]
+            for bb in backbones:
+                bb.identity  # noqa: B018 - hash the weights now, not on the first request
+            self.backbones = backbones
+            self._start_batcher()
+            log.info("backbone %s ready on %s", backbones[0].name, ", ".join(self.settings.device_list))
+        except Exception as exc:  # reported by /readyz
+            log.exception("backbone failed to load")
+            self.load_error = f"{type(exc).__name__}: {exc}"
+
+    def _start_batcher(self) -> None:
+        assert self.backbones
+        self.batcher = Batcher(
+            self.backbones,
+            max_batch_size=self.settings.max_batch_size,
+            max_wait_ms=self.settings.max_wait_ms,
+            max_queue_rows=self.settings.max_queue_rows,
+        ).start()
+        self._ready.set()
+
+    def wait_ready(self, timeout: float | None = None) -> bool:
+        return self._ready.wait(timeout)
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+            self.batcher = None
+        self._ready.clear()
+
+    # ------------------------------------------------------------------ resolving
+    def resolve(self, name: str, version: int | None = None) -> Resolved:
+        """The task version to serve (the active one unless `version`), loaded through the cache."""
+        from app.db import repo
+
+        with self.sessionmaker() as s:
+            try:
+                row = repo.get_task(s, name)
+            except repo.NotFound:
+                row = None
+            if row is None:
+                raise TaskNotFound(name)
+            want = version if version is not None else row.active_version
+            if want is None:
+                raise TaskNotFound(name)
+            try:
+                ver = repo.get_version(s, name, want)
+            except repo.NotFound:
+                ver = None
+            if ver is None:
+                raise TaskNotFound(name, want)
+            number, sha = int(ver.version), str(ver.sha256)
+        backbone = self.backbone
+
+        def load() -> ServingTask:
+            data = self.store.read_version(name, number, sha)
+            return load_checkpoint_bytes(
+                data, backbone, expected_sha256=sha, where=f"task {name!r} version {number}"
+            )
+
+        task = self.cache.get((name, number, sha), load)
+        return Resolved(name, number, sha, task)
+
+    # ------------------------------------------------------------------ predicting
+    def check_chars(self, records: Sequence[dict]) -> None:
+        limit = self.settings.max_text_chars
+        for i, record in enumerate(records):
+            for field, value in record.items():
+                n = len(value) if isinstance(value, str) else 0
+                if isinstance(value, list):
+                    n = sum(len(v) for v in value if isinstance(v, str))
+                if n > limit:
+                    raise DataError(
+                        f"{n} characters long; the limit is {limit} characters",
+                        line=i + 1,
+                        field=field,
+                    )
+
+    def _prepare(self, name: str, version: int | None, records: list[dict]) -> tuple[Resolved, Prepared]:
+        resolved = self.resolve(name, version)
+        backbone = self.backbone
+        with self._tok_lock:
+            prepared = prepare(
+                resolved.task,
+                backbone.tokenizer,
+                records,
+                overflow=self.settings.text_overflow,
+                backbone_max=backbone.max_positions,
+            )
+        return resolved, prepared
+
+    async def predict(
+        self, name: str, inputs: Sequence[str | dict], version: int | None = None
+    ) -> tuple[int, list[dict]]:
+        """(served version, one prediction per input). Raises TaskNotFound, DataError, QueueFull."""
+        if not self.ready or self.batcher is None:
+            raise NotReady(self.load_error or "the backbone is still loading")
+        records = [{"text": x} if isinstance(x, str) else dict(x) for x in inputs]
+        self.check_chars(records)
+        resolved, prepared = await asyncio.to_thread(self._prepare, name, version, records)
+        future = self.batcher.submit([(resolved.task, f) for f in prepared.features])
+        logits = await asyncio.wrap_future(future)
+        return resolved.version, finish(resolved.task, prepared, logits)
