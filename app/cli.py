@@ -11,15 +11,23 @@ import sys
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a task from a labelled file (no server needed)")
-    p.add_argument("--task-type", required=True, choices=["classification", "token-classification", "question-answering"])
-    p.add_argument("--train", required=True, help="training data: JSONL, CSV/TSV (classification) or SQuAD JSON")
+    p.add_argument(
+        "--task-type", required=True, choices=["classification", "token-classification", "question-answering"]
+    )
+    p.add_argument(
+        "--train", required=True, help="training data: JSONL, CSV/TSV (classification) or SQuAD JSON"
+    )
     p.add_argument("--eval", help="held-out data for evaluation and best-epoch selection")
     p.add_argument("--out", required=True, help="output folder for checkpoint.safetensors and metrics.json")
-    p.add_argument("--backbone", default=None, help="backbone name or local directory (default all-MiniLM-L6-v2)")
+    p.add_argument(
+        "--backbone", default=None, help="backbone name or local directory (default all-MiniLM-L6-v2)"
+    )
     p.add_argument("--method", default="p-tuning-v2", choices=["p-tuning-v2", "prompt-tuning", "fine-tuning"])
     p.add_argument("--prefix-length", type=int, default=16)
     p.add_argument("--reparameterize", action="store_true", help="MLP reparameterisation of the prefix")
-    p.add_argument("--layers", default="all", help="'all', 'lower-half', 'upper-half', 'first:N', 'last:N', '0-2,5'")
+    p.add_argument(
+        "--layers", default="all", help="'all', 'lower-half', 'upper-half', 'first:N', 'last:N', '0-2,5'"
+    )
     p.add_argument("--head", default="linear", choices=["linear", "verbalizer"])
     p.add_argument("--label-words", default=None, help="comma-separated verbalizer words, one per label")
     p.add_argument("--epochs", type=int, default=None)
@@ -55,7 +63,41 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--once", action="store_true", help="process at most one job, then exit")
     w.add_argument("--poll", type=float, default=None, help="seconds between polls for queued jobs")
     sub.add_parser("migrate", help="apply database migrations")
+    _add_keys(sub)
+    d = sub.add_parser("doctor", help="check that the database and the prompt store agree (and repair)")
+    d.add_argument("--repair", action="store_true", help="fix what is safe to fix, then check again")
+    d.add_argument("--json", action="store_true", help="print the report as JSON")
+    d.add_argument(
+        "--temp-age", type=float, default=60.0, help="temp files older than this many seconds are leftovers"
+    )
+    d.add_argument(
+        "--check-backbone",
+        action="store_true",
+        help="also load the backbone and check every version's identity",
+    )
     return parser
+
+
+def _add_keys(sub: argparse._SubParsersAction) -> None:
+    k = sub.add_parser("keys", help="API keys: create, list, revoke")
+    ks = k.add_subparsers(dest="keys_command", required=True)
+    c = ks.add_parser("create", help="create a key; its token is printed once")
+    c.add_argument("--name", required=True)
+    c.add_argument(
+        "--scope",
+        action="append",
+        dest="scopes",
+        required=True,
+        choices=["predict", "train", "admin"],
+        help="repeat for several; admin implies the others",
+    )
+    c.add_argument("--task", action="append", dest="tasks", help="limit to tasks (names or globs); repeat")
+    c.add_argument("--json", action="store_true")
+    li = ks.add_parser("list", help="list keys (never their tokens)")
+    li.add_argument("--json", action="store_true")
+    r = ks.add_parser("revoke", help="revoke a key by id or prefix")
+    r.add_argument("key", help="the key's id or its prefix (ph_...)")
+    r.add_argument("--json", action="store_true")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,6 +122,14 @@ def main(argv: list[str] | None = None) -> int:
         from app.db.session import migrate_command
 
         return migrate_command(args)
+    if args.command == "keys":
+        from app.db.keys import keys_command
+
+        return keys_command(args)
+    if args.command == "doctor":
+        from app.doctor import doctor_command
+
+        return doctor_command(args)
     return 2
 
 

@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     on_crash: Literal["requeue", "fail"] = "requeue"
     max_job_attempts: int = 2
 
+    max_running_jobs: int = 4  # concurrent jobs over the whole worker fleet, enforced when a job is claimed
+
+    # access control (docs/security.md)
+    auth: Literal["auto", "required", "off"] = "auto"
+    auth_cache_s: float = 5.0  # how long a verified key is trusted before it is read again
+
     log_level: str = "info"
 
     @field_validator("devices")
@@ -55,14 +61,60 @@ class Settings(BaseSettings):
             raise ValueError("devices: give at least one device, e.g. 'cpu' or 'cuda:0,cuda:1'")
         return v
 
-    @field_validator("text_overflow", "on_crash", "log_level", mode="before")
+    @field_validator("text_overflow", "on_crash", "log_level", "auth", mode="before")
     @classmethod
     def _lower(cls, v: object) -> object:
         return v.strip().lower() if isinstance(v, str) else v
 
+    @field_validator(
+        "max_body_bytes",
+        "max_inputs_per_request",
+        "max_text_chars",
+        "max_upload_bytes",
+        "max_dataset_rows",
+        "max_queued_jobs",
+        "max_running_jobs",
+        "max_queue_rows",
+    )
+    @classmethod
+    def _positive(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("limits must be at least 1")
+        return v
+
+    @property
+    def loopback(self) -> bool:
+        """True when the server is bound to a loopback address only (127.0.0.0/8, ::1, localhost)."""
+        return is_loopback(self.host)
+
+    @property
+    def keys_required(self) -> bool:
+        """Whether requests must carry an API key: always with auth=required, and with auth=auto on any
+        address but loopback. auth=off on a non-loopback address is refused by `check_auth`."""
+        return self.auth == "required" or (self.auth == "auto" and not self.loopback)
+
+    def check_auth(self) -> None:
+        if self.auth == "off" and not self.loopback:
+            raise ValueError(
+                f"PROMPTHUB_AUTH=off is not allowed when bound to {self.host!r}: "
+                "API keys are required on any address but 127.0.0.1/localhost/::1"
+            )
+
     @property
     def device_list(self) -> list[str]:
         return [d.strip() for d in self.devices.split(",") if d.strip()]
+
+
+def is_loopback(host: str | None) -> bool:
+    import ipaddress
+
+    h = (host or "").strip().strip("[]").lower()
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=1)

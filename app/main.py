@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from app.api.auth import Authenticator
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.metrics import ApiMetrics, install_metrics
@@ -26,9 +27,25 @@ def _prepare_database(settings: Settings, hub: Hub) -> None:
     from app.serving.store import sync_store_to_db
 
     run_migrations(settings.database_url)
+    for path in hub.store.cleanup_temp():  # left by a write that was killed (older than a minute)
+        log.warning("removed %s, left by an interrupted store write", path)
     with hub.sessionmaker() as s:
         sync_store_to_db(s, hub.store)
         s.commit()
+
+
+def announce_auth(settings: Settings) -> str:
+    """The line logged at start about API keys."""
+    if not settings.keys_required:
+        if settings.auth == "off":
+            line = f"serving without API keys because PROMPTHUB_AUTH=off and bound to {settings.host}"
+        else:
+            line = f"serving without API keys because bound to {settings.host}"
+        log.warning("%s: anyone who can reach this address has every scope", line)
+        return line
+    line = f"API keys required (PROMPTHUB_AUTH={settings.auth}, bound to {settings.host})"
+    log.info("%s", line)
+    return line
 
 
 MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and form fields around an uploaded file
@@ -42,10 +59,12 @@ def _body_limit(settings: Settings, path: str) -> int:
 
 def create_app(settings: Settings | None = None, hub: Hub | None = None) -> FastAPI:
     settings = settings or get_settings()
+    settings.check_auth()  # auth=off is refused on any address but loopback
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub: Hub = app.state.hub
+        announce_auth(settings)
         await asyncio.to_thread(_prepare_database, settings, hub)
         hub.start(background=True)
         worker = None
@@ -71,6 +90,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     app.state.settings = settings
     app.state.hub = hub or Hub(settings)
     app.state.metrics = ApiMetrics(app.state.hub)
+    app.state.auth = Authenticator(app.state.hub.sessionmaker, settings.auth_cache_s)
     for router in ROUTERS:
         app.include_router(router)
     install_error_handlers(app)

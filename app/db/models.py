@@ -163,3 +163,32 @@ class Job(Base):
 
     def __repr__(self) -> str:
         return f"Job({self.id[:8]}, {self.kind}, {self.state})"
+
+
+# API key scopes; admin implies the others
+SCOPES = ("predict", "train", "admin")
+
+
+class ApiKey(Base):
+    """An API key: only a salted sha256 of the token is stored, with the token's first characters
+    (`prefix`) to find the row. The token itself is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(128))
+    prefix: Mapped[str] = mapped_column(String(16), index=True)
+    salt: Mapped[str] = mapped_column(String(64))  # hex
+    hash: Mapped[str] = mapped_column(String(64))  # hex sha256(salt || token)
+    scopes: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    tasks: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)  # glob patterns; None: every task
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    @property
+    def revoked(self) -> bool:
+        return self.revoked_at is not None
+
+    def __repr__(self) -> str:
+        return f"ApiKey({self.id[:8]}, {self.name!r}, {self.scopes}, revoked={self.revoked})"

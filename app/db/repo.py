@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -325,12 +325,28 @@ def _claim_values(worker_id: str) -> dict[str, Any]:
     }
 
 
-def claim_next_job(s: Session, worker_id: str) -> Job | None:
+CLAIM_LOCK_KEY = 0x50524F4E  # pg_advisory_xact_lock key serialising claims under max_running
+
+
+def running_jobs(s: Session) -> int:
+    return int(s.scalar(select(func.count()).select_from(Job).where(Job.state == RUNNING)) or 0)
+
+
+def claim_next_job(s: Session, worker_id: str, max_running: int | None = None) -> Job | None:
     """Take the oldest queued job for `worker_id`, or None. Two workers never take the same job:
     PostgreSQL locks the row with FOR UPDATE SKIP LOCKED; elsewhere a guarded
-    UPDATE ... WHERE state = 'queued' decides, and the loser tries the next job."""
+    UPDATE ... WHERE state = 'queued' decides, and the loser tries the next job.
+
+    With `max_running`, None is also returned while that many jobs are running (over every
+    worker): PostgreSQL serialises such claims with a transaction-scoped advisory lock; SQLite puts
+    the count in the guarded UPDATE itself, which runs under the database's write lock."""
     oldest = select(Job.id).where(Job.state == QUEUED).order_by(Job.created_at, Job.id).limit(1)
     if s.get_bind().dialect.name == "postgresql":
+        if max_running is not None:
+            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_KEY})
+            if running_jobs(s) >= max_running:
+                s.rollback()
+                return None
         job_id = s.scalar(oldest.with_for_update(skip_locked=True))
         if job_id is None:
             s.rollback()
@@ -348,15 +364,22 @@ def claim_next_job(s: Session, worker_id: str) -> Job | None:
         if job_id is None:
             s.rollback()
             return None
+        guard = [Job.id == job_id, Job.state == QUEUED]
+        if max_running is not None:
+            running = select(func.count()).select_from(Job).where(Job.state == RUNNING).scalar_subquery()
+            guard.append(running < max_running)
         res = s.execute(
             update(Job)
-            .where(Job.id == job_id, Job.state == QUEUED)
+            .where(*guard)
             .values(**_claim_values(worker_id))
             .execution_options(synchronize_session=False)
         )
         s.commit()
         if res.rowcount == 1:  # type: ignore[attr-defined]
             return get_job(s, job_id)
+        if max_running is not None and running_jobs(s) >= max_running:
+            s.rollback()
+            return None
     return None
 
 
@@ -451,7 +474,17 @@ def worker_process_gone(worker_id: str | None) -> bool:
         return True
     except PermissionError:
         return False
-    return False
+    return _zombie(pid)
+
+
+def _zombie(pid: int) -> bool:
+    """A process that has exited but was not reaped (its parent was killed too, and PID 1 of a container
+    does not always reap) still answers kill(pid, 0): it is gone all the same."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except (OSError, IndexError):
+        return False
 
 
 def recover_stale_jobs(s: Session, *, stale_after_s: float, on_crash: str, max_attempts: int) -> list[str]:
@@ -520,6 +553,7 @@ __all__ = [
     "activate_version",
     "add_version",
     "claim_next_job",
+    "running_jobs",
     "create_dataset",
     "create_job",
     "delete_task",

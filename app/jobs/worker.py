@@ -170,7 +170,7 @@ class Worker:
         self._maybe_recover()
         backbone = self.backbone  # loaded before claiming: a broken backbone must not eat jobs
         with self.sessionmaker() as s:
-            job = repo.claim_next_job(s, self.worker_id)
+            job = repo.claim_next_job(s, self.worker_id, max_running=self.settings.max_running_jobs)
             if job is None:
                 return False
             job_id, kind, payload = job.id, job.kind, dict(job.payload or {})

@@ -59,6 +59,9 @@ def test_normalize_url():
 # ------------------------------------------------------------------------------ migrations
 
 
+HEAD_REVISION = "0002"  # the newest migration (0002: api_keys)
+
+
 def _schema_diffs(url: str) -> list:
     engine = make_engine(url)
     try:
@@ -74,7 +77,7 @@ def test_migrations_sqlite_match_models(tmp_path, monkeypatch):
     url = f"sqlite:///{tmp_path / 'sub' / 'dir' / 'db.sqlite'}"
     run_migrations(url)
     run_migrations(url)  # idempotent
-    assert current_revision(url) == "0001"
+    assert current_revision(url) == HEAD_REVISION
     assert _schema_diffs(url) == []
     engine = make_engine(url)
     with engine.connect() as conn:
@@ -85,10 +88,10 @@ def test_migrations_sqlite_match_models(tmp_path, monkeypatch):
 
 @pytest.mark.postgres
 def test_migrations_postgres_match_models(pg_url):
-    assert current_revision(pg_url) == "0001"
+    assert current_revision(pg_url) == HEAD_REVISION
     assert _schema_diffs(pg_url) == []
     run_migrations(pg_url)  # idempotent
-    assert current_revision(pg_url) == "0001"
+    assert current_revision(pg_url) == HEAD_REVISION
 
 
 def test_migrate_command(tmp_path, monkeypatch, capsys):
@@ -100,7 +103,7 @@ def test_migrate_command(tmp_path, monkeypatch, capsys):
         assert migrate_command(None) == 0
     finally:
         reset_settings()
-    assert "0001" in capsys.readouterr().out
+    assert HEAD_REVISION in capsys.readouterr().out
 
 
 # ------------------------------------------------------------------------------ task names

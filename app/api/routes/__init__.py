@@ -1,7 +1,15 @@
 """One APIRouter a file."""
 
-from app.api.routes import datasets, health, jobs, predict, tasks, train
+from app.api.routes import datasets, health, jobs, keys, predict, tasks, train
 
-ROUTERS = [health.router, predict.router, train.router, jobs.router, tasks.router, datasets.router]
+ROUTERS = [
+    health.router,
+    predict.router,
+    train.router,
+    jobs.router,
+    tasks.router,
+    datasets.router,
+    keys.router,
+]
 
 __all__ = ["ROUTERS"]

@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile
 
+from app.api.auth import Train
 from app.api.deps import SessionDep, SettingsDep
 from app.api.errors import ApiError, InputError
 from app.api.schemas import DatasetOut, TaskType
@@ -83,6 +84,7 @@ def _count_rows(data: bytes, suffix: str, max_rows: int) -> int:
 
 @router.post("", status_code=201, response_model=DatasetOut)
 def upload_dataset(
+    _: Train,
     s: SessionDep,
     settings: SettingsDep,
     file: Annotated[UploadFile, File(description="JSONL, JSON, CSV or TSV")],

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
+from app.api.auth import Metrics
 from app.api.deps import HubDep
 
 router = APIRouter(tags=["health"])
@@ -28,5 +29,5 @@ def readyz(hub: HubDep) -> JSONResponse:
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(request: Request) -> Response:
+def metrics(request: Request, _: Metrics) -> Response:
     return request.app.state.metrics.render()

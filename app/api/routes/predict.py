@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from app.api.auth import PredictTask
 from app.api.deps import HubDep, SettingsDep, TaskNameDep
 from app.api.errors import InputError, data_error
 from app.api.schemas import PredictRequest, PredictResponse
@@ -14,7 +15,7 @@ router = APIRouter(tags=["predict"])
 
 @router.post("/predict/{task}", response_model=PredictResponse)
 async def predict(
-    task: TaskNameDep, body: PredictRequest, hub: HubDep, settings: SettingsDep
+    _: PredictTask, task: TaskNameDep, body: PredictRequest, hub: HubDep, settings: SettingsDep
 ) -> PredictResponse:
     limit = settings.max_inputs_per_request
     if len(body.inputs) > limit:

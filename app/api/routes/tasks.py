@@ -7,6 +7,7 @@ import logging
 from fastapi import APIRouter, Path
 from sqlalchemy.orm import Session
 
+from app.api.auth import AdminTask, PrincipalDep, ReadTask
 from app.api.deps import HubDep, SessionDep, TaskNameDep
 from app.api.errors import ApiError
 from app.api.schemas import TaskDetail, TaskOut, VersionOut
@@ -29,23 +30,23 @@ def task_detail(s: Session, name: str) -> TaskDetail:
 
 
 @router.get("", response_model=list[TaskOut])
-def list_tasks(s: SessionDep) -> list[TaskOut]:
-    return [TaskOut.model_validate(t) for t in repo.list_tasks(s)]
+def list_tasks(principal: PrincipalDep, s: SessionDep) -> list[TaskOut]:
+    return [TaskOut.model_validate(t) for t in repo.list_tasks(s) if principal.allows_task(t.name)]
 
 
 @router.get("/{task}", response_model=TaskDetail)
-def get_task(task: TaskNameDep, s: SessionDep) -> TaskDetail:
+def get_task(_: ReadTask, task: TaskNameDep, s: SessionDep) -> TaskDetail:
     return task_detail(s, task)
 
 
 @router.post("/{task}/versions/{version}/activate", response_model=TaskDetail)
-def activate(task: TaskNameDep, s: SessionDep, version: int = Path(ge=1)) -> TaskDetail:
+def activate(_: AdminTask, task: TaskNameDep, s: SessionDep, version: int = Path(ge=1)) -> TaskDetail:
     repo.activate_version(s, task, version)
     return task_detail(s, task)
 
 
 @router.delete("/{task}")
-def delete_task(task: TaskNameDep, s: SessionDep, hub: HubDep) -> dict:
+def delete_task(_: AdminTask, task: TaskNameDep, s: SessionDep, hub: HubDep) -> dict:
     files = repo.delete_task(s, task)  # the row first: from now on nobody is served this task
     hub.cache.discard_task(task)
     try:

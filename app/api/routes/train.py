@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
 from sqlalchemy.orm import Session
 
+from app.api.auth import Train, check_tasks
 from app.api.deps import SessionDep, SettingsDep
 from app.api.errors import ApiError, InputError, Loc, data_error
 from app.api.schemas import (
@@ -66,7 +67,7 @@ def _check_labels(examples: list[D.Example], labels: list[str], loc: Loc) -> Non
                 raise data_error(err, loc)
 
 
-def _check_task(s: Session, t: TrainTask, hp: Hyperparameters, loc: list[str | int]) -> None:
+def _check_task(s: Session, t: TrainTask, hp: Hyperparameters, loc: list[str | int], max_rows: int) -> None:
     _check_name(t.task, [*loc, "task"])
     existing = repo.get_task(s, t.task)
     if existing is not None and existing.task_type != t.task_type:
@@ -87,6 +88,12 @@ def _check_task(s: Session, t: TrainTask, hp: Hyperparameters, loc: list[str | i
                     f"dataset {source.dataset_id!r} was uploaded for {ds.task_type}, not {t.task_type}",
                 )
             continue
+        if len(source.records) > max_rows:
+            raise InputError.at(
+                [*loc, part, "records"],
+                f"too many rows: {len(source.records)}, the limit is {max_rows}",
+                "too_long",
+            )
         try:
             examples = D.parse_records(source.records, t.task_type)
         except D.DataError as err:
@@ -115,6 +122,7 @@ def _accepted(s: Session, settings: Any, kind: str, payload: dict, names: list[s
 
 @router.post("/train", status_code=202, response_model=JobAccepted)
 def train(
+    principal: Train,
     s: SessionDep,
     settings: SettingsDep,
     body: Annotated[dict[str, Any], Body(examples=[_EXAMPLE])],
@@ -125,11 +133,13 @@ def train(
         names = [t.task for t in multi.tasks]
         if len(set(names)) != len(names):
             raise InputError.at(["body", "tasks"], "each task may appear only once")
+        check_tasks(principal, names)
         for i, t in enumerate(multi.tasks):
-            _check_task(s, t, multi.hyperparameters, ["body", "tasks", i])
+            _check_task(s, t, multi.hyperparameters, ["body", "tasks", i], settings.max_dataset_rows)
         return _accepted(s, settings, "multitask", multi.model_dump(mode="json"), names)
     single: TrainRequest = _parse(TrainRequest, body)
-    _check_task(s, single, single.hyperparameters, ["body"])
+    check_tasks(principal, [single.task] + ([single.init_from] if single.init_from else []))
+    _check_task(s, single, single.hyperparameters, ["body"], settings.max_dataset_rows)
     if single.init_from is not None:
         _check_name(single.init_from, ["body", "init_from"])
         if repo.get_task(s, single.init_from) is None:
