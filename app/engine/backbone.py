@@ -441,9 +441,12 @@ def load_backbone(name_or_dir: str | None = None, device: str | torch.device = "
     hf_logging.set_verbosity_error()
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(path), local_files_only=True)
-        model = AutoModel.from_pretrained(str(path), local_files_only=True, add_pooling_layer=False)
+        # safetensors only: a folder that ships only pickled weights (pytorch_model.bin) is refused
+        model = AutoModel.from_pretrained(
+            str(path), local_files_only=True, use_safetensors=True, add_pooling_layer=False
+        )
     except TypeError:
-        model = AutoModel.from_pretrained(str(path), local_files_only=True)
+        model = AutoModel.from_pretrained(str(path), local_files_only=True, use_safetensors=True)
     except OSError as e:
         raise BackboneError(f"backbone {name!r} could not be loaded from {path}: {e}") from e
     model.eval()

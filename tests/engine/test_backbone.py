@@ -112,3 +112,15 @@ def test_identity_changes_with_weights(tokenizer):
     b = backbone_from_config(tiny_config("bert"), tokenizer, seed=1)
     assert a.identity.config_sha256 == b.identity.config_sha256
     assert a.identity.weights_sha256 != b.identity.weights_sha256
+
+
+def test_pickled_backbone_weights_are_refused(tiny_bert, tmp_path):
+    """Only safetensors weights are loaded: a folder with pytorch_model.bin alone is an error."""
+    from app.engine.backbone import load_backbone
+
+    tiny_bert.model.save_pretrained(tmp_path)
+    tiny_bert.tokenizer.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(tiny_bert.model.state_dict(), tmp_path / "pytorch_model.bin")
+    with pytest.raises((BackboneError, OSError, ValueError, EnvironmentError)):
+        load_backbone(str(tmp_path))
