@@ -37,6 +37,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--doc-stride", type=int, default=64)
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--holdout", type=float, default=0.1, help="without --eval: share of --train held out for metrics")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 

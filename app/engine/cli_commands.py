@@ -87,6 +87,7 @@ def train_command(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed,
         max_steps=args.max_steps,
+        holdout_fraction=args.holdout,
     )
     bar = _Bar(not args.no_progress)
     t0 = time.time()

@@ -45,6 +45,8 @@ class TrainConfig:
     eval_batch_size: int = 64
     backbone_lr: float = 5e-5
     max_train_examples: int | None = None
+    #: with no eval data, hold out this fraction of the training data (seeded) for evaluation
+    holdout_fraction: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,6 +92,23 @@ def primary_metric(spec: TaskSpec) -> str:
     if any(lab.startswith(("B-", "I-", "E-", "S-")) for lab in spec.labels):
         return "f1"
     return "token_accuracy"
+
+
+MIN_HOLDOUT_EXAMPLES = 20
+
+
+def split_holdout(
+    train: Sequence, evals: Sequence | None, fraction: float, seed: int
+) -> tuple[list, list | None]:
+    """(train, eval): a seeded held-out slice of train when no eval data is given."""
+    train = list(train)
+    if evals or fraction <= 0 or len(train) < MIN_HOLDOUT_EXAMPLES:
+        return train, list(evals) if evals else None
+    order = list(range(len(train)))
+    random.Random(seed).shuffle(order)
+    n = max(1, int(len(train) * fraction))
+    held = set(order[:n])
+    return [e for i, e in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
 
 
 def infer_labels(spec: TaskSpec, examples: Sequence) -> TaskSpec:
@@ -196,6 +215,7 @@ def train_task(
     if not train_examples:
         raise D.DataError("training data is empty", field="train")
     infer_labels(spec, train_examples)
+    train_examples, eval_examples = split_holdout(train_examples, eval_examples, config.holdout_fraction, config.seed)
     if init_kv is not None:
         spec.reparameterize = False  # the flat K/V of the init prefix are the parameters
         spec.layers = list(init_kv.spec.layers)
@@ -364,6 +384,10 @@ def train_multitask(
         init_std=first.prefix_init_std,
     ).to(backbone.device)
     models: dict[str, tuple[TaskModel, list[dict], Sequence | None]] = {}
+    tasks = {
+        name: (spec, *split_holdout(train, ev, config.holdout_fraction, config.seed))
+        for name, (spec, train, ev) in tasks.items()
+    }
     for name, (spec, train, ev) in tasks.items():
         model = TaskModel(spec, backbone, shared_prefix=shared).to(backbone.device)
         feats = encode_examples(spec, backbone.tokenizer, list(train), with_labels=True)

@@ -63,6 +63,18 @@ def test_training_is_reproducible(tiny_bert):
     assert torch.equal(a.task.kv, b.task.kv)
 
 
+def test_holdout_when_no_eval_data(tiny_bert):
+    from app.engine.train import split_holdout
+
+    train, held = split_holdout(sentiment(100, 0), None, 0.1, seed=1)
+    assert len(train) == 90 and len(held) == 10
+    assert split_holdout(sentiment(100, 0), None, 0.1, seed=1)[1] == held  # seeded
+    assert split_holdout(sentiment(10, 0), None, 0.1, seed=1)[1] is None  # too few to hold out
+    cfg = TrainConfig(epochs=1, batch_size=16, holdout_fraction=0.2)
+    result = train_task(tiny_bert, TaskSpec("classification"), sentiment(60, 0), None, cfg)
+    assert result.metrics["n"] == 12
+
+
 def test_cancellation_between_steps(tiny_bert):
     calls = []
 
