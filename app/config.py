@@ -28,6 +28,10 @@ class Settings(BaseSettings):
     max_wait_ms: float = 5.0
     max_queue_rows: int = 2048
     cache_bytes: int = 536_870_912
+    #: padding a forward may waste before the batcher splits it by length (tokens); unset: per device
+    bucket_overhead_tokens: float | None = None
+    #: intra-op threads for torch (unset: torch's default, one per core)
+    torch_threads: int | None = None
 
     # request limits
     max_body_bytes: int = 10_485_760

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from app.engine.backbone import Backbone
-from app.engine.batch import collate, mixed_forward, task_forward
+from app.engine.batch import collate, length_buckets, mixed_forward, task_forward
 from app.engine.model import ServingTask
 
 log = logging.getLogger(__name__)
@@ -101,6 +101,7 @@ class BatcherStats:
     rows: int
     batch_sizes: dict[int, int]
     max_queue_rows: int
+    forwards: int = 0  # backbone forwards: a batch of mixed lengths is split into length buckets
 
 
 class Batcher:
@@ -113,6 +114,7 @@ class Batcher:
         max_wait_ms: float = 5.0,
         max_queue_rows: int = 2048,
         on_batch: Callable[[int], None] | None = None,
+        bucket_overhead_tokens: float | None = None,
     ) -> None:
         if not backbones:
             raise ValueError("the batcher needs at least one backbone")
@@ -121,6 +123,12 @@ class Batcher:
         self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
         self.max_queue_rows = max(1, int(max_queue_rows))
         self.on_batch = on_batch
+        # The fixed cost of one more forward, in padded tokens, when a batch of mixed lengths is
+        # split into length buckets (see app.engine.batch.length_buckets). On a CPU a padded token
+        # costs as much as a real one and a forward's fixed cost is a few tokens' worth, so
+        # splitting pays; on a GPU small forwards are launch-bound, so split only for big savings.
+        self.bucket_overhead_tokens = bucket_overhead_tokens
+        self._forwards = 0
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -184,6 +192,7 @@ class Batcher:
                 rows=self._rows,
                 batch_sizes=dict(self._sizes),
                 max_queue_rows=self.max_queue_rows,
+                forwards=self._forwards,
             )
 
     # ------------------------------------------------------------------ worker
@@ -258,11 +267,20 @@ class Batcher:
         with torch.inference_mode():
             if shared:
                 tasks = [self._on_device(device_index, it.task, backbone) for it in shared]
-                batch = collate([_inputs(it.features) for it in shared], pad, backbone.device)
-                self._deliver(shared, mixed_forward(backbone, tasks, batch))
+                overhead = self._overhead_tokens(backbone)
+                for lo, hi in length_buckets([it.length for it in shared], overhead):
+                    part = shared[lo:hi]
+                    batch = collate([_inputs(it.features) for it in part], pad, backbone.device)
+                    self._deliver(part, mixed_forward(backbone, tasks[lo:hi], batch))
+                    self._forwards += 1
             for group in own.values():
                 batch = collate([_inputs(it.features) for it in group], pad, backbone.device)
                 self._deliver(group, list(task_forward(group[0].task, backbone, batch)))
+
+    def _overhead_tokens(self, backbone: Backbone) -> float:
+        if self.bucket_overhead_tokens is not None:
+            return float(self.bucket_overhead_tokens)
+        return 16.0 if backbone.device.type == "cpu" else 2048.0
 
     @staticmethod
     def _deliver(items: list[_Item], logits: Sequence[Tensor]) -> None:
