@@ -11,6 +11,7 @@ versions exist and which is active; `sync_store_to_db` reconciles the two at sta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -265,7 +266,10 @@ def sync_store_to_db(session: Session, store: PromptStore) -> list[str]:
     file is gone, and activate the newest version of any task without an active one. Returns a
     line for each change."""
     changes: list[str] = []
-    on_disk = {(e.task, e.version): e for e in store.scan()}
+    # no hashing here: registered files are checked against their recorded sha256 when they are
+    # loaded; only files about to be registered are hashed (below), so a start with thousands of
+    # tasks does not read every file
+    on_disk = {(e.task, e.version): e for e in store.scan(verify=False)}
     in_db = {
         (v.task_name, v.version): v
         for t in repo.list_tasks(session)
@@ -277,7 +281,10 @@ def sync_store_to_db(session: Session, store: PromptStore) -> list[str]:
         t.name for t in repo.list_tasks(session) if t.active_version
     }
     for key, entry in sorted(on_disk.items()):
-        if key not in in_db and (line := _register(session, entry)):
+        if key in in_db:
+            continue
+        entry = dataclasses.replace(entry, sha256=sha256_file(entry.path))
+        if line := _register(session, entry):
             changes.append(line)
 
     for (task, version), row in sorted(in_db.items()):
