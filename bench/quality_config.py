@@ -1,0 +1,288 @@
+"""Budgets and hyperparameters of the quality benchmark (``python -m bench.quality``).
+
+Everything a run depends on is here, so a table row can be traced to one entry: the data
+subset (split, size, sampling seed), the sequence budget (max_length, doc_stride), the
+optimisation budget (epochs, batch size) and each method's learning rates.
+
+Two budgets: ``quick`` (a pipeline smoke test that finishes in about 15 minutes on the
+project's 2-core CPU with one thread; its numbers are far from converged) and ``full`` (the
+documented benchmark budget: still a CPU budget, subsets of the training sets, the official
+evaluation sets where affordable, fixed documented subsets otherwise).
+
+Subsets are ``bench.datasets.load_split(name, split, limit, seed=DATA_SEED)``: a fixed
+random sample (file order kept) that is the same for every method.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+#: Seed of every data subset and of every training run (init, batch order, dropout).
+DATA_SEED = 0
+TRAIN_SEED = 42
+
+#: Bump when the meaning of a run changes (metric code, protocol): cached runs are then redone.
+PROTOCOL_VERSION = 1
+
+#: The single-task methods, in table order. ``p-tuning-v2-mlp`` is P-Tuning v2 with the MLP
+#: reparameterisation of the prefix (folded away after training: served size is the same).
+METHODS = ("fine-tuning", "prompt-tuning", "p-tuning-v2", "p-tuning-v2-mlp")
+#: Multi-task P-Tuning v2: one prefix shared by the tasks (own heads), then per task.
+MULTITASK = "multi-task"
+MULTITASK_METHODS = ("mpt-shared", "mpt-per-task")
+ALL_METHODS = (*METHODS, MULTITASK)
+#: The order runs are done in (the comparison that matters first, then the baselines).
+RUN_ORDER = ("p-tuning-v2", "fine-tuning", "p-tuning-v2-mlp", "prompt-tuning")
+
+#: Ablations (P-Tuning v2 on BANKING77 by default): prefixes in the lower half of the layers
+#: against the upper half (same count: 3 of MiniLM's 6), and the [CLS] linear head against a
+#: verbalizer head ([MASK] position scored against label-word embeddings).
+ABLATIONS = ("layers-all", "layers-lower-half", "layers-upper-half", "head-verbalizer")
+
+METHOD_TABLE_NAMES = {
+    "fine-tuning": "Fine-tuning",
+    "prompt-tuning": "Prompt tuning (shallow)",
+    "p-tuning-v2": "P-Tuning v2",
+    "p-tuning-v2-mlp": "P-Tuning v2 + MLP",
+    "mpt-shared": "Multi-task PT2 (shared)",
+    "mpt-per-task": "Multi-task PT2 → per task",
+}
+
+
+@dataclass(frozen=True)
+class MethodHP:
+    """Learning rates of a method. ``lr`` is the head / prompt LR; ``backbone_lr`` the encoder's
+    (fine-tuning only)."""
+
+    method: str  # engine TaskSpec.method
+    lr: float
+    backbone_lr: float = 5e-5
+    reparameterize: bool = False
+    reparam_hidden: int = 512
+
+
+#: Learning rates. Prefix LRs follow the paper's repository (5e-3..3e-2, about 100-1000x the
+#: fine-tuning LR). The MLP hidden size is 128 so that even its training-time parameters stay
+#: under 3% of the backbone (the MLP is folded away after training).
+METHOD_HP: dict[str, MethodHP] = {
+    "fine-tuning": MethodHP("fine-tuning", lr=1e-3, backbone_lr=1e-4),
+    "prompt-tuning": MethodHP("prompt-tuning", lr=3e-2),
+    "p-tuning-v2": MethodHP("p-tuning-v2", lr=1e-2),
+    "p-tuning-v2-mlp": MethodHP("p-tuning-v2", lr=5e-3, reparameterize=True, reparam_hidden=128),
+}
+
+
+@dataclass(frozen=True)
+class TaskBudget:
+    """One task's data and training budget."""
+
+    dataset: str  # bench.datasets name
+    task_type: str
+    metric: str  # primary metric (key of app.engine.train.evaluate's result)
+    train_split: str
+    eval_split: str
+    n_train: int | None  # None: the whole split
+    n_eval: int | None
+    epochs: int
+    batch_size: int
+    max_length: int
+    prefix_length: int = 16
+    doc_stride: int = 64
+    #: CoNLL sample only: (first n sentences -> train, the rest -> eval) of its single split
+    split_at: int | None = None
+    label_words: dict[str, str] | None = None  # verbalizer words; default: label with _ -> space
+    notes: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    tasks: dict[str, TaskBudget]
+    #: multi-task: joint epochs over all tasks' training sets, then per-task epochs
+    mt_epochs: int = 2
+    mt_per_task_epochs: int = 1
+    mt_batch_size: int = 16
+    ablation_task: str = "banking77"
+    #: the ablation runs' own budget overrides (n_train, epochs) on the ablation task
+    ablation_overrides: dict = field(default_factory=dict)
+
+    def task(self, name: str) -> TaskBudget:
+        return self.tasks[name]
+
+    def ablation_budget(self) -> TaskBudget:
+        return replace(self.tasks[self.ablation_task], **self.ablation_overrides)
+
+
+TASK_ORDER = ("banking77", "brown_pos", "squad", "boolq", "conll_sample")
+#: Tasks that may be shipped (never CoNLL: Reuters terms; never IMDB).
+SHIP_TASKS = {"banking77": "banking77", "brown_pos": "brown-pos", "squad": "squad"}
+#: Tasks of the multi-task run (CoNLL is kept out so nothing shipped ever saw it).
+MULTITASK_TASKS = ("banking77", "brown_pos", "squad", "boolq")
+
+BOOLQ_WORDS = {"false": "no", "true": "yes"}
+
+FULL = Budget(
+    name="full",
+    tasks={
+        "banking77": TaskBudget(
+            "banking77",
+            "classification",
+            "accuracy",
+            "train",
+            "test",
+            1500,
+            None,
+            3,
+            32,
+            64,
+            notes="official test set (3,080); 1,500 of the 9,003 training examples (seed 0)",
+        ),
+        "brown_pos": TaskBudget(
+            "brown_pos",
+            "token-classification",
+            "token_accuracy",
+            "train",
+            "test",
+            1000,
+            1000,
+            2,
+            32,
+            64,
+            notes="split by file (bench/datasets.py); 1,000 train / 1,000 test sentences sampled with seed 0",
+        ),
+        "squad": TaskBudget(
+            "squad",
+            "question-answering",
+            "f1",
+            "train",
+            "dev",
+            2000,
+            1000,
+            2,
+            16,
+            192,
+            doc_stride=64,
+            notes="1,000 dev questions sampled with seed 0 (the full dev set is 10,570)",
+        ),
+        "boolq": TaskBudget(
+            "boolq",
+            "classification",
+            "accuracy",
+            "train",
+            "dev",
+            2000,
+            None,
+            2,
+            16,
+            192,
+            label_words=BOOLQ_WORDS,
+            notes="full validation set (3,270); question + passage truncated to 192 tokens",
+        ),
+        "conll_sample": TaskBudget(
+            "conll_sample",
+            "token-classification",
+            "f1",
+            "test",
+            "test",
+            None,
+            None,
+            5,
+            16,
+            64,
+            split_at=150,
+            notes="sanity check only: the 226-sentence CoNLL-2003 test sample, first 150 train / last 76 eval",
+        ),
+    },
+    mt_epochs=2,
+    mt_per_task_epochs=1,
+    mt_batch_size=16,
+    ablation_task="banking77",
+    ablation_overrides={"n_train": 1000},
+)
+
+QUICK = Budget(
+    name="quick",
+    tasks={
+        "banking77": TaskBudget(
+            "banking77",
+            "classification",
+            "accuracy",
+            "train",
+            "test",
+            256,
+            300,
+            2,
+            32,
+            48,
+        ),
+        "brown_pos": TaskBudget(
+            "brown_pos",
+            "token-classification",
+            "token_accuracy",
+            "train",
+            "test",
+            192,
+            150,
+            2,
+            32,
+            48,
+        ),
+        "squad": TaskBudget(
+            "squad",
+            "question-answering",
+            "f1",
+            "train",
+            "dev",
+            64,
+            48,
+            2,
+            16,
+            128,
+            doc_stride=48,
+        ),
+        "boolq": TaskBudget(
+            "boolq",
+            "classification",
+            "accuracy",
+            "train",
+            "dev",
+            64,
+            64,
+            2,
+            16,
+            96,
+            label_words=BOOLQ_WORDS,
+        ),
+        "conll_sample": TaskBudget(
+            "conll_sample",
+            "token-classification",
+            "f1",
+            "test",
+            "test",
+            None,
+            None,
+            2,
+            16,
+            64,
+            split_at=150,
+        ),
+    },
+    mt_epochs=1,
+    mt_per_task_epochs=1,
+    mt_batch_size=16,
+    ablation_task="banking77",
+)
+
+BUDGETS = {"full": FULL, "quick": QUICK}
+
+
+def run_key(mode: str, backbone: str, task: str, method: str, payload: dict) -> str:
+    """A stable file-name-safe key: readable prefix + a hash of everything the run depends on."""
+    blob = json.dumps({"v": PROTOCOL_VERSION, **payload}, sort_keys=True, default=str)
+    digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
+    return f"{mode}-{backbone}-{task}-{method}-{digest}"

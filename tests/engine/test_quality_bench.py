@@ -1,0 +1,284 @@
+"""The quality benchmark's plumbing (bench/quality.py): budgets, run keys, resume, tables,
+shipping; and (slow) that every task shipped in prompts_store/ loads and predicts on MiniLM."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from bench import quality as Q
+from bench import quality_config as C
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = sorted(p for p in (REPO / "prompts_store").glob("*/v*.safetensors"))
+
+
+def _tiny_budget(tmp_dataset: str = "conll_sample") -> C.Budget:
+    tb = C.TaskBudget(
+        "conll_sample",
+        "token-classification",
+        "f1",
+        "test",
+        "test",
+        8,
+        4,
+        1,
+        4,
+        32,
+        prefix_length=2,
+        split_at=150,
+    )
+    return C.Budget(name="tiny", tasks={**C.QUICK.tasks, "conll_sample": tb})
+
+
+def test_budgets_cover_every_task_and_method():
+    for budget in C.BUDGETS.values():
+        assert set(budget.tasks) == set(C.TASK_ORDER)
+        for t, tb in budget.tasks.items():
+            assert tb.dataset == t
+            assert tb.metric in ("accuracy", "token_accuracy", "f1")
+        assert budget.ablation_task in budget.tasks
+    assert set(C.METHOD_HP) == set(C.METHODS)
+    # prefix LRs are ~100-1000x the fine-tuning encoder LR, as in the paper's repository
+    assert C.METHOD_HP["p-tuning-v2"].lr >= 100 * C.METHOD_HP["fine-tuning"].backbone_lr
+    # nothing trained on CoNLL or IMDB is ever shipped or shares a multi-task prefix with a shipped task
+    assert "conll_sample" not in C.SHIP_TASKS and "imdb_sample" not in C.SHIP_TASKS
+    assert "conll_sample" not in C.MULTITASK_TASKS
+
+
+def test_run_keys_are_stable_and_change_with_the_budget():
+    run = Q.Run("single", "banking77", "p-tuning-v2", budget=C.FULL.task("banking77"))
+    k1 = run.key(C.FULL, "minilm")
+    assert k1 == run.key(C.FULL, "minilm")
+    assert k1.startswith("full-minilm-banking77-p-tuning-v2-")
+    other = replace(run, budget=replace(run.budget, epochs=run.budget.epochs + 1))
+    assert other.key(C.FULL, "minilm") != k1
+    assert Q.Run("single", "banking77", "fine-tuning", budget=run.budget).key(C.FULL, "minilm") != k1
+
+
+def test_plan_orders_priorities_and_reuses_the_layers_all_run():
+    runs = Q.plan_runs(C.QUICK, list(C.TASK_ORDER), list(C.ALL_METHODS), list(C.ABLATIONS))
+    labels = [(r.task, r.method, r.variant) for r in runs]
+    assert labels[0][0] == "banking77" and labels[4][0] == "brown_pos"
+    assert runs[-1].kind == "multitask" and runs[-1].task == "banking77+brown_pos+squad+boolq"
+    ab = [r for r in runs if r.variant]
+    assert [r.variant for r in ab] == list(C.ABLATIONS)
+    lower = next(r for r in ab if r.variant == "layers-lower-half")
+    assert lower.layers == "lower-half"
+    # quick: no ablation overrides -> the layers-all ablation is the main P-Tuning v2 run (one training)
+    main_pt2 = next(r for r in runs if r.method == "p-tuning-v2" and not r.variant and r.task == "banking77")
+    layers_all = next(r for r in ab if r.variant == "layers-all")
+    assert layers_all.key(C.QUICK, "minilm") == main_pt2.key(C.QUICK, "minilm")
+    # full: the ablations have their own (smaller) budget -> their own run
+    runs_full = Q.plan_runs(C.FULL, ["banking77"], ["p-tuning-v2"], ["layers-all"])
+    assert runs_full[0].key(C.FULL, "minilm") != runs_full[1].key(C.FULL, "minilm")
+    assert not any(r.kind == "multitask" for r in runs_full)
+
+
+def test_make_spec_layers_heads_and_verbalizer_words():
+    tb = C.FULL.task("boolq")
+    spec = Q.make_spec(tb, "p-tuning-v2", ["false", "true"], head="verbalizer")
+    assert spec.label_words == ["no", "yes"] and spec.head == "verbalizer"
+    spec = Q.make_spec(C.FULL.task("banking77"), "p-tuning-v2-mlp", ["card_arrival"], layers="upper-half")
+    assert spec.reparameterize and spec.layers == "upper-half" and spec.method == "p-tuning-v2"
+    cfg = Q.make_config(C.FULL.task("banking77"), "fine-tuning")
+    assert cfg.backbone_lr == C.METHOD_HP["fine-tuning"].backbone_lr and cfg.early_stopping_patience == 0
+
+
+def _fake_record(task: str, method: str, score: float, variant: str = "", frac: float = 0.005) -> dict:
+    metrics = {"exact_match": score - 10, "f1": score} if task == "squad" else {"accuracy": score / 100}
+    return {
+        "key": f"k-{task}-{method}-{variant}",
+        "task": task,
+        "method": method,
+        "variant": variant,
+        "metric": "f1" if task == "squad" else "accuracy",
+        "score": score,
+        "metrics": metrics,
+        "eval_split": "test",
+        "n_train": 10,
+        "n_eval": 5,
+        "num_trainable": 100,
+        "trainable_fraction": frac,
+        "stored_fraction": frac,
+        "train_seconds": 1.0,
+        "eval_seconds": 1.0,
+        "steps": 3,
+        "hyperparameters": {"spec": {"layers": [0, 1, 2], "head": "linear"}},
+    }
+
+
+def test_markdown_table_gaps_and_targets():
+    recs = [
+        _fake_record("banking77", "fine-tuning", 90.0, frac=1.0),
+        _fake_record("banking77", "p-tuning-v2", 89.5),
+        _fake_record("banking77", "p-tuning-v2-mlp", 88.0),
+        _fake_record("squad", "fine-tuning", 60.0, frac=1.0),
+        _fake_record("squad", "p-tuning-v2", 50.0),
+        _fake_record("banking77", "p-tuning-v2", 80.0, variant="layers-upper-half"),
+    ]
+    meta = {
+        "command": "python -m bench.quality",
+        "backbone": "x",
+        "backbone_params": 1e6,
+        "threads": 1,
+        "generated_at": "now",
+    }
+    md = Q.render_markdown(recs, C.FULL, meta)
+    bank = next(line for line in md.splitlines() if line.startswith("| banking77 ("))
+    assert "90.0" in bank and "89.5" in bank and "| -0.5 | yes |" in bank
+    squad = next(line for line in md.splitlines() if line.startswith("| squad ("))
+    assert "50.0 / 60.0" in squad and "-10.0" in squad and "no (9.0 short)" in squad
+    assert "layers-upper-half" in md and "## Ablations" in md
+    assert "—" in bank  # prompt tuning not run
+
+
+def test_cache_roundtrip_and_multitask_expansion(tmp_path):
+    doc = _fake_record("banking77", "p-tuning-v2", 80.0)
+    Q.store_cached(tmp_path, doc["key"], doc)
+    assert Q.load_cached(tmp_path, doc["key"]) == doc
+    assert Q.load_cached(tmp_path, "missing") is None
+    (tmp_path / "runs" / "bad.json").write_text("{not json")
+    assert Q.load_cached(tmp_path, "bad") is None
+    mt = {"key": "m", "kind": "multitask", "records": [doc, doc]}
+    assert len(Q.expand(mt)) == 2 and Q.expand(doc) == [doc]
+
+
+def test_report_only_resumes_from_cache_without_training(tmp_path, monkeypatch, tiny_backbone):
+    """--report-only: cached runs fill the table, the rest are listed as pending; nothing trains."""
+    monkeypatch.setattr(Q, "prepare_datasets", lambda names: {})
+    import app.engine.backbone as B
+
+    monkeypatch.setattr(B, "load_backbone", lambda name=None, device="cpu": tiny_backbone)
+    run = Q.plan_runs(C.QUICK, ["banking77"], ["p-tuning-v2"], [])[0]
+    key = run.key(C.QUICK, "minilm")
+    rec = {**_fake_record("banking77", "p-tuning-v2", 42.0), "key": key}
+    Q.store_cached(tmp_path, key, rec)
+
+    def boom(*a, **k):
+        raise AssertionError("must not train")
+
+    monkeypatch.setattr(Q, "execute_single", boom)
+    rc = Q.main(
+        [
+            "--quick",
+            "--tasks",
+            "banking77",
+            "--methods",
+            "p-tuning-v2,fine-tuning",
+            "--ablations",
+            "none",
+            "--out",
+            str(tmp_path),
+            "--report-only",
+        ]
+    )
+    assert rc == 0
+    doc = json.loads((tmp_path / "quality-quick.json").read_text())
+    assert [r["score"] for r in doc["runs"]] == [42.0]
+    assert doc["pending"] == ["banking77/fine-tuning"]
+    assert "42.0" in (tmp_path / "quality-quick.md").read_text()
+
+
+def test_execute_and_ship_on_a_tiny_backbone(tmp_path, monkeypatch, tiny_backbone):
+    """One real (tiny) training run end to end: record fields, cached prompt, shipped file + metadata."""
+    from bench.datasets import is_prepared, read_manifest
+
+    if not is_prepared("conll_sample"):
+        pytest.skip("conll_sample is not prepared in the dataset cache")
+    monkeypatch.setattr(Q, "CKPT_DIR", tmp_path / "ckpt")
+    monkeypatch.setattr(Q, "REPO_ROOT", tmp_path)
+    budget = _tiny_budget()
+    run = Q.Run("single", "conll_sample", "p-tuning-v2", budget=budget.task("conll_sample"))
+    manifests = {"conll_sample": read_manifest("conll_sample")}
+    rec = Q.execute_single(run, run.key(budget, "tiny"), "tiny", tiny_backbone, manifests)
+    for field in (
+        "score",
+        "metrics",
+        "num_trainable",
+        "trainable_fraction",
+        "stored_params",
+        "train_seconds",
+        "steps",
+        "hyperparameters",
+        "checkpoint",
+    ):
+        assert field in rec
+    assert rec["n_train"] == 8 and rec["n_eval"] == 4 and rec["steps"] == 2
+    assert rec["stored_params"] <= rec["num_trainable"]
+    assert (tmp_path / rec["checkpoint"]).is_file()
+    # CoNLL is never shipped, even when it is the only run
+    assert Q.ship([rec], budget, tiny_backbone, manifests, "cmd", store_root=tmp_path / "store") == []
+
+    # ship a record that pretends to be BANKING77 (the shipping code path, metadata, verification)
+    monkeypatch.setitem(Q.SAMPLE_INPUTS, "banking77", [{"tokens": ["EU", "rejects"]}])
+    fake = {**rec, "task": "banking77"}
+    bank_manifest = {**manifests["conll_sample"], "redistributable": True, "license": "CC BY 4.0"}
+    monkeypatch.setattr(C, "SHIP_TASKS", {"banking77": "banking77"})
+    budget2 = replace(budget, tasks={**budget.tasks, "banking77": budget.task("conll_sample")})
+    shipped = Q.ship(
+        [fake], budget2, tiny_backbone, {"banking77": bank_manifest}, "cmd", store_root=tmp_path / "store"
+    )
+    assert [s["task"] for s in shipped] == ["banking77"]
+    side = json.loads((tmp_path / "store" / "banking77" / "v0001.json").read_text())
+    meta = side["metadata"]
+    assert meta["license"] == "CC BY 4.0" and meta["data"]["sha256"] and meta["metrics"]["eval_size"] == 4
+    assert meta["command"] == "cmd" and meta["training"]["train"]["lr"] == C.METHOD_HP["p-tuning-v2"].lr
+
+
+# ------------------------------------------------------------------------------------ shipped tasks
+
+
+REQUIRED_LICENSE = {"banking77": "CC BY 4.0", "squad": "CC BY-SA 4.0"}
+
+
+def test_prompts_store_is_small_and_has_metadata():
+    total = sum(p.stat().st_size for p in (REPO / "prompts_store").rglob("*") if p.is_file())
+    assert total < 3.5e6
+    from app.engine.checkpoint import read_metadata
+
+    for path in SHIPPED:
+        doc = read_metadata(path)
+        task = path.parent.name
+        assert task in C.SHIP_TASKS.values()
+        assert doc["metrics"]["eval_split"] and doc["metrics"]["eval_size"] > 0
+        assert doc["data"]["package"] and len(doc["data"]["sha256"]) == 64
+        assert doc["license"]
+        if task in REQUIRED_LICENSE:
+            assert doc["license"] == REQUIRED_LICENSE[task]
+        assert "conll" not in json.dumps(doc["data"]).lower()
+        side = json.loads(path.with_suffix(".json").read_text())
+        from app.engine.checkpoint import sha256_file
+
+        assert side["sha256"] == sha256_file(path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", SHIPPED, ids=[p.parent.name for p in SHIPPED])
+def test_shipped_task_loads_and_predicts_on_minilm(path):
+    from app.engine.backbone import load_backbone
+    from app.engine.checkpoint import load_checkpoint
+    from app.engine.predict import predict
+
+    backbone = load_backbone()
+    task = load_checkpoint(path, backbone)
+    name = path.parent.name
+    if name == "banking77":
+        preds = predict(
+            backbone, task, [{"text": "My card still hasn't arrived, how long does delivery take?"}]
+        )
+        assert preds[0]["label"] in task.spec.labels and preds[0]["label"] == "card_arrival"
+    elif name == "brown-pos":
+        preds = predict(backbone, task, [{"tokens": ["The", "jury", "said", "it", "was", "fair", "."]}])
+        assert preds[0]["tags"][0] == "at" and preds[0]["tags"][1] == "nn" and preds[0]["tags"][-1] == "."
+    elif name == "squad":
+        ctx = "The Eiffel Tower is a wrought-iron lattice tower in Paris, France. It was completed in 1889."
+        preds = predict(
+            backbone, task, [{"question": "When was the Eiffel Tower completed?", "context": ctx}]
+        )
+        assert "1889" in preds[0]["answer"]
+    else:
+        pytest.fail(f"unexpected shipped task {name}")
