@@ -458,6 +458,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as PROMPTHUB_* variables, so a child process sees exactly these settings."""
     env: dict[str, str] = {}
     for key, value in settings.model_dump().items():
+        if value is None:  # unset optional settings stay unset (the child gets the same default)
+            continue
         env[f"PROMPTHUB_{key.upper()}"] = (
             ("true" if value else "false") if isinstance(value, bool) else str(value)
         )
