@@ -29,6 +29,11 @@ def serve_command(args: argparse.Namespace) -> int:
         print(f"prompthub serve: {e}", file=sys.stderr)
         return 2
     uvicorn.run(
-        create_app(settings), host=host, port=int(port), log_level=settings.log_level, access_log=False
+        create_app(settings),
+        host=host,
+        port=int(port),
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_keep_alive=int(settings.keep_alive_s),
     )
     return 0
