@@ -26,7 +26,7 @@ from safetensors.torch import save as st_save
 
 from app.engine.backbone import Backbone
 from app.engine.heads import build_head
-from app.engine.model import ServingTask, TaskSpec
+from app.engine.model import ServingTask, TaskSpec, spread_layers
 
 FORMAT = "prompthub-checkpoint"
 FORMAT_VERSION = 1
@@ -172,7 +172,7 @@ def load_checkpoint_bytes(
         layers = torch.tensor(spec.layers, dtype=torch.long)
         if flat.shape[0] != len(spec.layers) or flat.shape[3] != backbone.kv_size:
             raise CheckpointError(f"{where}: prefix shape {tuple(flat.shape)} does not fit the spec")
-        task.kv = flat.new_zeros(backbone.num_layers, *flat.shape[1:]).index_copy(0, layers, flat)
+        task.kv = spread_layers(flat, spec.layers, backbone.num_layers)
         task.layer_mask = torch.zeros(backbone.num_layers, dtype=torch.bool)
         task.layer_mask[layers] = True
     if "prompt.embeddings" in tensors:

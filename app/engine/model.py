@@ -26,6 +26,12 @@ class SpecError(ValueError):
     pass
 
 
+def spread_layers(kv: Tensor, layers: list[int], num_layers: int) -> Tensor:
+    """K/V of the prefix layers [n_active, 2, P, kv] -> all layers [num_layers, 2, P, kv], zeros elsewhere."""
+    index = torch.tensor(layers, dtype=torch.long, device=kv.device)
+    return kv.new_zeros(num_layers, *kv.shape[1:]).index_copy(0, index, kv)
+
+
 @dataclass
 class TaskSpec:
     """Everything that defines a task's shape. Stored as JSON in every checkpoint."""
@@ -123,7 +129,7 @@ class TaskModel(nn.Module):
         bb = self._shared[0]
         kv = self.prefix()  # [n_active, 2, P, kv]
         layers = torch.tensor(self.spec.layers, device=kv.device)
-        full = kv.new_zeros(bb.num_layers, *kv.shape[1:]).index_copy(0, layers, kv)
+        full = spread_layers(kv, self.spec.layers, bb.num_layers)
         mask = kv.new_zeros(bb.num_layers, batch_size, kv.shape[2])
         mask[layers] = 1.0
         return PrefixBatch(full.unsqueeze(2).expand(-1, -1, batch_size, -1, -1), mask)
@@ -158,7 +164,7 @@ class TaskModel(nn.Module):
         if self.prefix is not None:
             flat = self.prefix.fold()
             layers = torch.tensor(self.spec.layers, device=flat.device)
-            kv = flat.new_zeros(bb.num_layers, *flat.shape[1:]).index_copy(0, layers, flat)
+            kv = spread_layers(flat, self.spec.layers, bb.num_layers)
             layer_mask = torch.zeros(bb.num_layers, dtype=torch.bool, device=flat.device)
             layer_mask[layers] = True
         if self.prompt is not None:
