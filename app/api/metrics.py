@@ -94,8 +94,10 @@ class ApiMetrics:
         )
         self.latency = Histogram(
             "prompthub_request_latency_seconds",
-            "HTTP request latency by route, task and status",
-            ["route", "task", "status"],
+            # no task label: with thousands of tasks a per-task histogram is ~15 series a task,
+            # which makes every scrape (and the server's memory) grow with the task count
+            "HTTP request latency by route and status",
+            ["route", "status"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
@@ -103,7 +105,7 @@ class ApiMetrics:
 
     def observe(self, route: str, task: str, status: int, seconds: float) -> None:
         self.requests.labels(route, task, str(status)).inc()
-        self.latency.labels(route, task, str(status)).observe(seconds)
+        self.latency.labels(route, str(status)).observe(seconds)
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)

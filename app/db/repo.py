@@ -87,6 +87,22 @@ def get_version(s: Session, name: str, version: int) -> TaskVersion | None:
     return s.scalars(stmt).first()
 
 
+def resolve_version(s: Session, name: str, version: int | None = None) -> tuple[bool, int | None, str | None]:
+    """(task exists, version number, sha256) of a task's `version` (its active one if None), in
+    one query that reads only those columns: the per-request path of the hub."""
+    wanted = Task.active_version if version is None else version
+    stmt = (
+        select(Task.name, TaskVersion.version, TaskVersion.sha256)
+        .select_from(Task)
+        .outerjoin(TaskVersion, (TaskVersion.task_name == Task.name) & (TaskVersion.version == wanted))
+        .where(Task.name == name)
+    )
+    row = s.execute(stmt).first()
+    if row is None:
+        return False, None, None
+    return True, row[1], row[2]
+
+
 def get_active_version(s: Session, name: str) -> TaskVersion | None:
     task = get_task(s, name)
     if task is None or task.active_version is None:

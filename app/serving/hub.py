@@ -167,22 +167,12 @@ class Hub:
         from app.db import repo
 
         with self.sessionmaker() as s:
-            try:
-                row = repo.get_task(s, name)
-            except repo.NotFound:
-                row = None
-            if row is None:
-                raise TaskNotFound(name)
-            want = version if version is not None else row.active_version
-            if want is None:
-                raise TaskNotFound(name)
-            try:
-                ver = repo.get_version(s, name, want)
-            except repo.NotFound:
-                ver = None
-            if ver is None:
-                raise TaskNotFound(name, want)
-            number, sha = int(ver.version), str(ver.sha256)
+            exists, number, sha = repo.resolve_version(s, name, version)
+        if not exists or (number is None and version is None):
+            raise TaskNotFound(name)
+        if number is None or sha is None:
+            raise TaskNotFound(name, version)
+        number, sha = int(number), str(sha)
         backbone = self.backbone
 
         def load() -> ServingTask:

@@ -179,6 +179,33 @@ def test_tasks_and_versions(session_factory):
             repo.delete_task(s, "sent")
 
 
+def test_resolve_version_is_one_query(session_factory):
+    from sqlalchemy import event, update
+
+    from app.db.models import Task
+
+    with session_factory() as s:
+        _add(s)
+        _add(s, activate=False)
+        _add(s, name="empty", activate=False)  # a task whose only version is not active
+        s.execute(update(Task).where(Task.name == "empty").values(active_version=None))
+        s.commit()
+    statements: list[str] = []
+    with session_factory() as s:
+        engine = s.get_bind()
+        listener = lambda *a: statements.append(a[2])  # noqa: E731
+        event.listen(engine, "before_cursor_execute", listener)
+        try:
+            assert repo.resolve_version(s, "sent") == (True, 1, "ab" * 32)
+            assert repo.resolve_version(s, "sent", 2) == (True, 2, "ab" * 32)
+            assert repo.resolve_version(s, "sent", 7) == (True, None, None)
+            assert repo.resolve_version(s, "nope") == (False, None, None)
+            assert repo.resolve_version(s, "empty") == (True, None, None)
+        finally:
+            event.remove(engine, "before_cursor_execute", listener)
+    assert len([q for q in statements if q.lstrip().upper().startswith("SELECT")]) == 5
+
+
 def test_datasets(session_factory):
     with session_factory() as s:
         ds = repo.create_dataset(
