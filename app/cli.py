@@ -26,6 +26,12 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--prefix-length", type=int, default=16)
     p.add_argument("--reparameterize", action="store_true", help="MLP reparameterisation of the prefix")
     p.add_argument(
+        "--prefix-init",
+        default="random",
+        choices=["random", "tokens"],
+        help="flat prefix start: random (default) or the keys/values of real tokens through the frozen encoder",
+    )
+    p.add_argument(
         "--layers", default="all", help="'all', 'lower-half', 'upper-half', 'first:N', 'last:N', '0-2,5'"
     )
     p.add_argument("--head", default="linear", choices=["linear", "verbalizer"])

@@ -48,6 +48,11 @@ class Hyperparameters(BaseModel):
     method: Literal["p-tuning-v2", "prompt-tuning"] = "p-tuning-v2"
     prefix_length: int = Field(16, ge=1, le=512)
     reparameterize: bool = False
+    prefix_init: Literal["random", "tokens"] = Field(
+        "random",
+        description="P-Tuning v2 flat prefix start: 'tokens' (each layer's keys/values of real tokens "
+        "through the frozen encoder) or 'random'",
+    )
     layers: str | list[int] | None = Field(None, description="'all', 'lower-half', 'last:N', '0-2,5', [0, 1]")
     head: Literal["linear", "verbalizer"] = "linear"
     label_words: list[str] | None = Field(None, min_length=1)

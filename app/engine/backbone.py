@@ -346,6 +346,41 @@ class Backbone(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.model.parameters())
 
+    def _kv_modules(self, i: int) -> tuple[nn.Module, nn.Module]:
+        layer = self._adapter.layers()[i]
+        if self.model_type == "mpnet":
+            return layer.attention.attn.k, layer.attention.attn.v
+        if self.model_type == "deberta-v2":
+            return layer.attention.self.key_proj, layer.attention.self.value_proj
+        return layer.attention.self.key, layer.attention.self.value
+
+    @torch.no_grad()
+    def token_kv(self, input_ids: Tensor) -> Tensor:
+        """The keys and values every layer computes for a token sequence [P] run through the
+        frozen encoder without a prefix: [num_layers, 2, P, kv_size]. A prefix started from
+        these sits where real tokens sit in each layer's key/value space."""
+        captured: dict[tuple[int, int], Tensor] = {}
+        hooks = []
+        for i in range(self.num_layers):
+            for j, module in enumerate(self._kv_modules(i)):
+
+                def hook(_m, _inp, out, key=(i, j)):
+                    captured[key] = out.detach()
+
+                hooks.append(module.register_forward_hook(hook))
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            ids = input_ids.to(self.device).view(1, -1)
+            self.forward(ids, torch.ones_like(ids))
+        finally:
+            for h in hooks:
+                h.remove()
+            self.model.train(was_training)
+        return torch.stack(
+            [torch.stack([captured[(i, 0)][0], captured[(i, 1)][0]]) for i in range(self.num_layers)]
+        )
+
     # ----------------------------------------------------------------- forward
     def forward(
         self,

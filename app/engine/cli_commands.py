@@ -75,6 +75,7 @@ def train_command(args) -> int:
         prefix_length=args.prefix_length,
         layers=args.layers,
         reparameterize=args.reparameterize,
+        prefix_init=args.prefix_init,
         head=args.head,
         label_words=args.label_words.split(",") if args.label_words else None,
         max_length=args.max_length,

@@ -20,6 +20,7 @@ from app.engine.prefix import InputPrompt, PrefixEncoder, parse_layers
 TASK_TYPES = ("classification", "token-classification", "question-answering")
 METHODS = ("p-tuning-v2", "prompt-tuning", "fine-tuning")
 HEADS = ("linear", "verbalizer")
+PREFIX_INITS = ("random", "tokens")
 
 
 class SpecError(ValueError):
@@ -45,6 +46,9 @@ class TaskSpec:
     reparam_hidden: int = 512
     prefix_dropout: float = 0.1
     prefix_init_std: float = 0.5
+    #: "random" (normal, prefix_init_std) or "tokens": each layer's keys/values of real
+    #: vocabulary tokens run through the frozen encoder (flat prefixes only)
+    prefix_init: str = "random"
     head: str = "linear"
     label_words: list[str] | None = None
     head_dropout: float = 0.1
@@ -66,6 +70,8 @@ class TaskSpec:
             raise SpecError("labels: a classification or labelling task needs at least one label")
         if self.label_words is not None and len(self.label_words) != len(self.labels):
             raise SpecError("label_words: one word per label is needed")
+        if self.prefix_init not in PREFIX_INITS:
+            raise SpecError(f"prefix_init {self.prefix_init!r}: expected one of {', '.join(PREFIX_INITS)}")
         if not 1 <= self.prefix_length <= 512:
             raise SpecError("prefix_length must be between 1 and 512")
         if not 8 <= self.max_length <= 4096:
@@ -108,6 +114,8 @@ class TaskModel(nn.Module):
                 dropout=spec.prefix_dropout,
                 init_std=spec.prefix_init_std,
             )
+            if shared_prefix is None and spec.prefix_init == "tokens" and not spec.reparameterize:
+                self.prefix.load_flat(token_kv_init(backbone, spec.prefix_length, spec.layers))
         elif spec.method == "prompt-tuning":
             self.prompt = InputPrompt(
                 spec.prefix_length, backbone.hidden_size, init=_vocab_init(backbone, spec.prefix_length)
@@ -192,6 +200,19 @@ def _vocab_init(backbone: Backbone, n: int, seed: int = 0) -> Tensor:
     if emb.shape[1] != backbone.hidden_size:
         return torch.randn(n, backbone.hidden_size, generator=g) * 0.02
     return emb[ids].clone()
+
+
+def token_kv_init(backbone: Backbone, n: int, layers: list[int], seed: int = 0) -> Tensor:
+    """Flat prefix init [len(layers), 2, n, kv]: the keys/values the frozen encoder computes for
+    n frequent-ish vocabulary tokens (the ids _vocab_init draws), so each prefix starts inside
+    its layer's real key/value distribution instead of a random point in it."""
+    emb = backbone.input_embeddings().weight
+    g = torch.Generator().manual_seed(seed)
+    lo = min(1000, emb.shape[0] - n)
+    hi = min(5000, emb.shape[0])
+    ids = torch.randint(lo, max(hi, lo + n), (n,), generator=g)
+    kv = backbone.token_kv(ids)
+    return kv[torch.tensor(layers, device=kv.device)].cpu().contiguous()
 
 
 @dataclass

@@ -22,7 +22,7 @@ from app.engine import data as D
 from app.engine import metrics as M
 from app.engine.backbone import Backbone
 from app.engine.batch import LABEL_PAD, collate
-from app.engine.model import ServingTask, TaskModel, TaskSpec
+from app.engine.model import ServingTask, TaskModel, TaskSpec, token_kv_init
 from app.engine.predict import Prepared, encode_examples, finish, run_features, word_tags
 from app.engine.prefix import PrefixEncoder
 
@@ -383,6 +383,8 @@ def train_multitask(
         dropout=first.prefix_dropout,
         init_std=first.prefix_init_std,
     ).to(backbone.device)
+    if first.prefix_init == "tokens" and not first.reparameterize:
+        shared.load_flat(token_kv_init(backbone, first.prefix_length, first.layers).to(backbone.device))
     models: dict[str, tuple[TaskModel, list[dict], Sequence | None]] = {}
     tasks = {
         name: (spec, *split_holdout(train, ev, config.holdout_fraction, config.seed))

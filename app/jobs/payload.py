@@ -22,6 +22,7 @@ SPEC_KEYS = (
     "method",
     "prefix_length",
     "reparameterize",
+    "prefix_init",
     "layers",
     "head",
     "label_words",

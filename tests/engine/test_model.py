@@ -183,3 +183,39 @@ def test_prepare_refuses_long_text_in_refuse_mode(tiny_bert, tokenizer):
     with pytest.raises(DataError) as err:
         prepare(served, tokenizer, [{"text": "ok"}, {"text": long}], overflow="refuse")
     assert err.value.line == 2 and err.value.field == "text"
+
+
+@pytest.mark.parametrize("model_type", ["bert", "mpnet", "deberta-v2"])
+def test_token_kv_is_each_layers_key_value_of_real_tokens(tokenizer, model_type):
+    bb = backbone_from_config(tiny_config(model_type), tokenizer, name=f"tiny-{model_type}")
+    ids = torch.tensor([2000, 3000, 4000])
+    kv = bb.token_kv(ids)
+    assert kv.shape == (bb.num_layers, 2, 3, bb.kv_size)
+    # layer 0's keys/values are its projections of the embedded tokens
+    hidden = bb._adapter.embed(ids[None], None, torch.ones(1, 3, dtype=torch.long))
+    k_mod, v_mod = bb._kv_modules(0)
+    torch.testing.assert_close(kv[0, 0], k_mod(hidden)[0])
+    torch.testing.assert_close(kv[0, 1], v_mod(hidden)[0])
+    # later layers differ from layer 0 (they see the encoder's own hidden states)
+    assert not torch.allclose(kv[1, 0], kv[0, 0])
+
+
+def test_prefix_init_tokens_starts_from_the_encoders_kv(tiny_bert):
+    spec = TaskSpec(task_type="classification", labels=["a", "b"], prefix_init="tokens", layers="upper-half")
+    model = TaskModel(spec, tiny_bert)
+    raw = model.prefix.raw().detach()
+    upper = list(range(tiny_bert.num_layers // 2, tiny_bert.num_layers))
+    assert spec.layers == upper
+    assert raw.shape == (len(upper), 2, 16, tiny_bert.kv_size)
+    from app.engine.model import token_kv_init
+
+    torch.testing.assert_close(raw, token_kv_init(tiny_bert, 16, upper))
+    full = tiny_bert.token_kv(torch.zeros(1, dtype=torch.long))  # shape sanity of the helper
+    assert full.shape[0] == tiny_bert.num_layers
+    # the same seed gives the same init; random init is the default and differs
+    again = TaskModel(TaskSpec.from_dict(spec.to_dict()), tiny_bert).prefix.raw().detach()
+    torch.testing.assert_close(raw, again)
+    rand = TaskModel(TaskSpec(task_type="classification", labels=["a", "b"]), tiny_bert).prefix.raw().detach()
+    assert not torch.allclose(rand[upper[0] :], raw)
+    with pytest.raises(SpecError, match="prefix_init"):
+        TaskSpec(task_type="classification", labels=["a"], prefix_init="zeros").validate()
