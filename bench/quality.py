@@ -62,6 +62,11 @@ class Run:
     budget: C.TaskBudget | None = None
     layers: str = "all"
     head: str = "linear"
+    hp: C.MethodHP | None = None  # None: C.METHOD_HP[method]; ablations carry C.ABLATION_HP
+
+    @property
+    def method_hp(self) -> C.MethodHP:
+        return self.hp or C.METHOD_HP[self.method]
 
     def payload(self, mode_budget: C.Budget, backbone: str) -> dict:
         if self.kind == "multitask":
@@ -81,7 +86,7 @@ class Run:
             "kind": "single",
             "backbone": backbone,
             "budget": self.budget.to_dict(),
-            "hp": C.METHOD_HP[self.method].__dict__,
+            "hp": self.method_hp.__dict__,
             "layers": self.layers,
             "head": self.head,
             "seed": C.TRAIN_SEED,
@@ -101,7 +106,7 @@ def plan_runs(budget: C.Budget, tasks: list[str], methods: list[str], ablations:
     singles = [m for m in C.RUN_ORDER if m in methods]
 
     def task_runs(t: str) -> list[Run]:
-        return [Run("single", t, m, budget=budget.task(t)) for m in singles]
+        return [Run("single", t, m, budget=budget.task(t), hp=C.TASK_METHOD_HP.get((t, m))) for m in singles]
 
     runs: list[Run] = []
     for t in ordered[:2]:
@@ -116,7 +121,15 @@ def plan_runs(budget: C.Budget, tasks: list[str], methods: list[str], ablations:
         }
         for v in ablations:
             runs.append(
-                Run("single", budget.ablation_task, "p-tuning-v2", variant=v, budget=ab, **variants[v])
+                Run(
+                    "single",
+                    budget.ablation_task,
+                    "p-tuning-v2",
+                    variant=v,
+                    budget=ab,
+                    hp=budget.ablation_hp,
+                    **variants[v],
+                )
             )
     for t in ordered[2:]:
         runs += task_runs(t)
@@ -159,11 +172,16 @@ def load_task_data(tb: C.TaskBudget) -> tuple[list, list]:
 
 
 def make_spec(
-    tb: C.TaskBudget, method: str, labels: list[str] | None, layers: str = "all", head: str = "linear"
+    tb: C.TaskBudget,
+    method: str,
+    labels: list[str] | None,
+    layers: str = "all",
+    head: str = "linear",
+    hp: C.MethodHP | None = None,
 ):
     from app.engine.model import TaskSpec
 
-    hp = C.METHOD_HP[method]
+    hp = hp or C.METHOD_HP[method]
     label_words = None
     if head == "verbalizer" and labels:
         words = tb.label_words or {}
@@ -183,10 +201,16 @@ def make_spec(
     )
 
 
-def make_config(tb: C.TaskBudget, method: str, epochs: int | None = None, batch_size: int | None = None):
+def make_config(
+    tb: C.TaskBudget,
+    method: str,
+    epochs: int | None = None,
+    batch_size: int | None = None,
+    hp: C.MethodHP | None = None,
+):
     from app.engine.train import TrainConfig
 
-    hp = C.METHOD_HP[method]
+    hp = hp or C.METHOD_HP[method]
     return TrainConfig(
         epochs=epochs or tb.epochs,
         lr=hp.lr,
@@ -304,8 +328,8 @@ def execute_single(run: Run, key: str, mode: str, backbone, manifests: dict) -> 
     assert tb is not None
     train, ev = load_task_data(tb)
     labels = (manifests.get(tb.dataset) or {}).get("labels")
-    spec = make_spec(tb, run.method, labels, run.layers, run.head)
-    config = make_config(tb, run.method)
+    spec = make_spec(tb, run.method, labels, run.layers, run.head, hp=run.method_hp)
+    config = make_config(tb, run.method, hp=run.method_hp)
     label = f"{tb.dataset}/{run.method}{'/' + run.variant if run.variant else ''}"
     log(f"train {label}: {len(train)} train, {len(ev)} eval ({tb.eval_split}), {config.epochs} epochs")
     t0 = time.monotonic()
@@ -575,7 +599,7 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
         lines += [
             "",
             f"## Ablations (P-Tuning v2 on {budget.ablation_task}, {ab.n_train or 'all'} train examples, "
-            f"{ab.epochs} epochs, {ab.eval_split} set)",
+            f"{ab.epochs} epochs, lr {(budget.ablation_hp or C.METHOD_HP['p-tuning-v2']).lr:g}, {ab.eval_split} set)",
             "",
             "| variant | layers with a prefix | head | score | trainable | train s |",
             "|---|---|---|---|---|---|",
@@ -628,6 +652,8 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
             if m == "fine-tuning"
             else f"| {m} | {hp.lr:g} | — | {note} |"
         )
+    for (t, m), hp in C.TASK_METHOD_HP.items():
+        lines.append(f"| {m} on {t} | {hp.lr:g} | — | exception to the row above |")
     lines += [
         "",
         "Common: AdamW (weight decay 0.01, none on prompts), linear warm-up 6% then linear decay, grad-norm clip 1.0, "

@@ -63,7 +63,7 @@ def test_plan_orders_priorities_and_reuses_the_layers_all_run():
     runs = Q.plan_runs(C.QUICK, list(C.TASK_ORDER), list(C.ALL_METHODS), list(C.ABLATIONS))
     labels = [(r.task, r.method, r.variant) for r in runs]
     assert labels[0][0] == "banking77" and labels[4][0] == "brown_pos"
-    assert runs[-1].kind == "multitask" and runs[-1].task == "banking77+brown_pos+squad+boolq"
+    assert runs[-1].kind == "multitask" and runs[-1].task == "+".join(C.MULTITASK_TASKS)
     ab = [r for r in runs if r.variant]
     assert [r.variant for r in ab] == list(C.ABLATIONS)
     lower = next(r for r in ab if r.variant == "layers-lower-half")
@@ -76,6 +76,10 @@ def test_plan_orders_priorities_and_reuses_the_layers_all_run():
     runs_full = Q.plan_runs(C.FULL, ["banking77"], ["p-tuning-v2"], ["layers-all"])
     assert runs_full[0].key(C.FULL, "minilm") != runs_full[1].key(C.FULL, "minilm")
     assert not any(r.kind == "multitask" for r in runs_full)
+    assert runs_full[1].method_hp == C.FULL.ablation_hp and runs_full[0].method_hp == C.METHOD_HP["p-tuning-v2"]
+    # per-task exceptions are carried by the run
+    squad = Q.plan_runs(C.FULL, ["squad"], ["p-tuning-v2"], [])[0]
+    assert squad.method_hp == C.TASK_METHOD_HP[("squad", "p-tuning-v2")]
 
 
 def test_make_spec_layers_heads_and_verbalizer_words():

@@ -1,0 +1,113 @@
+"""One hyperparameter probe of the quality benchmark: ``python -m bench.quality_sweep``.
+
+Trains one method on one task of the ``full`` budget with some settings changed (learning rate,
+epochs, prefix length, prefix init, prefix dropout, MLP), evaluates on a (smaller) slice of the
+task's evaluation set after every epoch, prints one JSON line and appends it to
+``bench/results/quality-sweep.jsonl``. docs/quality.md lists the probes that chose the benchmark's
+settings (``bench/quality_config.py``).
+
+    python -m bench.quality_sweep --task brown_pos --lr 3e-2 --epochs 6 --n-eval 300
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from bench import quality_config as C
+
+DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "quality-sweep.jsonl"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.quality_sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--task", default="brown_pos", choices=C.TASK_ORDER)
+    p.add_argument("--method", default="p-tuning-v2", choices=C.METHODS)
+    p.add_argument("--lr", type=float, default=None, help="default: the method's lr in quality_config")
+    p.add_argument("--epochs", type=int, default=None, help="default: the task's full-budget epochs")
+    p.add_argument("--prefix-length", type=int, default=None)
+    p.add_argument("--prefix-init", default="random", choices=["random", "tokens"])
+    p.add_argument("--prefix-init-std", type=float, default=0.5)
+    p.add_argument("--prefix-dropout", type=float, default=0.1)
+    p.add_argument("--n-train", type=int, default=None, help="default: the task's full-budget n_train")
+    p.add_argument("--n-eval", type=int, default=300, help="evaluation examples (the same seeded sample)")
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    return p.parse_args(argv)
+
+
+def _epoch_metrics(entry: dict) -> dict:
+    """One history entry's metrics ({task name: metrics} for single-task runs)."""
+    m = entry.get("metrics") or {}
+    first = next(iter(m.values()), None)
+    return first if isinstance(first, dict) else m
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    from app.engine.backbone import load_backbone
+    from app.engine.train import evaluate, train_task
+    from bench import quality as Q
+
+    tb = C.FULL.task(args.task)
+    changes: dict = {"n_eval": args.n_eval}
+    if args.prefix_length:
+        changes["prefix_length"] = args.prefix_length
+    if args.n_train:
+        changes["n_train"] = args.n_train
+    if args.epochs:
+        changes["epochs"] = args.epochs
+    tb = replace(tb, **changes)
+    hp = C.METHOD_HP[args.method]
+    if args.lr:
+        hp = replace(hp, lr=args.lr)
+    manifests = Q.prepare_datasets([args.task])
+    backbone = load_backbone("minilm")
+    train, ev = Q.load_task_data(tb)
+    spec = Q.make_spec(tb, args.method, manifests[args.task].get("labels"), hp=hp)
+    spec.prefix_init = args.prefix_init
+    spec.prefix_init_std = args.prefix_init_std
+    spec.prefix_dropout = args.prefix_dropout
+    config = Q.make_config(tb, args.method, hp=hp)
+    Q.log(
+        f"sweep {args.task}/{args.method}: lr {hp.lr:g}, {config.epochs} epochs, {len(train)} train, {len(ev)} eval"
+    )
+    t0 = time.monotonic()
+    result = train_task(backbone, spec, train, ev, config, progress=Q.ProgressPrinter(args.task))
+    metrics = evaluate(backbone, result.task, ev, batch_size=64)
+    rec = {
+        "task": args.task,
+        "method": args.method,
+        "lr": hp.lr,
+        "epochs": config.epochs,
+        "prefix_length": tb.prefix_length,
+        "prefix_init": args.prefix_init,
+        "prefix_init_std": args.prefix_init_std,
+        "prefix_dropout": args.prefix_dropout,
+        "n_train": len(train),
+        "n_eval": len(ev),
+        "metric": tb.metric,
+        "score": round(Q.score_of(metrics, tb.metric), 2),
+        "per_epoch": [round(Q.score_of(_epoch_metrics(h), tb.metric), 2) for h in result.history],
+        "seconds": round(time.monotonic() - t0),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    line = json.dumps(rec)
+    print(line, flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with out.open("a") as f:
+        f.write(line + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
