@@ -737,9 +737,14 @@ def ship(
     store = PromptStore(root=store_root)
     shipped = []
     for dataset, name in C.SHIP_TASKS.items():
-        rec = best_pt2({k: v for k, v in main.items() if v.get("checkpoint")}, dataset)
+        rec = best_pt2(main, dataset)
         if rec is None:
-            log(f"ship: no P-Tuning v2 run with a checkpoint for {dataset}; skipped")
+            log(f"ship: no P-Tuning v2 run for {dataset}; skipped")
+            continue
+        if not rec.get("checkpoint") or not (REPO_ROOT / rec["checkpoint"]).is_file():
+            # trained prompts live in the git-ignored .cache: a fresh checkout has the results,
+            # not the weights; the version already in the store stays
+            log(f"ship: {dataset}: the checkpoint of {rec['key']} is not in this checkout; store left as is")
             continue
         manifest = manifests.get(dataset) or {}
         if not manifest.get("redistributable", False):
