@@ -35,9 +35,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prefix-dropout", type=float, default=0.1)
     p.add_argument("--n-train", type=int, default=None, help="default: the task's full-budget n_train")
     p.add_argument("--n-eval", type=int, default=300, help="evaluation examples (the same seeded sample)")
+    p.add_argument(
+        "--eval-split",
+        default="dev",
+        help="split to score on (default dev: choosing settings on the table's test split would bias it); "
+        "SQuAD and BoolQ have no separate dev split and use the benchmark's evaluation split",
+    )
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default=str(DEFAULT_OUT))
     return p.parse_args(argv)
+
+
+def _splits(dataset: str) -> set[str]:
+    from bench.datasets import read_manifest
+
+    return set(((read_manifest(dataset) or {}).get("files") or {}).keys())
 
 
 def _epoch_metrics(entry: dict) -> dict:
@@ -57,8 +69,11 @@ def main(argv: list[str] | None = None) -> int:
     from app.engine.train import evaluate, train_task
     from bench import quality as Q
 
+    manifests = Q.prepare_datasets([args.task])
     tb = C.FULL.task(args.task)
     changes: dict = {"n_eval": args.n_eval}
+    if args.eval_split and tb.split_at is None and args.eval_split in _splits(args.task):
+        changes["eval_split"] = args.eval_split
     if args.prefix_length:
         changes["prefix_length"] = args.prefix_length
     if args.n_train:
@@ -69,7 +84,6 @@ def main(argv: list[str] | None = None) -> int:
     hp = C.METHOD_HP[args.method]
     if args.lr:
         hp = replace(hp, lr=args.lr)
-    manifests = Q.prepare_datasets([args.task])
     backbone = load_backbone("minilm")
     train, ev = Q.load_task_data(tb)
     spec = Q.make_spec(tb, args.method, manifests[args.task].get("labels"), hp=hp)
@@ -94,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
         "prefix_dropout": args.prefix_dropout,
         "n_train": len(train),
         "n_eval": len(ev),
+        "eval_split": tb.eval_split,
         "metric": tb.metric,
         "score": round(Q.score_of(metrics, tb.metric), 2),
         "per_epoch": [round(Q.score_of(_epoch_metrics(h), tb.metric), 2) for h in result.history],
