@@ -226,6 +226,10 @@ def train_task(
     if init_kv is not None and model.prefix is not None:
         layers = torch.tensor(spec.layers)
         model.prefix.load_flat(init_kv.kv[layers].to(model.prefix.weight.device))
+    if init_kv is not None and _same_head(init_kv, spec):
+        # the same task (a multi-task run's per-task stage, or a new version of a task): its
+        # trained head is the start too, not only its prefix
+        model.head.load_state_dict(init_kv.head.state_dict())
     train_examples = list(train_examples)
     if config.max_train_examples:
         train_examples = train_examples[: config.max_train_examples]
@@ -233,6 +237,18 @@ def train_task(
     return _fit(backbone, {task_name or "task": (model, features, eval_examples)}, config, progress, should_stop)[
         task_name or "task"
     ]
+
+
+def _same_head(task: ServingTask, spec: TaskSpec) -> bool:
+    """Whether a trained task's head can start a new training of `spec` (same type, head kind,
+    labels in the same order, and the same parameter shapes)."""
+    old = task.spec
+    return (
+        old.task_type == spec.task_type
+        and old.head == spec.head
+        and list(old.labels) == list(spec.labels)
+        and (old.label_words or None) == (spec.label_words or None)
+    )
 
 
 def _fit(

@@ -127,6 +127,27 @@ def test_multitask_shared_prefix_then_per_task(tiny_bert):
     assert not torch.equal(cont["sent"].task.kv, cont["tags"].task.kv)  # each continued alone
 
 
+def test_continuation_starts_from_the_prefix_and_the_head_of_the_same_task(tiny_bert):
+    first = train_task(tiny_bert, TaskSpec("classification", prefix_length=6), sentiment(64, 0), None, FAST)
+    still = TrainConfig(epochs=1, lr=1e-12, batch_size=16, seed=3, early_stopping_patience=0)
+    # same task (labels neg/pos): prefix and head both carry over (lr ~0 -> unchanged)
+    cont = train_task(
+        tiny_bert, TaskSpec("classification", prefix_length=6), sentiment(32, 2), None, still, init_kv=first.task
+    )
+    torch.testing.assert_close(cont.task.kv, first.task.kv)
+    for a, b in zip(cont.task.head.state_dict().values(), first.task.head.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b)
+    # other labels: only the prefix is a start; the head is new
+    other = [ClassificationExample(e.text, label={"pos": "yes", "neg": "no"}[e.label]) for e in sentiment(32, 2)]
+    fresh = train_task(tiny_bert, TaskSpec("classification", prefix_length=6), other, None, still, init_kv=first.task)
+    torch.testing.assert_close(fresh.task.kv, first.task.kv)
+    assert fresh.task.spec.labels == ["no", "yes"]
+    assert any(
+        not torch.allclose(a, b)
+        for a, b in zip(fresh.task.head.state_dict().values(), first.task.head.state_dict().values(), strict=True)
+    )
+
+
 def test_cli_train_and_predict(tiny_bert, tmp_path, capsys):
     from app.cli import main
 
