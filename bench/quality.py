@@ -33,6 +33,7 @@ import os
 import platform
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -542,6 +543,19 @@ def best_pt2(main: dict, task: str) -> dict | None:
     return max(cands, key=lambda r: r["score"]) if cands else None
 
 
+def majority_share(tb: C.TaskBudget) -> float | None:
+    """Accuracy (%) of always answering the evaluation set's most frequent label: the floor a
+    classification score must clear to mean anything. None for other task types, or without data."""
+    if tb.task_type != "classification":
+        return None
+    try:
+        _, ev = load_task_data(tb)
+    except Exception:  # noqa: BLE001 - a report without the data cached still renders
+        return None
+    counts = Counter(e.label for e in ev)
+    return 100.0 * max(counts.values()) / len(ev) if ev else None
+
+
 def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
     main, ablation = index_records(records)
     tasks = [t for t in C.TASK_ORDER if any(k[0] == t for k in main) or any(k[0] == t for k in ablation)]
@@ -558,23 +572,26 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
         "",
         "| task (metric, eval set) | "
         + " | ".join(C.METHOD_TABLE_NAMES[m] for m in methods)
-        + " | best PT2 − FT | target met |",
-        "|---" * (len(methods) + 3) + "|",
+        + " | majority class | best PT2 − FT | target met |",
+        "|---" * (len(methods) + 4) + "|",
     ]
     for t in tasks:
         tb = budget.task(t)
         n_eval = next((r["n_eval"] for (tt, _), r in main.items() if tt == t), tb.n_eval)
         cells = [_fmt(main.get((t, m))) for m in methods]
         ft, pt2 = main.get((t, "fine-tuning")), best_pt2(main, t)
+        majority = majority_share(tb)
         gap = target = "—"
         if ft and pt2:
             d = pt2["score"] - ft["score"]
             gap = f"{d:+.1f}"
             target = "yes" if d >= -1.0 and pt2["trainable_fraction"] <= 0.03 else f"no ({-d - 1:.1f} short)"
+            if majority is not None and max(ft["score"], pt2["score"]) <= majority + 1.0:
+                target = "n/a (no method above the majority class)"
         lines.append(
             f"| {t} ({METRIC_NAMES[t]}, {tb.eval_split} n={n_eval}) | "
             + " | ".join(cells)
-            + f" | {gap} | {target} |"
+            + f" | {'—' if majority is None else f'{majority:.1f}'} | {gap} | {target} |"
         )
     lines += [
         "",

@@ -286,3 +286,12 @@ def test_shipped_task_loads_and_predicts_on_minilm(path):
         assert "1889" in preds[0]["answer"]
     else:
         pytest.fail(f"unexpected shipped task {name}")
+
+
+def test_majority_class_floor(monkeypatch):
+    from app.engine.data import ClassificationExample
+
+    ev = [ClassificationExample("x", label=lab) for lab in ("true", "true", "false")]
+    monkeypatch.setattr(Q, "load_task_data", lambda tb: ([], ev))
+    assert Q.majority_share(C.FULL.task("boolq")) == pytest.approx(200 / 3)
+    assert Q.majority_share(C.FULL.task("brown_pos")) is None  # not a classification task
