@@ -146,8 +146,16 @@ def check_backbone(doc: dict, backbone: Backbone, where: str = "checkpoint") -> 
 
 
 def load_checkpoint_bytes(
-    data: bytes, backbone: Backbone, *, expected_sha256: str | None = None, where: str = "checkpoint"
+    data: bytes,
+    backbone: Backbone,
+    *,
+    expected_sha256: str | None = None,
+    where: str = "checkpoint",
+    keep_meta: bool = True,
 ) -> ServingTask:
+    """A served task from checkpoint bytes. keep_meta=False drops the metadata document from the
+    result (the server's cache: it is in the database and the sidecar already, and with
+    thousands of cached tasks its parsed JSON is several kB of Python objects a task)."""
     if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
         raise CheckpointError(f"{where}: sha256 does not match the recorded one; the file is corrupt or was replaced")
     doc = parse_header(data)
@@ -166,7 +174,7 @@ def load_checkpoint_bytes(
     head.eval()
     for p in head.parameters():
         p.requires_grad_(False)
-    task = ServingTask(spec=spec, head=head, meta=doc)
+    task = ServingTask(spec=spec, head=head, meta=doc if keep_meta else {})
     if "prefix.kv" in tensors:
         flat = tensors["prefix.kv"]
         layers = torch.tensor(spec.layers, dtype=torch.long)

@@ -177,7 +177,9 @@ class Hub:
 
         def load() -> ServingTask:
             data = self.store.read_version(name, number, sha)
-            task = load_checkpoint_bytes(data, backbone, expected_sha256=sha, where=f"task {name!r} version {number}")
+            task = load_checkpoint_bytes(
+                data, backbone, expected_sha256=sha, where=f"task {name!r} version {number}", keep_meta=False
+            )
             del data
             _release_freed_memory()
             return task

@@ -142,6 +142,11 @@ def test_checkpoint_round_trip(tiny_bert, tokenizer, tmp_path, method):
     assert meta["spec"]["method"] == method
     assert meta["metrics"] == {"accuracy": 0.5}
     assert meta["backbone"]["weights_sha256"] == tiny_bert.identity.weights_sha256
+    assert loaded.meta["metrics"] == {"accuracy": 0.5}
+    # the server's cache keeps no metadata document (it lives in the DB and the sidecar)
+    lean = load_checkpoint_bytes(path.read_bytes(), tiny_bert, keep_meta=False)
+    assert lean.meta == {}
+    assert torch.allclose(task_forward(lean, tiny_bert, batch), task_forward(loaded, tiny_bert, batch))
     # the file holds only the prefix layers that carry one
     if method == "p-tuning-v2":
         from safetensors import safe_open
