@@ -25,7 +25,7 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from app.engine.backbone import Backbone
-from app.engine.heads import build_head
+from app.engine.heads import FrozenHead, build_head
 from app.engine.model import ServingTask, TaskSpec, spread_layers
 
 FORMAT = "prompthub-checkpoint"
@@ -116,7 +116,9 @@ def parse_header(data: bytes) -> dict:
     if meta.get("format") != FORMAT:
         raise CheckpointError(f"not a PromptHub checkpoint (format {meta.get('format')!r})")
     if int(meta.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(f"checkpoint format version {meta['format_version']} is newer than this software")
+        raise CheckpointError(
+            f"checkpoint format version {meta['format_version']} is newer than this software"
+        )
     try:
         return json.loads(meta["prompthub"])
     except (KeyError, json.JSONDecodeError) as e:
@@ -152,12 +154,16 @@ def load_checkpoint_bytes(
     expected_sha256: str | None = None,
     where: str = "checkpoint",
     keep_meta: bool = True,
+    frozen_head: bool = False,
 ) -> ServingTask:
-    """A served task from checkpoint bytes. keep_meta=False drops the metadata document from the
-    result (the server's cache: it is in the database and the sidecar already, and with
-    thousands of cached tasks its parsed JSON is several kB of Python objects a task)."""
+    """A served task from checkpoint bytes. For the server's cache, which holds thousands:
+    keep_meta=False drops the metadata document (it is in the database and the sidecar already;
+    parsed, it is several kB of Python objects a task) and frozen_head=True keeps the head as
+    bare tensors (heads.FrozenHead) instead of nn.Modules."""
     if expected_sha256 is not None and sha256_bytes(data) != expected_sha256:
-        raise CheckpointError(f"{where}: sha256 does not match the recorded one; the file is corrupt or was replaced")
+        raise CheckpointError(
+            f"{where}: sha256 does not match the recorded one; the file is corrupt or was replaced"
+        )
     doc = parse_header(data)
     check_backbone(doc, backbone, where)
     try:
@@ -174,7 +180,9 @@ def load_checkpoint_bytes(
     head.eval()
     for p in head.parameters():
         p.requires_grad_(False)
-    task = ServingTask(spec=spec, head=head, meta=doc if keep_meta else {})
+    task = ServingTask(
+        spec=spec, head=FrozenHead.from_module(head) if frozen_head else head, meta=doc if keep_meta else {}
+    )
     if "prefix.kv" in tensors:
         flat = tensors["prefix.kv"]
         layers = torch.tensor(spec.layers, dtype=torch.long)
@@ -194,10 +202,14 @@ def load_checkpoint_bytes(
     return task.to(backbone.device)
 
 
-def load_checkpoint(path: str | Path, backbone: Backbone, *, expected_sha256: str | None = None) -> ServingTask:
+def load_checkpoint(
+    path: str | Path, backbone: Backbone, *, expected_sha256: str | None = None
+) -> ServingTask:
     path = Path(path)
     if path.is_dir():
         path = path / "checkpoint.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint")
-    return load_checkpoint_bytes(path.read_bytes(), backbone, expected_sha256=expected_sha256, where=str(path))
+    return load_checkpoint_bytes(
+        path.read_bytes(), backbone, expected_sha256=expected_sha256, where=str(path)
+    )

@@ -58,6 +58,62 @@ class QuestionAnsweringHead(nn.Module):
         return self.qa_outputs(hidden)
 
 
+class FrozenHead:
+    """An inference-only head: the same maths as the module it was made from (eval mode, so no
+    dropout), held as bare tensors. A cached task in a server that holds thousands of them then
+    carries two tensors instead of two or three nn.Modules (each ~1.2 kB of Python dicts).
+
+    Quacks like the parts of nn.Module the serving path uses: call, parameters(), state_dict(), to().
+    """
+
+    __slots__ = ("weight", "bias", "position", "names")
+
+    def __init__(self, weight: Tensor, bias: Tensor, position: int | None, names: tuple[str, str]):
+        self.weight = weight
+        self.bias = bias
+        self.position = position  # 0: [CLS], 1: verbalizer [MASK], None: every token
+        self.names = names  # state_dict keys of the module it was made from
+
+    @classmethod
+    def from_module(cls, head: nn.Module) -> FrozenHead:
+        with torch.no_grad():
+            if isinstance(head, ClassificationHead):
+                lin, pos, prefix = head.classifier, 0, "classifier."
+            elif isinstance(head, TokenClassificationHead):
+                lin, pos, prefix = head.classifier, None, "classifier."
+            elif isinstance(head, QuestionAnsweringHead):
+                lin, pos, prefix = head.qa_outputs, None, "qa_outputs."
+            elif isinstance(head, VerbalizerHead):
+                return cls(
+                    head.label_matrix.detach(),
+                    head.bias.detach(),
+                    VERBALIZER_MASK_POSITION,
+                    ("label_matrix", "bias"),
+                )
+            else:
+                raise TypeError(f"no frozen form for {type(head).__name__}")
+            return cls(lin.weight.detach(), lin.bias.detach(), pos, (prefix + "weight", prefix + "bias"))
+
+    def __call__(self, hidden: Tensor) -> Tensor:
+        h = hidden if self.position is None else hidden[:, self.position]
+        return torch.nn.functional.linear(h, self.weight, self.bias)
+
+    def parameters(self):
+        return iter((self.weight, self.bias))
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return {self.names[0]: self.weight, self.names[1]: self.bias}
+
+    def to(self, device=None, dtype=None) -> FrozenHead:
+        def mv(t: Tensor) -> Tensor:
+            return t.to(device=device, dtype=dtype) if dtype is not None else t.to(device)
+
+        return FrozenHead(mv(self.weight), mv(self.bias), self.position, self.names)
+
+    def eval(self) -> FrozenHead:
+        return self
+
+
 def label_word_embeddings(backbone, label_words: list[str]) -> Tensor:
     """Mean input embedding of each label word's word pieces: [C, H]."""
     emb = backbone.input_embeddings().weight.detach()

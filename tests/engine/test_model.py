@@ -224,3 +224,32 @@ def test_prefix_init_tokens_starts_from_the_encoders_kv(tiny_bert):
     assert not torch.allclose(rand[upper[0] :], raw)
     with pytest.raises(SpecError, match="prefix_init"):
         TaskSpec(task_type="classification", labels=["a"], prefix_init="zeros").validate()
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        TaskSpec("classification", labels=["a", "b", "c"]),
+        TaskSpec("classification", labels=["good", "bad"], head="verbalizer"),
+        TaskSpec("token-classification", labels=["X", "Y"]),
+        TaskSpec("question-answering"),
+    ],
+    ids=["cls", "verbalizer", "tokens", "qa"],
+)
+def test_frozen_head_equals_the_module_head(tiny_bert, tokenizer, spec):
+    from app.engine.heads import FrozenHead
+
+    served = TaskModel(spec, tiny_bert).eval().to_serving()
+    data = checkpoint_bytes(served, tiny_bert, {"source": "unit test"})
+    module = load_checkpoint_bytes(data, tiny_bert)
+    frozen = load_checkpoint_bytes(data, tiny_bert, keep_meta=False, frozen_head=True)
+    assert isinstance(frozen.head, FrozenHead) and not isinstance(module.head, FrozenHead)
+    hidden = torch.randn(3, 7, tiny_bert.hidden_size)
+    torch.testing.assert_close(frozen.head(hidden), module.head(hidden), rtol=0, atol=0)
+    assert frozen.nbytes() == module.nbytes()
+    assert frozen.head.state_dict().keys() == module.head.state_dict().keys()
+    # a frozen task round-trips through a checkpoint like a module one
+    again = load_checkpoint_bytes(checkpoint_bytes(frozen, tiny_bert), tiny_bert)
+    torch.testing.assert_close(again.head(hidden), module.head(hidden), rtol=0, atol=0)
+    moved = frozen.to("cpu", torch.float64)
+    assert moved.head.weight.dtype == torch.float64
