@@ -13,6 +13,7 @@ checks the sha256 when one is expected and refuses a backbone mismatch with a cl
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import os
@@ -147,6 +148,15 @@ def check_backbone(doc: dict, backbone: Backbone, where: str = "checkpoint") -> 
         )
 
 
+@functools.lru_cache(maxsize=256)
+def _layer_mask(num_layers: int, layers: tuple[int, ...]) -> torch.Tensor:
+    """One read-only [num_layers] bool mask per layer choice, shared by every task loaded with it
+    (a server caches thousands of tasks; most share one of a few layer choices)."""
+    mask = torch.zeros(num_layers, dtype=torch.bool)
+    mask[list(layers)] = True
+    return mask
+
+
 def load_checkpoint_bytes(
     data: bytes,
     backbone: Backbone,
@@ -185,12 +195,10 @@ def load_checkpoint_bytes(
     )
     if "prefix.kv" in tensors:
         flat = tensors["prefix.kv"]
-        layers = torch.tensor(spec.layers, dtype=torch.long)
         if flat.shape[0] != len(spec.layers) or flat.shape[3] != backbone.kv_size:
             raise CheckpointError(f"{where}: prefix shape {tuple(flat.shape)} does not fit the spec")
         task.kv = spread_layers(flat, spec.layers, backbone.num_layers)
-        task.layer_mask = torch.zeros(backbone.num_layers, dtype=torch.bool)
-        task.layer_mask[layers] = True
+        task.layer_mask = _layer_mask(backbone.num_layers, tuple(spec.layers))
     if "prompt.embeddings" in tensors:
         task.prompt = tensors["prompt.embeddings"]
     ft = {k[len("finetuned.") :]: v for k, v in tensors.items() if k.startswith("finetuned.")}
