@@ -105,17 +105,7 @@ class TaskModel(nn.Module):
         self.finetuned: Backbone | None = None
         self._shared = [backbone]  # a list, so the shared backbone is not a submodule
         if spec.method == "p-tuning-v2":
-            self.prefix = shared_prefix or PrefixEncoder(
-                n_layers=len(spec.layers),
-                kv_size=backbone.kv_size,
-                prefix_length=spec.prefix_length,
-                reparameterize=spec.reparameterize,
-                reparam_hidden=spec.reparam_hidden,
-                dropout=spec.prefix_dropout,
-                init_std=spec.prefix_init_std,
-            )
-            if shared_prefix is None and spec.prefix_init == "tokens" and not spec.reparameterize:
-                self.prefix.load_flat(token_kv_init(backbone, spec.prefix_length, spec.layers))
+            self.prefix = shared_prefix or new_prefix_encoder(spec, backbone)
         elif spec.method == "prompt-tuning":
             self.prompt = InputPrompt(
                 spec.prefix_length, backbone.hidden_size, init=_vocab_init(backbone, spec.prefix_length)
@@ -190,13 +180,18 @@ class TaskModel(nn.Module):
         )
 
 
+def _vocab_ids(vocab_size: int, n: int, g: torch.Generator) -> Tensor:
+    """n frequent-ish vocabulary ids (from the 1,000-5,000 range), drawn with `g`."""
+    lo = min(1000, vocab_size - n)
+    hi = min(5000, vocab_size)
+    return torch.randint(lo, max(hi, lo + n), (n,), generator=g)
+
+
 def _vocab_init(backbone: Backbone, n: int, seed: int = 0) -> Tensor:
     """Initialise shallow prompts from the embeddings of frequent-ish vocabulary entries."""
     emb = backbone.input_embeddings().weight.detach()
     g = torch.Generator().manual_seed(seed)
-    lo = min(1000, emb.shape[0] - n)
-    hi = min(5000, emb.shape[0])
-    ids = torch.randint(lo, max(hi, lo + n), (n,), generator=g)
+    ids = _vocab_ids(emb.shape[0], n, g)
     if emb.shape[1] != backbone.hidden_size:
         return torch.randn(n, backbone.hidden_size, generator=g) * 0.02
     return emb[ids].clone()
@@ -206,13 +201,26 @@ def token_kv_init(backbone: Backbone, n: int, layers: list[int], seed: int = 0) 
     """Flat prefix init [len(layers), 2, n, kv]: the keys/values the frozen encoder computes for
     n frequent-ish vocabulary tokens (the ids _vocab_init draws), so each prefix starts inside
     its layer's real key/value distribution instead of a random point in it."""
-    emb = backbone.input_embeddings().weight
     g = torch.Generator().manual_seed(seed)
-    lo = min(1000, emb.shape[0] - n)
-    hi = min(5000, emb.shape[0])
-    ids = torch.randint(lo, max(hi, lo + n), (n,), generator=g)
-    kv = backbone.token_kv(ids)
+    kv = backbone.token_kv(_vocab_ids(backbone.input_embeddings().weight.shape[0], n, g))
     return kv[torch.tensor(layers, device=kv.device)].cpu().contiguous()
+
+
+def new_prefix_encoder(spec: TaskSpec, backbone: Backbone) -> PrefixEncoder:
+    """A fresh P-Tuning v2 prefix encoder for a validated spec, started as spec.prefix_init says
+    ("tokens" applies to flat prefixes; an MLP-reparameterised one always starts random)."""
+    prefix = PrefixEncoder(
+        n_layers=len(spec.layers),
+        kv_size=backbone.kv_size,
+        prefix_length=spec.prefix_length,
+        reparameterize=spec.reparameterize,
+        reparam_hidden=spec.reparam_hidden,
+        dropout=spec.prefix_dropout,
+        init_std=spec.prefix_init_std,
+    )
+    if spec.prefix_init == "tokens" and not spec.reparameterize:
+        prefix.load_flat(token_kv_init(backbone, spec.prefix_length, spec.layers))
+    return prefix
 
 
 @dataclass

@@ -22,7 +22,7 @@ from app.engine import data as D
 from app.engine import metrics as M
 from app.engine.backbone import Backbone
 from app.engine.batch import LABEL_PAD, collate
-from app.engine.model import ServingTask, TaskModel, TaskSpec, token_kv_init
+from app.engine.model import ServingTask, TaskModel, TaskSpec, new_prefix_encoder
 from app.engine.predict import Prepared, encode_examples, finish, run_features, word_tags
 from app.engine.prefix import PrefixEncoder
 
@@ -240,8 +240,8 @@ def train_task(
 
 
 def _same_head(task: ServingTask, spec: TaskSpec) -> bool:
-    """Whether a trained task's head can start a new training of `spec` (same type, head kind,
-    labels in the same order, and the same parameter shapes)."""
+    """Whether a trained task's head can start a new training of `spec`: same task type, head
+    kind, labels in the same order and label words (on one backbone these fix the head's shapes)."""
     old = task.spec
     return (
         old.task_type == spec.task_type
@@ -390,17 +390,7 @@ def train_multitask(
         spec.prefix_length, spec.layers, spec.reparameterize = first.prefix_length, list(first.layers), first.reparameterize
         spec.validate(backbone.num_layers)
     seed_everything(config.seed)
-    shared = PrefixEncoder(
-        n_layers=len(first.layers),
-        kv_size=backbone.kv_size,
-        prefix_length=first.prefix_length,
-        reparameterize=first.reparameterize,
-        reparam_hidden=first.reparam_hidden,
-        dropout=first.prefix_dropout,
-        init_std=first.prefix_init_std,
-    ).to(backbone.device)
-    if first.prefix_init == "tokens" and not first.reparameterize:
-        shared.load_flat(token_kv_init(backbone, first.prefix_length, first.layers).to(backbone.device))
+    shared = new_prefix_encoder(first, backbone).to(backbone.device)
     models: dict[str, tuple[TaskModel, list[dict], Sequence | None]] = {}
     tasks = {
         name: (spec, *split_holdout(train, ev, config.holdout_fraction, config.seed))

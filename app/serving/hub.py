@@ -178,7 +178,12 @@ class Hub:
         def load() -> ServingTask:
             data = self.store.read_version(name, number, sha)
             task = load_checkpoint_bytes(
-                data, backbone, expected_sha256=sha, where=f"task {name!r} version {number}", keep_meta=False, frozen_head=True
+                data,
+                backbone,
+                expected_sha256=sha,
+                where=f"task {name!r} version {number}",
+                keep_meta=False,
+                frozen_head=True,
             )
             del data
             _release_freed_memory()
