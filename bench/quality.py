@@ -322,8 +322,47 @@ def _threads() -> int:
     return torch.get_num_threads()
 
 
+def _evaluate_and_record(
+    run: Run,
+    key: str,
+    mode: str,
+    backbone,
+    tb: C.TaskBudget,
+    method: str,
+    result,
+    train_s: float,
+    ev: list,
+    n_train: int,
+    config,
+) -> dict:
+    """Evaluate a trained run on its eval set, keep its prompt checkpoint, and build its record."""
+    from app.engine.train import evaluate
+
+    t0 = time.monotonic()
+    metrics = evaluate(backbone, result.task, ev, batch_size=64)
+    eval_s = time.monotonic() - t0
+    ckpt = save_ckpt(result.task, backbone, key, {"source": "bench.quality", "run_key": key, "metrics": metrics})
+    return _record(
+        run,
+        key,
+        mode,
+        backbone,
+        tb,
+        method,
+        result,
+        metrics,
+        train_s,
+        eval_s,
+        n_train,
+        len(ev),
+        result.task.spec,
+        config,
+        ckpt,
+    )
+
+
 def execute_single(run: Run, key: str, mode: str, backbone, manifests: dict) -> dict:
-    from app.engine.train import evaluate, train_task
+    from app.engine.train import train_task
 
     tb = run.budget
     assert tb is not None
@@ -338,31 +377,9 @@ def execute_single(run: Run, key: str, mode: str, backbone, manifests: dict) -> 
         backbone, spec, train, None, config, progress=ProgressPrinter(label), task_name=tb.dataset
     )
     train_s = time.monotonic() - t0
-    t1 = time.monotonic()
-    metrics = evaluate(backbone, result.task, ev, batch_size=64)
-    eval_s = time.monotonic() - t1
-    ckpt = save_ckpt(
-        result.task, backbone, key, {"source": "bench.quality", "run_key": key, "metrics": metrics}
-    )
-    rec = _record(
-        run,
-        key,
-        mode,
-        backbone,
-        tb,
-        run.method,
-        result,
-        metrics,
-        train_s,
-        eval_s,
-        len(train),
-        len(ev),
-        result.task.spec,
-        config,
-        ckpt,
-    )
+    rec = _evaluate_and_record(run, key, mode, backbone, tb, run.method, result, train_s, ev, len(train), config)
     log(
-        f"done {label}: {tb.metric} {rec['score']:.2f} ({train_s:.0f}s train, {eval_s:.0f}s eval, "
+        f"done {label}: {tb.metric} {rec['score']:.2f} ({train_s:.0f}s train, {rec['eval_seconds']:.0f}s eval, "
         f"{100 * rec['trainable_fraction']:.2f}% trainable)"
     )
     return rec
@@ -370,7 +387,7 @@ def execute_single(run: Run, key: str, mode: str, backbone, manifests: dict) -> 
 
 def execute_multitask(run: Run, key: str, budget: C.Budget, backbone, manifests: dict) -> dict:
     """Shared prefix over the tasks (own heads), evaluated; then each task continues alone."""
-    from app.engine.train import evaluate, train_multitask, train_task
+    from app.engine.train import train_multitask, train_task
 
     names = run.task.split("+")
     data, specs = {}, {}
@@ -398,29 +415,8 @@ def execute_multitask(run: Run, key: str, budget: C.Budget, backbone, manifests:
     for t in names:
         tb, train, ev = data[t]
         res = shared[t]
-        t1 = time.monotonic()
-        metrics = evaluate(backbone, res.task, ev, batch_size=64)
-        eval_s = time.monotonic() - t1
-        sub = f"{key}-{t}-shared"
-        ckpt = save_ckpt(
-            res.task, backbone, sub, {"source": "bench.quality", "run_key": sub, "metrics": metrics}
-        )
-        rec = _record(
-            run,
-            sub,
-            budget.name,
-            backbone,
-            tb,
-            "mpt-shared",
-            res,
-            metrics,
-            shared_s,
-            eval_s,
-            len(train),
-            len(ev),
-            res.task.spec,
-            mt_config,
-            ckpt,
+        rec = _evaluate_and_record(
+            run, f"{key}-{t}-shared", budget.name, backbone, tb, "mpt-shared", res, shared_s, ev, len(train), mt_config
         )
         rec["multitask_tasks"] = names
         records.append(rec)
@@ -439,29 +435,18 @@ def execute_multitask(run: Run, key: str, budget: C.Budget, backbone, manifests:
             task_name=t,
         )
         per_s = time.monotonic() - t2
-        t3 = time.monotonic()
-        metrics = evaluate(backbone, per.task, ev, batch_size=64)
-        eval_s = time.monotonic() - t3
-        sub = f"{key}-{t}-per-task"
-        ckpt = save_ckpt(
-            per.task, backbone, sub, {"source": "bench.quality", "run_key": sub, "metrics": metrics}
-        )
-        rec = _record(
+        rec = _evaluate_and_record(
             run,
-            sub,
+            f"{key}-{t}-per-task",
             budget.name,
             backbone,
             tb,
             "mpt-per-task",
             per,
-            metrics,
             shared_s + per_s,
-            eval_s,
+            ev,
             len(train),
-            len(ev),
-            per.task.spec,
             cont_config,
-            ckpt,
         )
         rec["multitask_tasks"] = names
         rec["steps"] = per.steps + res.steps
