@@ -34,7 +34,7 @@ import platform
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench import quality_config as C
@@ -77,6 +77,7 @@ class Run:
                 "tasks": {t: mode_budget.task(t).to_dict() for t in self.task.split("+")},
                 "mt_epochs": mode_budget.mt_epochs,
                 "mt_per_task_epochs": mode_budget.mt_per_task_epochs,
+                "mt_per_task_lr_scale": mode_budget.mt_per_task_lr_scale,
                 "mt_batch_size": mode_budget.mt_batch_size,
                 "hp": C.METHOD_HP["p-tuning-v2"].__dict__,
                 "seed": C.TRAIN_SEED,
@@ -400,7 +401,8 @@ def execute_multitask(run: Run, key: str, budget: C.Budget, backbone, manifests:
         budget.task(names[0]), "p-tuning-v2", epochs=budget.mt_epochs, batch_size=budget.mt_batch_size
     )
     log(
-        f"train multi-task over {names}: {budget.mt_epochs} joint epochs, then {budget.mt_per_task_epochs} per task"
+        f"train multi-task over {names}: {budget.mt_epochs} joint epochs, then {budget.mt_per_task_epochs} per task "
+        f"at {budget.mt_per_task_lr_scale:g}x the LR"
     )
     t0 = time.monotonic()
     shared = train_multitask(
@@ -421,7 +423,9 @@ def execute_multitask(run: Run, key: str, budget: C.Budget, backbone, manifests:
         rec["multitask_tasks"] = names
         records.append(rec)
         log(f"done {t}/mpt-shared: {tb.metric} {rec['score']:.2f}")
-        cont_config = make_config(tb, "p-tuning-v2", epochs=budget.mt_per_task_epochs)
+        pt2 = C.METHOD_HP["p-tuning-v2"]
+        cont_hp = replace(pt2, lr=pt2.lr * budget.mt_per_task_lr_scale)
+        cont_config = make_config(tb, "p-tuning-v2", epochs=budget.mt_per_task_epochs, hp=cont_hp)
         spec = copy.deepcopy(res.task.spec)
         t2 = time.monotonic()
         per = train_task(
@@ -636,7 +640,8 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
     lines += [
         "",
         f"Multi-task: one prefix shared by {', '.join(C.MULTITASK_TASKS)} (own heads), {budget.mt_epochs} joint "
-        f"epoch(s) at batch {budget.mt_batch_size}, then {budget.mt_per_task_epochs} epoch(s) per task from the shared prefix.",
+        f"epoch(s) at batch {budget.mt_batch_size}, then {budget.mt_per_task_epochs} epoch(s) per task from the shared prefix and heads "
+        f"at {budget.mt_per_task_lr_scale:g}x the P-Tuning v2 LR.",
         "",
         "| method | lr (head / prompt) | encoder lr | notes |",
         "|---|---|---|---|",
@@ -687,6 +692,7 @@ def write_results(
             "tasks": {t: tb.to_dict() for t, tb in budget.tasks.items()},
             "mt_epochs": budget.mt_epochs,
             "mt_per_task_epochs": budget.mt_per_task_epochs,
+            "mt_per_task_lr_scale": budget.mt_per_task_lr_scale,
             "mt_batch_size": budget.mt_batch_size,
             "ablation_task": budget.ablation_task,
             "ablation_overrides": budget.ablation_overrides,

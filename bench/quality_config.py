@@ -118,6 +118,9 @@ class Budget:
     #: multi-task: joint epochs over all tasks' training sets, then per-task epochs
     mt_epochs: int = 2
     mt_per_task_epochs: int = 1
+    #: the per-task stage continues from trained weights, so it runs at this fraction of the
+    #: P-Tuning v2 LR (at the full LR its warm-up/decay cycle undid part of the shared stage)
+    mt_per_task_lr_scale: float = 1.0
     mt_batch_size: int = 16
     ablation_task: str = "banking77"
     #: the ablation runs' own budget overrides (n_train, epochs) on the ablation task
@@ -216,6 +219,7 @@ FULL = Budget(
     },
     mt_epochs=2,
     mt_per_task_epochs=1,
+    mt_per_task_lr_scale=0.3,
     mt_batch_size=16,
     ablation_task="banking77",
     ablation_overrides={"n_train": 1000, "epochs": 3},
@@ -291,6 +295,7 @@ QUICK = Budget(
     },
     mt_epochs=1,
     mt_per_task_epochs=1,
+    mt_per_task_lr_scale=0.3,
     mt_batch_size=16,
     ablation_task="banking77",
 )

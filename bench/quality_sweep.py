@@ -34,6 +34,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prefix-init-std", type=float, default=0.5)
     p.add_argument("--prefix-dropout", type=float, default=0.1)
     p.add_argument("--n-train", type=int, default=None, help="default: the task's full-budget n_train")
+    p.add_argument("--batch-size", type=int, default=None, help="default: the task's full-budget batch size")
     p.add_argument("--n-eval", type=int, default=300, help="evaluation examples (the same seeded sample)")
     p.add_argument(
         "--eval-split",
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         changes["n_train"] = args.n_train
     if args.epochs:
         changes["epochs"] = args.epochs
+    if args.batch_size:
+        changes["batch_size"] = args.batch_size
     tb = replace(tb, **changes)
     hp = C.METHOD_HP[args.method]
     if args.lr:
@@ -92,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     spec.prefix_dropout = args.prefix_dropout
     config = Q.make_config(tb, args.method, hp=hp)
     Q.log(
-        f"sweep {args.task}/{args.method}: lr {hp.lr:g}, {config.epochs} epochs, {len(train)} train, {len(ev)} eval"
+        f"sweep {args.task}/{args.method}: lr {hp.lr:g}, {config.epochs} epochs at batch {tb.batch_size}, {len(train)} train, {len(ev)} eval"
     )
     t0 = time.monotonic()
     result = train_task(backbone, spec, train, ev, config, progress=Q.ProgressPrinter(args.task))
@@ -102,6 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": args.method,
         "lr": hp.lr,
         "epochs": config.epochs,
+        "batch_size": tb.batch_size,
         "prefix_length": tb.prefix_length,
         "prefix_init": args.prefix_init,
         "prefix_init_std": args.prefix_init_std,

@@ -295,3 +295,49 @@ def test_majority_class_floor(monkeypatch):
     monkeypatch.setattr(Q, "load_task_data", lambda tb: ([], ev))
     assert Q.majority_share(C.FULL.task("boolq")) == pytest.approx(200 / 3)
     assert Q.majority_share(C.FULL.task("brown_pos")) is None  # not a classification task
+
+
+def test_multitask_run_continues_each_task_at_a_scaled_lr(tmp_path, monkeypatch, tiny_backbone):
+    """The multi-task run: a shared stage over the tasks, then a per-task stage that starts from the
+    shared prefix and head at ``mt_per_task_lr_scale`` x the P-Tuning v2 LR; six records come out."""
+    from app.engine import train as T
+    from app.engine.data import parse_records
+
+    monkeypatch.setattr(Q, "CKPT_DIR", tmp_path / "ckpt")
+    monkeypatch.setattr(Q, "REPO_ROOT", tmp_path)
+    words = ["good", "bad", "fine", "awful"]
+    cls = [{"text": f"{w} movie {i}", "label": "pos" if w in ("good", "fine") else "neg"} for i, w in enumerate(words * 3)]
+    tok = [{"tokens": [w, "movie"], "tags": ["ADJ", "NOUN"]} for w in words * 2]
+    data = {
+        "classification": (parse_records(cls[:8], "classification"), parse_records(cls[8:], "classification")),
+        "token-classification": (
+            parse_records(tok[:6], "token-classification"),
+            parse_records(tok[6:], "token-classification"),
+        ),
+    }
+    monkeypatch.setattr(Q, "load_task_data", lambda tb: data[tb.task_type])
+    a = C.TaskBudget("a", "classification", "accuracy", "train", "test", 8, 4, 1, 4, 16, prefix_length=2)
+    b = C.TaskBudget("b", "token-classification", "token_accuracy", "train", "test", 6, 2, 1, 4, 16, prefix_length=2)
+    budget = C.Budget(name="tiny", tasks={"a": a, "b": b}, mt_epochs=1, mt_batch_size=4, mt_per_task_lr_scale=0.25)
+    lrs: list[float] = []
+    real = T.train_task
+
+    def spy(backbone, spec, train, ev, config, **kw):
+        lrs.append(config.lr)
+        assert kw.get("init_kv") is not None  # continues from the shared stage
+        return real(backbone, spec, train, ev, config, **kw)
+
+    monkeypatch.setattr(T, "train_task", spy)
+    run = Q.Run("multitask", "a+b", C.MULTITASK)
+    doc = Q.execute_multitask(run, run.key(budget, "tiny"), budget, tiny_backbone, {})
+    assert lrs == [C.METHOD_HP["p-tuning-v2"].lr * 0.25] * 2
+    recs = Q.expand(doc)
+    assert [(r["task"], r["method"]) for r in recs] == [
+        ("a", "mpt-shared"),
+        ("a", "mpt-per-task"),
+        ("b", "mpt-shared"),
+        ("b", "mpt-per-task"),
+    ]
+    assert all(r["hyperparameters"] for r in recs)
+    # the scale is part of the run's identity: changing it re-runs the multi-task run
+    assert run.key(budget, "tiny") != run.key(replace(budget, mt_per_task_lr_scale=1.0), "tiny")
