@@ -79,7 +79,7 @@ class Run:
                 "mt_per_task_epochs": mode_budget.mt_per_task_epochs,
                 "mt_per_task_lr_scale": mode_budget.mt_per_task_lr_scale,
                 "mt_batch_size": mode_budget.mt_batch_size,
-                "hp": C.METHOD_HP["p-tuning-v2"].__dict__,
+                "hp": C.METHOD_HP["p-tuning-v2"].key_dict(),
                 "seed": C.TRAIN_SEED,
                 "data_seed": C.DATA_SEED,
             }
@@ -88,7 +88,7 @@ class Run:
             "kind": "single",
             "backbone": backbone,
             "budget": self.budget.to_dict(),
-            "hp": self.method_hp.__dict__,
+            "hp": self.method_hp.key_dict(),
             "layers": self.layers,
             "head": self.head,
             "seed": C.TRAIN_SEED,
@@ -214,10 +214,10 @@ def make_config(
 
     hp = hp or C.METHOD_HP[method]
     return TrainConfig(
-        epochs=epochs or tb.epochs,
+        epochs=epochs or hp.epochs or tb.epochs,
         lr=hp.lr,
         backbone_lr=hp.backbone_lr,
-        batch_size=batch_size or tb.batch_size,
+        batch_size=batch_size or hp.batch_size or tb.batch_size,
         seed=C.TRAIN_SEED,
         early_stopping_patience=0,
         eval_batch_size=64,
@@ -660,7 +660,9 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
             else f"| {m} | {hp.lr:g} | — | {note} |"
         )
     for (t, m), hp in C.TASK_METHOD_HP.items():
-        lines.append(f"| {m} on {t} | {hp.lr:g} | — | exception to the row above |")
+        own = [f"{hp.epochs} epochs" if hp.epochs else "", f"batch {hp.batch_size}" if hp.batch_size else ""]
+        note = "; ".join(["exception to the row above", *[o for o in own if o]])
+        lines.append(f"| {m} on {t} | {hp.lr:g} | — | {note} |")
     lines += [
         "",
         "Common: AdamW (weight decay 0.01, none on prompts), linear warm-up 6% then linear decay, grad-norm clip 1.0, "
@@ -697,7 +699,8 @@ def write_results(
             "ablation_task": budget.ablation_task,
             "ablation_overrides": budget.ablation_overrides,
         },
-        "method_hyperparameters": {m: hp.__dict__ for m, hp in C.METHOD_HP.items()},
+        "method_hyperparameters": {m: hp.key_dict() for m, hp in C.METHOD_HP.items()},
+        "task_method_exceptions": {f"{t}/{m}": hp.key_dict() for (t, m), hp in C.TASK_METHOD_HP.items()},
         "seeds": {"data": C.DATA_SEED, "train": C.TRAIN_SEED},
         "runs": records,
         "pending": pending,

@@ -61,6 +61,14 @@ class MethodHP:
     backbone_lr: float = 5e-5
     reparameterize: bool = False
     reparam_hidden: int = 512
+    #: a (task, method) exception's own optimisation budget (None: the task budget's)
+    batch_size: int | None = None
+    epochs: int | None = None
+
+    def key_dict(self) -> dict:
+        """The fields a run's identity depends on (unset budget overrides left out, so adding a
+        field never re-keys the runs that do not use it)."""
+        return {k: v for k, v in asdict(self).items() if v is not None}
 
 
 #: Learning rates. Prefix LRs follow the paper's repository (5e-3..3e-2, about 100-1000x the

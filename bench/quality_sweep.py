@@ -84,9 +84,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size:
         changes["batch_size"] = args.batch_size
     tb = replace(tb, **changes)
-    hp = C.METHOD_HP[args.method]
+    hp = C.TASK_METHOD_HP.get((args.task, args.method), C.METHOD_HP[args.method])
     if args.lr:
         hp = replace(hp, lr=args.lr)
+    # the probe's own epochs / batch size win over a (task, method) exception's
+    hp = replace(hp, epochs=args.epochs or hp.epochs, batch_size=args.batch_size or hp.batch_size)
     backbone = load_backbone("minilm")
     train, ev = Q.load_task_data(tb)
     spec = Q.make_spec(tb, args.method, manifests[args.task].get("labels"), hp=hp)
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     spec.prefix_dropout = args.prefix_dropout
     config = Q.make_config(tb, args.method, hp=hp)
     Q.log(
-        f"sweep {args.task}/{args.method}: lr {hp.lr:g}, {config.epochs} epochs at batch {tb.batch_size}, {len(train)} train, {len(ev)} eval"
+        f"sweep {args.task}/{args.method}: lr {hp.lr:g}, {config.epochs} epochs at batch {config.batch_size}, {len(train)} train, {len(ev)} eval"
     )
     t0 = time.monotonic()
     result = train_task(backbone, spec, train, ev, config, progress=Q.ProgressPrinter(args.task))
@@ -105,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         "method": args.method,
         "lr": hp.lr,
         "epochs": config.epochs,
-        "batch_size": tb.batch_size,
+        "batch_size": config.batch_size,
         "prefix_length": tb.prefix_length,
         "prefix_init": args.prefix_init,
         "prefix_init_std": args.prefix_init_std,

@@ -59,6 +59,23 @@ def test_run_keys_are_stable_and_change_with_the_budget():
     assert Q.Run("single", "banking77", "fine-tuning", budget=run.budget).key(C.FULL, "minilm") != k1
 
 
+def test_a_task_method_exception_sets_its_own_batch_and_epochs():
+    """A (task, method) exception may carry its own batch size / epochs: they reach the training
+    config and the run key; an exception without them keys exactly like the plain method."""
+    tb = C.FULL.task("brown_pos")
+    hp = C.MethodHP("p-tuning-v2", lr=3e-2, batch_size=tb.batch_size + 3, epochs=tb.epochs + 2)
+    config = Q.make_config(tb, "p-tuning-v2", hp=hp)
+    assert (config.batch_size, config.epochs, config.lr) == (tb.batch_size + 3, tb.epochs + 2, 3e-2)
+    plain = C.MethodHP("p-tuning-v2", lr=3e-2)
+    assert (Q.make_config(tb, "p-tuning-v2", hp=plain).batch_size, plain.key_dict().get("batch_size")) == (
+        tb.batch_size,
+        None,
+    )
+    base = Q.Run("single", "brown_pos", "p-tuning-v2", budget=tb, hp=plain)
+    assert base.key(C.FULL, "minilm") == replace(base, hp=C.MethodHP("p-tuning-v2", lr=3e-2)).key(C.FULL, "minilm")
+    assert replace(base, hp=hp).key(C.FULL, "minilm") != base.key(C.FULL, "minilm")
+
+
 def test_plan_orders_priorities_and_reuses_the_layers_all_run():
     runs = Q.plan_runs(C.QUICK, list(C.TASK_ORDER), list(C.ALL_METHODS), list(C.ABLATIONS))
     labels = [(r.task, r.method, r.variant) for r in runs]
@@ -187,17 +204,36 @@ def test_report_only_resumes_from_cache_without_training(tmp_path, monkeypatch, 
     assert "42.0" in (tmp_path / "quality-quick.md").read_text()
 
 
-def test_execute_and_ship_on_a_tiny_backbone(tmp_path, monkeypatch, tiny_backbone):
-    """One real (tiny) training run end to end: record fields, cached prompt, shipped file + metadata."""
-    from bench.datasets import is_prepared, read_manifest
+#: A synthetic manifest: what bench.datasets writes (source package, sha256, license, labels).
+FAKE_MANIFEST = {
+    "dataset": "conll_sample",
+    "labels": ["B-LOC", "B-PER", "O"],
+    "license": "test data",
+    "redistributable": False,
+    "source": {"spec": "pkg==1.0", "registry": "pypi", "filename": "pkg.whl", "sha256": "0" * 64},
+    "split_definition": "first 8 train, last 4 eval",
+}
 
-    if not is_prepared("conll_sample"):
-        pytest.skip("conll_sample is not prepared in the dataset cache")
+
+def _synthetic_conll(tb: C.TaskBudget) -> tuple[list, list]:
+    from app.engine.data import parse_records
+
+    rows = [
+        {"tokens": [name, "visited", city], "tags": ["B-PER", "O", "B-LOC"]}
+        for name, city in [("Ann", "Paris"), ("Bob", "Rome"), ("Eve", "Oslo")] * 4
+    ]
+    return parse_records(rows[:8], tb.task_type), parse_records(rows[8:], tb.task_type)
+
+
+def test_execute_and_ship_on_a_tiny_backbone(tmp_path, monkeypatch, tiny_backbone):
+    """One real (tiny) training run end to end: record fields, cached prompt, shipped file + metadata.
+    Synthetic data, so it runs without the dataset cache."""
     monkeypatch.setattr(Q, "CKPT_DIR", tmp_path / "ckpt")
     monkeypatch.setattr(Q, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(Q, "load_task_data", _synthetic_conll)
     budget = _tiny_budget()
     run = Q.Run("single", "conll_sample", "p-tuning-v2", budget=budget.task("conll_sample"))
-    manifests = {"conll_sample": read_manifest("conll_sample")}
+    manifests = {"conll_sample": FAKE_MANIFEST}
     rec = Q.execute_single(run, run.key(budget, "tiny"), "tiny", tiny_backbone, manifests)
     for field in (
         "score",
