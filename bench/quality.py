@@ -192,7 +192,7 @@ def make_spec(
         task_type=tb.task_type,
         labels=list(labels or []),
         method=hp.method,
-        prefix_length=tb.prefix_length,
+        prefix_length=hp.prefix_length or tb.prefix_length,
         layers=None if layers == "all" else layers,
         reparameterize=hp.reparameterize,
         reparam_hidden=hp.reparam_hidden,
@@ -660,7 +660,11 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
             else f"| {m} | {hp.lr:g} | — | {note} |"
         )
     for (t, m), hp in C.TASK_METHOD_HP.items():
-        own = [f"{hp.epochs} epochs" if hp.epochs else "", f"batch {hp.batch_size}" if hp.batch_size else ""]
+        own = [
+            f"{hp.epochs} epochs" if hp.epochs else "",
+            f"batch {hp.batch_size}" if hp.batch_size else "",
+            f"prefix length {hp.prefix_length}" if hp.prefix_length else "",
+        ]
         note = "; ".join(["exception to the row above", *[o for o in own if o]])
         lines.append(f"| {m} on {t} | {hp.lr:g} | — | {note} |")
     lines += [

@@ -88,7 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.lr:
         hp = replace(hp, lr=args.lr)
     # the probe's own epochs / batch size win over a (task, method) exception's
-    hp = replace(hp, epochs=args.epochs or hp.epochs, batch_size=args.batch_size or hp.batch_size)
+    hp = replace(
+        hp,
+        epochs=args.epochs or hp.epochs,
+        batch_size=args.batch_size or hp.batch_size,
+        prefix_length=args.prefix_length or hp.prefix_length,
+    )
     backbone = load_backbone("minilm")
     train, ev = Q.load_task_data(tb)
     spec = Q.make_spec(tb, args.method, manifests[args.task].get("labels"), hp=hp)
@@ -108,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         "lr": hp.lr,
         "epochs": config.epochs,
         "batch_size": config.batch_size,
-        "prefix_length": tb.prefix_length,
+        "prefix_length": spec.prefix_length,
         "prefix_init": args.prefix_init,
         "prefix_init_std": args.prefix_init_std,
         "prefix_dropout": args.prefix_dropout,

@@ -63,9 +63,11 @@ def test_a_task_method_exception_sets_its_own_batch_and_epochs():
     """A (task, method) exception may carry its own batch size / epochs: they reach the training
     config and the run key; an exception without them keys exactly like the plain method."""
     tb = C.FULL.task("brown_pos")
-    hp = C.MethodHP("p-tuning-v2", lr=3e-2, batch_size=tb.batch_size + 3, epochs=tb.epochs + 2)
+    hp = C.MethodHP("p-tuning-v2", lr=3e-2, batch_size=tb.batch_size + 3, epochs=tb.epochs + 2, prefix_length=7)
     config = Q.make_config(tb, "p-tuning-v2", hp=hp)
     assert (config.batch_size, config.epochs, config.lr) == (tb.batch_size + 3, tb.epochs + 2, 3e-2)
+    assert Q.make_spec(tb, "p-tuning-v2", ["x", "y"], hp=hp).prefix_length == 7
+    assert Q.make_spec(tb, "p-tuning-v2", ["x", "y"], hp=C.METHOD_HP["p-tuning-v2"]).prefix_length == tb.prefix_length
     plain = C.MethodHP("p-tuning-v2", lr=3e-2)
     assert (Q.make_config(tb, "p-tuning-v2", hp=plain).batch_size, plain.key_dict().get("batch_size")) == (
         tb.batch_size,
