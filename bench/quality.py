@@ -108,7 +108,9 @@ def plan_runs(budget: C.Budget, tasks: list[str], methods: list[str], ablations:
     singles = [m for m in C.RUN_ORDER if m in methods]
 
     def task_runs(t: str) -> list[Run]:
-        return [Run("single", t, m, budget=budget.task(t), hp=C.TASK_METHOD_HP.get((t, m))) for m in singles]
+        return [
+            Run("single", t, m, budget=budget.task(t), hp=budget.task_method_hp.get((t, m))) for m in singles
+        ]
 
     runs: list[Run] = []
     for t in ordered[:2]:
@@ -342,7 +344,9 @@ def _evaluate_and_record(
     t0 = time.monotonic()
     metrics = evaluate(backbone, result.task, ev, batch_size=64)
     eval_s = time.monotonic() - t0
-    ckpt = save_ckpt(result.task, backbone, key, {"source": "bench.quality", "run_key": key, "metrics": metrics})
+    ckpt = save_ckpt(
+        result.task, backbone, key, {"source": "bench.quality", "run_key": key, "metrics": metrics}
+    )
     return _record(
         run,
         key,
@@ -378,7 +382,9 @@ def execute_single(run: Run, key: str, mode: str, backbone, manifests: dict) -> 
         backbone, spec, train, None, config, progress=ProgressPrinter(label), task_name=tb.dataset
     )
     train_s = time.monotonic() - t0
-    rec = _evaluate_and_record(run, key, mode, backbone, tb, run.method, result, train_s, ev, len(train), config)
+    rec = _evaluate_and_record(
+        run, key, mode, backbone, tb, run.method, result, train_s, ev, len(train), config
+    )
     log(
         f"done {label}: {tb.metric} {rec['score']:.2f} ({train_s:.0f}s train, {rec['eval_seconds']:.0f}s eval, "
         f"{100 * rec['trainable_fraction']:.2f}% trainable)"
@@ -418,7 +424,17 @@ def execute_multitask(run: Run, key: str, budget: C.Budget, backbone, manifests:
         tb, train, ev = data[t]
         res = shared[t]
         rec = _evaluate_and_record(
-            run, f"{key}-{t}-shared", budget.name, backbone, tb, "mpt-shared", res, shared_s, ev, len(train), mt_config
+            run,
+            f"{key}-{t}-shared",
+            budget.name,
+            backbone,
+            tb,
+            "mpt-shared",
+            res,
+            shared_s,
+            ev,
+            len(train),
+            mt_config,
         )
         rec["multitask_tasks"] = names
         records.append(rec)
@@ -659,7 +675,7 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
             if m == "fine-tuning"
             else f"| {m} | {hp.lr:g} | — | {note} |"
         )
-    for (t, m), hp in C.TASK_METHOD_HP.items():
+    for (t, m), hp in budget.task_method_hp.items():
         own = [
             f"{hp.epochs} epochs" if hp.epochs else "",
             f"batch {hp.batch_size}" if hp.batch_size else "",
@@ -704,7 +720,7 @@ def write_results(
             "ablation_overrides": budget.ablation_overrides,
         },
         "method_hyperparameters": {m: hp.key_dict() for m, hp in C.METHOD_HP.items()},
-        "task_method_exceptions": {f"{t}/{m}": hp.key_dict() for (t, m), hp in C.TASK_METHOD_HP.items()},
+        "task_method_exceptions": {f"{t}/{m}": hp.key_dict() for (t, m), hp in budget.task_method_hp.items()},
         "seeds": {"data": C.DATA_SEED, "train": C.TRAIN_SEED},
         "runs": records,
         "pending": pending,

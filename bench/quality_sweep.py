@@ -84,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.batch_size:
         changes["batch_size"] = args.batch_size
     tb = replace(tb, **changes)
-    hp = C.TASK_METHOD_HP.get((args.task, args.method), C.METHOD_HP[args.method])
+    hp = C.FULL.task_method_hp.get((args.task, args.method), C.METHOD_HP[args.method])
     if args.lr:
         hp = replace(hp, lr=args.lr)
     # the probe's own epochs / batch size win over a (task, method) exception's

@@ -99,6 +99,10 @@ def test_plan_orders_priorities_and_reuses_the_layers_all_run():
     # per-task exceptions are carried by the run
     squad = Q.plan_runs(C.FULL, ["squad"], ["p-tuning-v2"], [])[0]
     assert squad.method_hp == C.TASK_METHOD_HP[("squad", "p-tuning-v2")]
+    brown_full = Q.plan_runs(C.FULL, ["brown_pos"], ["p-tuning-v2"], [])[0]
+    assert brown_full.method_hp.prefix_length == C.BROWN_PROMPT_BUDGET["prefix_length"]
+    # the quick smoke test keeps its task budget (no 15-epoch Brown exception)
+    assert Q.plan_runs(C.QUICK, ["brown_pos"], ["p-tuning-v2"], [])[0].method_hp == C.METHOD_HP["p-tuning-v2"]
 
 
 def test_make_spec_layers_heads_and_verbalizer_words():
