@@ -271,54 +271,6 @@ def save_ckpt(task, backbone, key: str, meta: dict) -> str | None:
     return str(path.relative_to(REPO_ROOT))
 
 
-def _record(
-    run: Run,
-    key: str,
-    mode: str,
-    backbone,
-    tb: C.TaskBudget,
-    method: str,
-    result,
-    metrics: dict,
-    train_s: float,
-    eval_s: float,
-    n_train: int,
-    n_eval: int,
-    spec,
-    config,
-    ckpt: str | None,
-) -> dict:
-    bb_params = backbone.num_parameters()
-    stored = stored_params(result.task)
-    return {
-        "key": key,
-        "mode": mode,
-        "backbone": backbone.name,
-        "task": tb.dataset,
-        "method": method,
-        "variant": run.variant,
-        "metric": tb.metric,
-        "score": round(score_of(metrics, tb.metric), 2),
-        "metrics": metrics,
-        "eval_split": tb.eval_split,
-        "n_train": n_train,
-        "n_eval": n_eval,
-        "num_trainable": result.num_trainable,
-        "trainable_fraction": result.trainable_fraction,
-        "stored_params": stored if result.task.finetuned is None else result.num_trainable,
-        "stored_fraction": (stored if result.task.finetuned is None else result.num_trainable) / bb_params,
-        "backbone_params": bb_params,
-        "train_seconds": round(train_s, 1),
-        "eval_seconds": round(eval_s, 1),
-        "steps": result.steps,
-        "epochs": config.epochs,
-        "hyperparameters": {"spec": spec.to_dict(), "train": config.to_dict(), "budget": tb.to_dict()},
-        "checkpoint": ckpt,
-        "threads": _threads(),
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    }
-
-
 def _threads() -> int:
     import torch
 
@@ -347,23 +299,39 @@ def _evaluate_and_record(
     ckpt = save_ckpt(
         result.task, backbone, key, {"source": "bench.quality", "run_key": key, "metrics": metrics}
     )
-    return _record(
-        run,
-        key,
-        mode,
-        backbone,
-        tb,
-        method,
-        result,
-        metrics,
-        train_s,
-        eval_s,
-        n_train,
-        len(ev),
-        result.task.spec,
-        config,
-        ckpt,
-    )
+    bb_params = backbone.num_parameters()
+    stored = stored_params(result.task) if result.task.finetuned is None else result.num_trainable
+    return {
+        "key": key,
+        "mode": mode,
+        "backbone": backbone.name,
+        "task": tb.dataset,
+        "method": method,
+        "variant": run.variant,
+        "metric": tb.metric,
+        "score": round(score_of(metrics, tb.metric), 2),
+        "metrics": metrics,
+        "eval_split": tb.eval_split,
+        "n_train": n_train,
+        "n_eval": len(ev),
+        "num_trainable": result.num_trainable,
+        "trainable_fraction": result.trainable_fraction,
+        "stored_params": stored,
+        "stored_fraction": stored / bb_params,
+        "backbone_params": bb_params,
+        "train_seconds": round(train_s, 1),
+        "eval_seconds": round(eval_s, 1),
+        "steps": result.steps,
+        "epochs": config.epochs,
+        "hyperparameters": {
+            "spec": result.task.spec.to_dict(),
+            "train": config.to_dict(),
+            "budget": tb.to_dict(),
+        },
+        "checkpoint": ckpt,
+        "threads": _threads(),
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
 
 
 def execute_single(run: Run, key: str, mode: str, backbone, manifests: dict) -> dict:
@@ -410,6 +378,8 @@ def execute_multitask(run: Run, key: str, budget: C.Budget, backbone, manifests:
         f"train multi-task over {names}: {budget.mt_epochs} joint epochs, then {budget.mt_per_task_epochs} per task "
         f"at {budget.mt_per_task_lr_scale:g}x the LR"
     )
+    pt2 = C.METHOD_HP["p-tuning-v2"]
+    cont_hp = replace(pt2, lr=pt2.lr * budget.mt_per_task_lr_scale)  # the per-task stage's LR
     t0 = time.monotonic()
     shared = train_multitask(
         backbone,
@@ -439,8 +409,6 @@ def execute_multitask(run: Run, key: str, budget: C.Budget, backbone, manifests:
         rec["multitask_tasks"] = names
         records.append(rec)
         log(f"done {t}/mpt-shared: {tb.metric} {rec['score']:.2f}")
-        pt2 = C.METHOD_HP["p-tuning-v2"]
-        cont_hp = replace(pt2, lr=pt2.lr * budget.mt_per_task_lr_scale)
         cont_config = make_config(tb, "p-tuning-v2", epochs=budget.mt_per_task_epochs, hp=cont_hp)
         spec = copy.deepcopy(res.task.spec)
         t2 = time.monotonic()

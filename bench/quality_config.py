@@ -96,11 +96,10 @@ BROWN_PROMPT_BUDGET = {"batch_size": 8, "epochs": 15, "prefix_length": 64}
 #: (1e-2): one run costs ~25 minutes on this CPU and was not redone at 3e-2.
 TASK_METHOD_HP: dict[tuple[str, str], MethodHP] = {
     ("squad", "p-tuning-v2"): MethodHP("p-tuning-v2", lr=1e-2),
-    ("brown_pos", "p-tuning-v2"): MethodHP("p-tuning-v2", lr=3e-2, **BROWN_PROMPT_BUDGET),
-    ("brown_pos", "p-tuning-v2-mlp"): MethodHP(
-        "p-tuning-v2", lr=1e-2, reparameterize=True, reparam_hidden=128, **BROWN_PROMPT_BUDGET
-    ),
-    ("brown_pos", "prompt-tuning"): MethodHP("prompt-tuning", lr=3e-2, **BROWN_PROMPT_BUDGET),
+    **{
+        ("brown_pos", m): replace(METHOD_HP[m], **BROWN_PROMPT_BUDGET)
+        for m in ("p-tuning-v2", "p-tuning-v2-mlp", "prompt-tuning")
+    },
 }
 
 #: The ablation runs' own settings (their table compares variants under one setting; these are

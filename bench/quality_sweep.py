@@ -75,19 +75,14 @@ def main(argv: list[str] | None = None) -> int:
     changes: dict = {"n_eval": args.n_eval}
     if args.eval_split and tb.split_at is None and args.eval_split in _splits(args.task):
         changes["eval_split"] = args.eval_split
-    if args.prefix_length:
-        changes["prefix_length"] = args.prefix_length
     if args.n_train:
         changes["n_train"] = args.n_train
-    if args.epochs:
-        changes["epochs"] = args.epochs
-    if args.batch_size:
-        changes["batch_size"] = args.batch_size
     tb = replace(tb, **changes)
     hp = C.FULL.task_method_hp.get((args.task, args.method), C.METHOD_HP[args.method])
     if args.lr:
         hp = replace(hp, lr=args.lr)
-    # the probe's own epochs / batch size win over a (task, method) exception's
+    # the probe's own epochs / batch size / prefix length win over the task budget and a
+    # (task, method) exception (make_config / make_spec read them from hp first)
     hp = replace(
         hp,
         epochs=args.epochs or hp.epochs,
