@@ -1,4 +1,4 @@
-"""Command line: `prompthub serve | worker | train | predict | tasks | doctor`.
+"""Command line: `prompthub train | predict | serve | worker | migrate | keys | doctor`.
 
 Each subcommand lives in the module that owns it; this file only parses and dispatches.
 """
@@ -134,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return keys_command(args)
     if args.command == "doctor":
-        from app.doctor import doctor_command
+        from app.ops.doctor import doctor_command
 
         return doctor_command(args)
     return 2

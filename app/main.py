@@ -1,15 +1,19 @@
-"""create_app(): wiring only. The lifespan migrates the database, syncs the prompt store into it,
-loads the backbones in the background (/healthz answers at once, /readyz flips when ready),
-starts the batcher and, when configured, the embedded training worker."""
+"""create_app(): wiring only. The database sessions, the prompt store and the dataset files are made
+here and put on app.state; the hub gets a resolve function (through app.versions) and the store's
+read. The lifespan migrates the database, syncs the prompt store into it (app.ops.maintenance),
+loads the backbones in the background (/healthz answers at once, /readyz flips when ready), starts
+the batcher and, when configured, the embedded training worker."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
+from sqlalchemy.orm import Session
 
 from app.api.auth import Authenticator
 from app.api.errors import install_error_handlers
@@ -17,21 +21,41 @@ from app.api.limits import BodySizeLimit
 from app.api.metrics import ApiMetrics, install_metrics
 from app.api.routes import ROUTERS
 from app.config import Settings, get_settings
-from app.serving.hub import Hub
+from app.db.session import get_sessionmaker
+from app.serving.hub import Hub, ResolveFn, TaskNotFound
+from app.store import DatasetFiles, PromptStore
 
 log = logging.getLogger(__name__)
 
 
-def _prepare_database(settings: Settings, hub: Hub) -> None:
+def make_resolver(sessionmaker: Callable[[], Session]) -> ResolveFn:
+    """The hub's resolve function: one query through app.versions, its NotFound as TaskNotFound."""
+    from app import versions
+
+    def resolve(name: str, version: int | None) -> tuple[int, str]:
+        with sessionmaker() as s:
+            try:
+                return versions.resolve(s, name, version)
+            except versions.VersionNotFound as e:
+                raise TaskNotFound(e.name, e.version) from None
+
+    return resolve
+
+
+def make_hub(settings: Settings, *, sessionmaker: Callable[[], Session] | None = None, **kw: Any) -> Hub:
+    """A hub reading the configured database and prompt store (`kw`: backbones, cache)."""
+    sessionmaker = sessionmaker or get_sessionmaker(settings.database_url)
+    store = PromptStore(settings.store_dir)
+    return Hub(settings, resolve=make_resolver(sessionmaker), read=store.read_version, **kw)
+
+
+def _prepare_database(settings: Settings, sessionmaker: Callable[[], Session], store: PromptStore) -> None:
     from app.db.session import run_migrations
-    from app.serving.store import sync_store_to_db
+    from app.ops.maintenance import startup_sync
 
     run_migrations(settings.database_url)
-    for path in hub.store.cleanup_temp():  # left by a write that was killed (older than a minute)
-        log.warning("removed %s, left by an interrupted store write", path)
-    with hub.sessionmaker() as s:
-        sync_store_to_db(s, hub.store)
-        s.commit()
+    with sessionmaker() as s:
+        startup_sync(s, store)
 
 
 def announce_auth(settings: Settings) -> str:
@@ -65,7 +89,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub: Hub = app.state.hub
         announce_auth(settings)
-        await asyncio.to_thread(_prepare_database, settings, hub)
+        await asyncio.to_thread(_prepare_database, settings, app.state.sessionmaker, app.state.store)
         hub.start(background=True)
         worker = None
         if settings.embedded_worker:
@@ -88,9 +112,12 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.hub = hub or Hub(settings)
-    app.state.metrics = ApiMetrics(app.state.hub)
-    app.state.auth = Authenticator(app.state.hub.sessionmaker, settings.auth_cache_s)
+    app.state.sessionmaker = get_sessionmaker(settings.database_url)
+    app.state.store = PromptStore(settings.store_dir)
+    app.state.datasets = DatasetFiles(settings.data_dir)
+    app.state.hub = hub or make_hub(settings, sessionmaker=app.state.sessionmaker)
+    app.state.metrics = ApiMetrics(app.state.hub, app.state.sessionmaker)
+    app.state.auth = Authenticator(app.state.sessionmaker, settings.auth_cache_s)
     for router in ROUTERS:
         app.include_router(router)
     install_error_handlers(app)

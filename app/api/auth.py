@@ -131,7 +131,7 @@ class Authenticator:
 def _authenticator(request: Request) -> Authenticator:
     auth = getattr(request.app.state, "auth", None)
     if auth is None:
-        auth = Authenticator(request.app.state.hub.sessionmaker, request.app.state.settings.auth_cache_s)
+        auth = Authenticator(request.app.state.sessionmaker, request.app.state.settings.auth_cache_s)
         request.app.state.auth = auth
     return auth
 

@@ -10,7 +10,9 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import InputError
 from app.config import Settings
+from app.names import validate_task_name
 from app.serving.hub import Hub
+from app.store import DatasetFiles, PromptStore
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -22,14 +24,19 @@ def get_hub(request: Request) -> Hub:
 
 
 def get_session(request: Request) -> Iterator[Session]:
-    hub: Hub = request.app.state.hub
-    with hub.sessionmaker() as session:
+    with request.app.state.sessionmaker() as session:
         yield session
 
 
-def valid_task_name(task: Annotated[str, Path(description="task name")]) -> str:
-    from app.db.repo import validate_task_name
+def get_store(request: Request) -> PromptStore:
+    return request.app.state.store
 
+
+def get_datasets(request: Request) -> DatasetFiles:
+    return request.app.state.datasets
+
+
+def valid_task_name(task: Annotated[str, Path(description="task name")]) -> str:
     try:
         validate_task_name(task)
     except ValueError as e:
@@ -41,3 +48,5 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 HubDep = Annotated[Hub, Depends(get_hub)]
 SessionDep = Annotated[Session, Depends(get_session)]
 TaskNameDep = Annotated[str, Depends(valid_task_name)]
+StoreDep = Annotated[PromptStore, Depends(get_store)]
+DatasetFilesDep = Annotated[DatasetFiles, Depends(get_datasets)]

@@ -12,10 +12,12 @@ from collections.abc import Sequence
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
+from app.db.errors import Conflict, NotFound, TooManyJobs
 from app.engine.checkpoint import BackboneMismatchError, CheckpointError
 from app.engine.data import DataError
 from app.serving.batcher import BatcherClosed, QueueFull, TooManyRows
 from app.serving.hub import NotReady, TaskNotFound
+from app.store import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -107,23 +109,6 @@ async def _checkpoint(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"the stored task could not be loaded: {exc}"}, status_code=500)
 
 
-def status_for(exc: BaseException) -> int:
-    """The status an exception answers with (for metrics recorded before the handler runs)."""
-    if isinstance(exc, ApiError):
-        return exc.status_code
-    if isinstance(exc, InputError | DataError | TooManyRows):
-        return 422
-    if isinstance(exc, TaskNotFound):
-        return 404
-    if isinstance(exc, QueueFull):
-        return 429
-    if isinstance(exc, NotReady | BatcherClosed):
-        return 503
-    if isinstance(exc, BackboneMismatchError):
-        return 409
-    return 500
-
-
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(InputError, _input_error)
@@ -135,25 +120,17 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BatcherClosed, _not_ready)
     app.add_exception_handler(BackboneMismatchError, _mismatch)
     app.add_exception_handler(CheckpointError, _checkpoint)
-    _install_repo_handlers(app)
-    _install_store_handlers(app)
+    app.add_exception_handler(StoreError, _checkpoint)
+    _install_db_handlers(app)
 
 
-def _install_repo_handlers(app: FastAPI) -> None:
-    from app.db import repo
-
+def _install_db_handlers(app: FastAPI) -> None:
     async def conflict(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=409)
 
     async def too_many(_: Request, exc: Exception) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=429, headers=_retry_after(30))
 
-    app.add_exception_handler(repo.NotFound, _not_found)
-    app.add_exception_handler(repo.Conflict, conflict)
-    app.add_exception_handler(repo.TooManyJobs, too_many)
-
-
-def _install_store_handlers(app: FastAPI) -> None:
-    from app.serving.store import StoreError
-
-    app.add_exception_handler(StoreError, _checkpoint)
+    app.add_exception_handler(NotFound, _not_found)
+    app.add_exception_handler(Conflict, conflict)
+    app.add_exception_handler(TooManyJobs, too_many)

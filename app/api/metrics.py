@@ -8,13 +8,17 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from fastapi import FastAPI, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy.orm import Session
 
+from app.db.jobs import job_counts
+from app.db.models import JOB_STATES
+from app.names import is_task_name
 from app.serving.hub import Hub
 
 log = logging.getLogger(__name__)
@@ -25,8 +29,9 @@ UNKNOWN_TASK = "_unknown"
 
 
 class HubCollector(Collector):
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, sessionmaker: Callable[[], Session]) -> None:
         self.hub = hub
+        self.sessionmaker = sessionmaker
 
     def collect(self) -> Iterator[Metric]:
         hub = self.hub
@@ -61,12 +66,10 @@ class HubCollector(Collector):
         yield jobs
 
     def _job_counts(self) -> dict[str, int]:
-        from app.db import models, repo
-
-        counts = dict.fromkeys(models.JOB_STATES, 0)
+        counts = dict.fromkeys(JOB_STATES, 0)
         try:
-            with self.hub.sessionmaker() as s:
-                counts.update(repo.job_counts(s))
+            with self.sessionmaker() as s:
+                counts.update(job_counts(s))
         except Exception:  # a scrape must not fail because the database hiccups
             log.warning("job counts unavailable for /metrics", exc_info=True)
         return counts
@@ -84,7 +87,7 @@ def _batch_histogram(sizes: dict[int, int]) -> HistogramMetricFamily:
 
 
 class ApiMetrics:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, sessionmaker: Callable[[], Session]) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "prompthub_requests",
@@ -101,7 +104,7 @@ class ApiMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
-        self.registry.register(HubCollector(hub))
+        self.registry.register(HubCollector(hub, sessionmaker))
 
     def observe(self, route: str, task: str, status: int, seconds: float) -> None:
         self.requests.labels(route, task, str(status)).inc()
@@ -125,16 +128,6 @@ def install_metrics(app: FastAPI, metrics: ApiMetrics) -> None:
             path = getattr(route, "path", None)
             if path is not None and path != "/metrics":
                 task = request.path_params.get("task", "")
-                if task and (status == 404 or not _valid_name(task)):
+                if task and (status == 404 or not is_task_name(task)):
                     task = UNKNOWN_TASK  # label values stay names of tasks that exist
                 metrics.observe(path, task, status, time.perf_counter() - start)
-
-
-def _valid_name(name: str) -> bool:
-    from app.db.repo import validate_task_name
-
-    try:
-        validate_task_name(name)
-    except ValueError:
-        return False
-    return True

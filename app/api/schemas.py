@@ -64,7 +64,10 @@ class Hyperparameters(BaseModel):
     seed: int = Field(42, ge=0, le=2**31 - 1)
     max_steps: int | None = Field(None, ge=1, le=10_000_000)
     holdout_fraction: float = Field(
-        0.1, ge=0.0, le=0.5, description="with no eval data, this seeded share of train is held out for metrics"
+        0.1,
+        ge=0.0,
+        le=0.5,
+        description="with no eval data, this seeded share of train is held out for metrics",
     )
 
     @model_validator(mode="after")

@@ -9,8 +9,8 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from app import security
+from app.db.errors import NotFound
 from app.db.models import ApiKey, new_id, utcnow
-from app.db.repo import NotFound
 
 
 def create_key(

@@ -165,10 +165,6 @@ class Job(Base):
         return f"Job({self.id[:8]}, {self.kind}, {self.state})"
 
 
-# API key scopes; admin implies the others
-SCOPES = ("predict", "train", "admin")
-
-
 class ApiKey(Base):
     """An API key: only a salted sha256 of the token is stored, with the token's first characters
     (`prefix`) to find the row. The token itself is shown once, at creation."""

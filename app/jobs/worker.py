@@ -22,17 +22,22 @@ import time
 from pathlib import Path
 from typing import Any
 
+from app import versions
 from app.config import Settings, get_settings
-from app.db import repo
+from app.db import datasets as db_datasets
+from app.db import jobs as db_jobs
+from app.db import tasks as db_tasks
+from app.db.errors import Conflict
 from app.db.models import CANCELLED, FAILED, SUCCEEDED
 from app.db.session import REPO_ROOT, get_sessionmaker, run_migrations
 from app.engine.backbone import Backbone, load_backbone
-from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes, parse_header
+from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes
 from app.engine.data import DataError, label_list
 from app.engine.model import ServingTask
 from app.engine.train import Cancelled, Progress, TrainConfig, TrainResult, train_multitask, train_task
 from app.jobs.payload import DataRef, load_split, task_spec, train_config, training_doc
-from app.serving.store import PromptStore, StoreError
+from app.names import validate_task_name
+from app.store import PromptStore, StoreError
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +81,7 @@ class _JobRun:
     def _write(self, progress: dict[str, Any] | None) -> None:
         try:
             with self.worker.sessionmaker() as s:
-                if repo.heartbeat(s, self.job_id, progress, worker_id=self.worker.worker_id):
+                if db_jobs.heartbeat(s, self.job_id, progress, worker_id=self.worker.worker_id):
                     self.stop_requested.set()
         except Exception:  # the database may blip; the next beat tries again
             log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
@@ -131,7 +136,7 @@ class Worker:
         stop_event: threading.Event | None = None,
     ) -> None:
         self.settings = settings
-        self.worker_id = worker_id or repo.make_worker_id()
+        self.worker_id = worker_id or db_jobs.make_worker_id()
         self.sessionmaker = get_sessionmaker(settings.database_url)
         self.store = PromptStore(settings.store_dir)
         self.stop_event = stop_event or threading.Event()
@@ -149,7 +154,7 @@ class Worker:
 
     def recover(self) -> list[str]:
         with self.sessionmaker() as s:
-            ids = repo.recover_stale_jobs(
+            ids = db_jobs.recover_stale_jobs(
                 s,
                 stale_after_s=self.settings.job_stale_s,
                 on_crash=self.settings.on_crash,
@@ -170,7 +175,7 @@ class Worker:
         self._maybe_recover()
         backbone = self.backbone  # loaded before claiming: a broken backbone must not eat jobs
         with self.sessionmaker() as s:
-            job = repo.claim_next_job(s, self.worker_id, max_running=self.settings.max_running_jobs)
+            job = db_jobs.claim_next_job(s, self.worker_id, max_running=self.settings.max_running_jobs)
             if job is None:
                 return False
             job_id, kind, payload = job.id, job.kind, dict(job.payload or {})
@@ -198,7 +203,7 @@ class Worker:
     # ------------------------------------------------------------------ one job
     def _finish(self, job_id: str, state: str, **kw: Any) -> None:
         with self.sessionmaker() as s:
-            repo.finish_job(s, job_id, state, worker_id=self.worker_id, **kw)
+            db_jobs.finish_job(s, job_id, state, worker_id=self.worker_id, **kw)
 
     def _run_job(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> None:
         with _JobRun(self, job_id) as run:
@@ -210,7 +215,7 @@ class Worker:
             except Cancelled:
                 if self.stop_event.is_set() and not run.stop_requested.is_set():
                     with self.sessionmaker() as s:
-                        repo.release_job(s, job_id, worker_id=self.worker_id)
+                        db_jobs.release_job(s, job_id, worker_id=self.worker_id)
                     log.info("job %s put back in the queue: the worker is stopping", job_id)
                 else:
                     self._finish(job_id, CANCELLED)
@@ -231,7 +236,7 @@ class Worker:
 
     def _lookup_dataset(self, dataset_id: str) -> tuple[Path, str, str] | None:
         with self.sessionmaker() as s:
-            ds = repo.get_dataset(s, dataset_id)
+            ds = db_datasets.get_dataset(s, dataset_id)
             if ds is None:
                 return None
             return Path(ds.path), ds.filename, ds.sha256
@@ -253,22 +258,20 @@ class Worker:
 
     def _check_task_type(self, name: str, task_type: str) -> None:
         with self.sessionmaker() as s:
-            task = repo.get_task(s, name)
+            task = db_tasks.get_task(s, name)
             if task is not None and task.task_type != task_type:
-                raise repo.Conflict(f"task {name!r} is a {task.task_type} task, not {task_type}")
+                raise Conflict(f"task {name!r} is a {task.task_type} task, not {task_type}")
 
     def _init_from(self, name: str | None, backbone: Backbone) -> ServingTask | None:
         if not name:
             return None
         with self.sessionmaker() as s:
-            ver = repo.get_active_version(s, name)
+            ver = db_tasks.get_active_version(s, name)
             if ver is None:
                 raise ValueError(f"init_from: task {name!r} does not exist or has no active version")
             number, sha = ver.version, ver.sha256
         data = self.store.read_version(name, number, sha)
-        task = load_checkpoint_bytes(
-            data, backbone, expected_sha256=sha, where=f"init_from task {name!r} v{number}"
-        )
+        task = load_checkpoint_bytes(data, backbone, where=f"init_from task {name!r} v{number}")
         if task.kv is None:
             raise ValueError(f"init_from: task {name!r} has no P-Tuning v2 prefix to start from")
         return task
@@ -276,7 +279,7 @@ class Worker:
     def _train_single(
         self, job_id: str, payload: dict[str, Any], backbone: Backbone, run: _JobRun
     ) -> tuple[dict[str, int], dict[str, Any]]:
-        name = repo.validate_task_name(payload.get("task", ""))
+        name = validate_task_name(payload.get("task", ""))
         task_type = payload["task_type"]
         self._check_task_type(name, task_type)
         hp = payload.get("hyperparameters") or {}
@@ -307,7 +310,7 @@ class Worker:
         tasks: dict[str, tuple[Any, Any, Any]] = {}
         datas: dict[str, dict[str, Any]] = {}
         for i, t in enumerate(payload.get("tasks") or []):
-            name = repo.validate_task_name(t.get("task", ""))
+            name = validate_task_name(t.get("task", ""))
             if name in tasks:
                 raise ValueError(f"tasks[{i}]: task {name!r} is listed twice")
             self._check_task_type(name, t["task_type"])
@@ -325,12 +328,12 @@ class Worker:
             should_stop=run.should_stop,
             per_task_epochs=int(payload.get("per_task_epochs") or 0),
         )
-        versions: dict[str, int] = {}
+        published: dict[str, int] = {}
         for name, result in results.items():
-            versions[name] = self._publish(
+            published[name] = self._publish(
                 job_id, name, result, backbone, hp, config, datas[name], multitask=sorted(tasks)
             )
-        return versions, {name: _jsonable(r.metrics) for name, r in results.items()}
+        return published, {name: _jsonable(r.metrics) for name, r in results.items()}
 
     def _publish(
         self,
@@ -343,7 +346,7 @@ class Worker:
         data: dict[str, Any],
         **extra: Any,
     ) -> int:
-        """Write the checkpoint to the store, then register and activate it; returns the version."""
+        """Publish the trained task (store, then database, then activation); returns the version."""
         training = _jsonable(
             training_doc(
                 hp,
@@ -359,47 +362,10 @@ class Worker:
             )
         )
         metrics = _jsonable(result.metrics)
-        source = f"job:{job_id}"
-        meta = {"training": training, "metrics": metrics, "source": source, "data": data}
+        meta = {"training": training, "metrics": metrics, "source": f"job:{job_id}", "data": data}
         blob = checkpoint_bytes(result.task, backbone, meta=meta)
-        doc = parse_header(blob)
-        spec = doc["spec"]
-        for _ in range(20):
-            with self.sessionmaker() as s:
-                version = max(repo.max_version(s, name), max(self.store.versions(name), default=0)) + 1
-            try:
-                stored = self.store.write_version(name, version, blob, doc)
-            except StoreError:
-                if self.store.exists(name, version):
-                    continue  # another writer took this number: take the next
-                raise
-            try:
-                with self.sessionmaker() as s:
-                    repo.add_version(
-                        s,
-                        name=name,
-                        task_type=spec["task_type"],
-                        labels=spec.get("labels") or [],
-                        file=self.store.rel_path(name, version),
-                        sha256=stored.sha256,
-                        size_bytes=stored.size_bytes,
-                        spec=spec,
-                        metrics=metrics,
-                        training={**training, "data": data},
-                        source=source,
-                        activate=True,
-                        version=version,
-                    )
-            except repo.Conflict:
-                with self.sessionmaker() as s:
-                    row = repo.get_version(s, name, version)
-                    if row is not None and row.sha256 == stored.sha256:  # registered by a store sync
-                        repo.activate_version(s, name, version)
-                        return version
-                self.store.delete_version(name, version)
-                raise
-            return version
-        raise StoreError(f"task {name!r}: could not find a free version number")
+        with self.sessionmaker() as s:
+            return versions.publish(s, self.store, name, blob, source=f"job:{job_id}").version
 
 
 def _ref(ref: DataRef | None) -> dict[str, Any] | None:

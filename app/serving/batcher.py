@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
 
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from app.engine.backbone import Backbone
-from app.engine.batch import collate, length_buckets, mixed_forward, task_forward
+from app.engine.batch import collate, length_buckets, mixed_forward
 from app.engine.model import ServingTask
 
 log = logging.getLogger(__name__)
@@ -113,7 +113,6 @@ class Batcher:
         max_batch_size: int = 32,
         max_wait_ms: float = 5.0,
         max_queue_rows: int = 2048,
-        on_batch: Callable[[int], None] | None = None,
         bucket_overhead_tokens: float | None = None,
     ) -> None:
         if not backbones:
@@ -122,7 +121,6 @@ class Batcher:
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
         self.max_queue_rows = max(1, int(max_queue_rows))
-        self.on_batch = on_batch
         # The fixed cost of one more forward, in padded tokens, when a batch of mixed lengths is
         # split into length buckets (see app.engine.batch.length_buckets). On a CPU a padded token
         # costs as much as a real one and a forward's fixed cost is a few tokens' worth, so
@@ -216,11 +214,6 @@ class Batcher:
             self._batches += 1
             self._rows += n
             self._sizes[n] = self._sizes.get(n, 0) + 1
-        if self.on_batch is not None:
-            try:
-                self.on_batch(n)
-            except Exception:  # metrics must never break serving
-                log.exception("batch size callback failed")
         return batch
 
     def _run(self, device_index: int) -> None:
@@ -257,25 +250,18 @@ class Batcher:
         return moved
 
     def _forward(self, device_index: int, backbone: Backbone, items: list[_Item]) -> None:
+        # every served task runs on the shared frozen backbone (the API cannot make a fully
+        # fine-tuned task; those are served by `prompthub predict` through engine.batch.task_forward)
         items = sorted(items, key=lambda it: it.length)
         pad = backbone.tokenizer.pad_token_id or 0
-        shared = [it for it in items if it.task.finetuned is None]
-        own: dict[int, list[_Item]] = {}
-        for it in items:
-            if it.task.finetuned is not None:
-                own.setdefault(id(it.task), []).append(it)
         with torch.inference_mode():
-            if shared:
-                tasks = [self._on_device(device_index, it.task, backbone) for it in shared]
-                overhead = self._overhead_tokens(backbone)
-                for lo, hi in length_buckets([it.length for it in shared], overhead):
-                    part = shared[lo:hi]
-                    batch = collate([_inputs(it.features) for it in part], pad, backbone.device)
-                    self._deliver(part, mixed_forward(backbone, tasks[lo:hi], batch))
-                    self._forwards += 1
-            for group in own.values():
-                batch = collate([_inputs(it.features) for it in group], pad, backbone.device)
-                self._deliver(group, list(task_forward(group[0].task, backbone, batch)))
+            tasks = [self._on_device(device_index, it.task, backbone) for it in items]
+            overhead = self._overhead_tokens(backbone)
+            for lo, hi in length_buckets([it.length for it in items], overhead):
+                part = items[lo:hi]
+                batch = collate([_inputs(it.features) for it in part], pad, backbone.device)
+                self._deliver(part, mixed_forward(backbone, tasks[lo:hi], batch))
+                self._forwards += 1
 
     def _overhead_tokens(self, backbone: Backbone) -> float:
         if self.bucket_overhead_tokens is not None:

@@ -1,8 +1,13 @@
-"""The serving hub: settings, database, prompt store, device cache, backbones and batcher.
+"""The serving hub: settings, device cache, backbones and batcher.
 
-`Hub.predict` resolves the task's active version from the database on every request, so a
-version written by the worker process (or activated through the API) is served at once, with
-no restart; the loaded task is then held by the request until its rows are done.
+The hub knows no database and no store: it is given two functions (wired in app.main):
+
+    resolve(name, version | None) -> (number, sha256)   raises TaskNotFound
+    read(name, number, sha256) -> bytes                  the checkpoint, checked against its sha256
+
+`Hub.predict` resolves the task's version on every request, so a version written by the worker
+process (or activated through the API) is served at once, with no restart; the loaded task is
+then held by the request until its rows are done.
 """
 
 from __future__ import annotations
@@ -12,7 +17,6 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from app.config import Settings
 from app.engine.backbone import Backbone, load_backbone
@@ -71,27 +75,23 @@ class Resolved:
     task: ServingTask
 
 
+ResolveFn = Callable[[str, int | None], tuple[int, str]]
+ReadFn = Callable[[str, int, str], bytes]
+
+
 class Hub:
     def __init__(
         self,
         settings: Settings,
         *,
-        sessionmaker: Callable[[], Any] | None = None,
-        store: Any | None = None,
+        resolve: ResolveFn,
+        read: ReadFn,
         backbones: Sequence[Backbone] | None = None,
         cache: PrefixCache | None = None,
     ) -> None:
         self.settings = settings
-        if sessionmaker is None:
-            from app.db.session import get_sessionmaker
-
-            sessionmaker = get_sessionmaker(settings.database_url)
-        if store is None:
-            from app.serving.store import PromptStore
-
-            store = PromptStore(settings.store_dir)
-        self.sessionmaker = sessionmaker
-        self.store = store
+        self._resolve = resolve
+        self._read = read
         self.cache = cache or PrefixCache(settings.cache_bytes)
         self.backbones: list[Backbone] | None = list(backbones) if backbones else None
         self.batcher: Batcher | None = None
@@ -164,23 +164,14 @@ class Hub:
     # ------------------------------------------------------------------ resolving
     def resolve(self, name: str, version: int | None = None) -> Resolved:
         """The task version to serve (the active one unless `version`), loaded through the cache."""
-        from app.db import repo
-
-        with self.sessionmaker() as s:
-            exists, number, sha = repo.resolve_version(s, name, version)
-        if not exists or (number is None and version is None):
-            raise TaskNotFound(name)
-        if number is None or sha is None:
-            raise TaskNotFound(name, version)
-        number, sha = int(number), str(sha)
+        number, sha = self._resolve(name, version)
         backbone = self.backbone
 
         def load() -> ServingTask:
-            data = self.store.read_version(name, number, sha)
+            data = self._read(name, number, sha)  # checked against sha256 there: not hashed twice
             task = load_checkpoint_bytes(
                 data,
                 backbone,
-                expected_sha256=sha,
                 where=f"task {name!r} version {number}",
                 keep_meta=False,
                 frozen_head=True,

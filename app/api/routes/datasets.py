@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from pathlib import Path
@@ -12,12 +11,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, File, Form, UploadFile
 
 from app.api.auth import Train
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import DatasetFilesDep, SessionDep, SettingsDep
 from app.api.errors import ApiError, InputError
 from app.api.schemas import DatasetOut, TaskType
-from app.db import repo
+from app.db import datasets as db
 from app.engine import data as D
-from app.engine.checkpoint import atomic_write
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
@@ -87,6 +85,7 @@ def upload_dataset(
     _: Train,
     s: SessionDep,
     settings: SettingsDep,
+    files: DatasetFilesDep,
     file: Annotated[UploadFile, File(description="JSONL, JSON, CSV or TSV")],
     task_type: Annotated[TaskType | None, Form()] = None,
 ) -> DatasetOut:
@@ -106,18 +105,15 @@ def upload_dataset(
             rows = _count_rows(data, suffix, settings.max_dataset_rows)
     except D.DataError as err:
         raise _file_error(err) from None
-    sha = hashlib.sha256(data).hexdigest()
-    path = (Path(settings.data_dir) / f"{sha}{suffix}").resolve()
-    if not path.exists():
-        atomic_write(path, data)
-    ds = repo.create_dataset(
+    stored = files.put(data, suffix)
+    ds = db.create_dataset(
         s,
         filename=filename,
         task_type=task_type,
         rows=rows,
         columns=D.detect_columns(data, filename),
-        path=str(path),
-        sha256=sha,
-        size_bytes=len(data),
+        path=str(stored.path),
+        sha256=stored.sha256,
+        size_bytes=stored.size_bytes,
     )
     return DatasetOut.model_validate(ds)

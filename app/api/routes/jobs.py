@@ -11,7 +11,8 @@ from app.api.auth import Train
 from app.api.deps import SessionDep
 from app.api.errors import ApiError, InputError
 from app.api.schemas import JobOut
-from app.db import models, repo
+from app.db import jobs as db
+from app.db import models
 from app.security import Principal
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -30,12 +31,12 @@ def list_jobs(
         raise InputError.at(
             ["query", "state"], f"unknown job state {state!r}; use one of {', '.join(models.JOB_STATES)}"
         )
-    jobs = repo.list_jobs(s, state=state, limit=limit)
+    jobs = db.list_jobs(s, state=state, limit=limit)
     return [JobOut.model_validate(j) for j in jobs if principal.allows_tasks(list(j.task_names or []))]
 
 
 def _job_for(s: Session, job_id: str, principal: Principal) -> models.Job:
-    job = repo.get_job(s, job_id)
+    job = db.get_job(s, job_id)
     if job is None or not principal.allows_tasks(list(job.task_names or [])):
         raise ApiError(404, f"no job with id {job_id!r}")  # a key limited to some tasks sees only their jobs
     return job
@@ -49,4 +50,4 @@ def get_job(principal: Train, job_id: str, s: SessionDep) -> JobOut:
 @router.post("/{job_id}/cancel", response_model=JobOut)
 def cancel_job(principal: Train, job_id: str, s: SessionDep) -> JobOut:
     _job_for(s, job_id, principal)
-    return JobOut.model_validate(repo.request_cancel(s, job_id))
+    return JobOut.model_validate(db.request_cancel(s, job_id))

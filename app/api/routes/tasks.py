@@ -2,36 +2,33 @@
 
 from __future__ import annotations
 
-import logging
-
 from fastapi import APIRouter, Path
 from sqlalchemy.orm import Session
 
+from app import versions
 from app.api.auth import AdminTask, PrincipalDep, ReadTask
-from app.api.deps import HubDep, SessionDep, TaskNameDep
+from app.api.deps import HubDep, SessionDep, StoreDep, TaskNameDep
 from app.api.errors import ApiError
 from app.api.schemas import TaskDetail, TaskOut, VersionOut
-from app.db import repo
-
-log = logging.getLogger(__name__)
+from app.db import tasks as db
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 
 def task_detail(s: Session, name: str) -> TaskDetail:
-    task = repo.get_task(s, name)
+    task = db.get_task(s, name)
     if task is None:
         raise ApiError(404, f"task {name!r} not found")
     versions = [
         VersionOut.model_validate(v).model_copy(update={"active": v.version == task.active_version})
-        for v in repo.get_versions(s, name)
+        for v in db.get_versions(s, name)
     ]
     return TaskDetail(**TaskOut.model_validate(task).model_dump(), versions=versions)
 
 
 @router.get("", response_model=list[TaskOut])
 def list_tasks(principal: PrincipalDep, s: SessionDep) -> list[TaskOut]:
-    return [TaskOut.model_validate(t) for t in repo.list_tasks(s) if principal.allows_task(t.name)]
+    return [TaskOut.model_validate(t) for t in db.list_tasks(s) if principal.allows_task(t.name)]
 
 
 @router.get("/{task}", response_model=TaskDetail)
@@ -41,16 +38,12 @@ def get_task(_: ReadTask, task: TaskNameDep, s: SessionDep) -> TaskDetail:
 
 @router.post("/{task}/versions/{version}/activate", response_model=TaskDetail)
 def activate(_: AdminTask, task: TaskNameDep, s: SessionDep, version: int = Path(ge=1)) -> TaskDetail:
-    repo.activate_version(s, task, version)
+    versions.activate(s, task, version)
     return task_detail(s, task)
 
 
 @router.delete("/{task}")
-def delete_task(_: AdminTask, task: TaskNameDep, s: SessionDep, hub: HubDep) -> dict:
-    files = repo.delete_task(s, task)  # the row first: from now on nobody is served this task
+def delete_task(_: AdminTask, task: TaskNameDep, s: SessionDep, store: StoreDep, hub: HubDep) -> dict:
+    n = versions.delete_task(s, store, task)  # the rows first: from now on nobody is served this task
     hub.cache.discard_task(task)
-    try:
-        hub.store.delete_task(task)
-    except Exception:  # the task is gone for clients; leftover files are only disk space
-        log.exception("task %s deleted, but its files could not be removed", task)
-    return {"deleted": task, "versions": len(files)}
+    return {"deleted": task, "versions": n}

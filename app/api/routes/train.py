@@ -20,8 +20,11 @@ from app.api.schemas import (
     TrainRequest,
     TrainTask,
 )
-from app.db import repo
+from app.db import datasets as db_datasets
+from app.db import jobs as db_jobs
+from app.db import tasks as db_tasks
 from app.engine import data as D
+from app.names import validate_task_name
 
 router = APIRouter(tags=["train"])
 
@@ -47,7 +50,7 @@ def _parse(model: type[BaseModel], body: dict[str, Any]) -> Any:
 
 def _check_name(name: str, loc: Loc) -> None:
     try:
-        repo.validate_task_name(name)
+        validate_task_name(name)
     except ValueError as e:
         raise InputError.at(loc, str(e)) from None
 
@@ -69,7 +72,7 @@ def _check_labels(examples: list[D.Example], labels: list[str], loc: Loc) -> Non
 
 def _check_task(s: Session, t: TrainTask, hp: Hyperparameters, loc: list[str | int], max_rows: int) -> None:
     _check_name(t.task, [*loc, "task"])
-    existing = repo.get_task(s, t.task)
+    existing = db_tasks.get_task(s, t.task)
     if existing is not None and existing.task_type != t.task_type:
         raise ApiError(
             409, f"task {t.task!r} is a {existing.task_type} task; it cannot be trained as {t.task_type}"
@@ -79,7 +82,7 @@ def _check_task(s: Session, t: TrainTask, hp: Hyperparameters, loc: list[str | i
         if source is None:
             continue
         if isinstance(source, DatasetSource):
-            ds = repo.get_dataset(s, source.dataset_id)
+            ds = db_datasets.get_dataset(s, source.dataset_id)
             if ds is None:
                 raise InputError.at([*loc, part, "dataset_id"], f"no dataset with id {source.dataset_id!r}")
             if ds.task_type is not None and ds.task_type != t.task_type:
@@ -113,7 +116,7 @@ def _check_task(s: Session, t: TrainTask, hp: Hyperparameters, loc: list[str | i
 
 
 def _accepted(s: Session, settings: Any, kind: str, payload: dict, names: list[str]) -> JSONResponse:
-    job = repo.create_job(
+    job = db_jobs.create_job(
         s, kind=kind, payload=payload, task_names=names, max_queued=settings.max_queued_jobs
     )
     body = JobAccepted(job_id=job.id, state=job.state).model_dump()
@@ -142,6 +145,6 @@ def train(
     _check_task(s, single, single.hyperparameters, ["body"], settings.max_dataset_rows)
     if single.init_from is not None:
         _check_name(single.init_from, ["body", "init_from"])
-        if repo.get_task(s, single.init_from) is None:
+        if db_tasks.get_task(s, single.init_from) is None:
             raise InputError.at(["body", "init_from"], f"no task named {single.init_from!r} to start from")
     return _accepted(s, settings, "single", single.model_dump(mode="json"), [single.task])

@@ -5,32 +5,29 @@
 
 Files are written atomically (temp file, fsync, rename, fsync of the folder); the sidecar is
 written after the checkpoint, so a checkpoint without a sidecar is possible after a crash and is
-handled (its sha256 is computed), never the reverse. The database (app.db) records which
-versions exist and which is active; `sync_store_to_db` reconciles the two at start-up.
+handled (its sha256 is computed), never the reverse. Bytes only: which versions exist and which
+is active is the database's business; app.versions writes both, app.ops reconciles them.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import logging
 import os
 import re
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy.orm import Session
-
-from app.db import repo
-from app.engine.checkpoint import CheckpointError, atomic_write, read_metadata, sha256_bytes, sha256_file
-
-log = logging.getLogger(__name__)
+from app.engine.checkpoint import atomic_write, read_metadata, sha256_bytes, sha256_file
+from app.names import TASK_NAME_RE, validate_task_name
+from app.store.sidecar import read_sidecar, write_sidecar
 
 _VERSION_FILE = re.compile(r"^v(\d{4,})\.safetensors$")
-_TEMP_FILE = re.compile(r"^\..+\.tmp$")
+_SIDECAR_FILE = re.compile(r"^v(\d{4,})\.json$")
+TEMP_FILE = re.compile(r"^\..+\.tmp$")
+QUARANTINE = ".quarantine"
 
 
 class StoreError(RuntimeError):
@@ -67,7 +64,7 @@ class PromptStore:
 
     # ------------------------------------------------------------------ paths
     def task_dir(self, task: str) -> Path:
-        return self.root / repo.validate_task_name(task)
+        return self.root / validate_task_name(task)
 
     def path(self, task: str, version: int) -> Path:
         return self.task_dir(task) / version_filename(version)
@@ -77,7 +74,7 @@ class PromptStore:
 
     def rel_path(self, task: str, version: int) -> str:
         """The path relative to the root, as recorded in the database."""
-        return f"{repo.validate_task_name(task)}/{version_filename(version)}"
+        return f"{validate_task_name(task)}/{version_filename(version)}"
 
     def exists(self, task: str, version: int) -> bool:
         return self.path(task, version).is_file()
@@ -108,18 +105,8 @@ class PromptStore:
         digest = sha256_bytes(data)
         try:
             atomic_write(path, data)
-            sidecar = {
-                "task": task,
-                "version": version,
-                "file": path.name,
-                "sha256": digest,
-                "size_bytes": len(data),
-                "written_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "metadata": meta or {},
-            }
-            atomic_write(
-                path.with_suffix(".json"),
-                (json.dumps(sidecar, indent=2, sort_keys=True, default=str) + "\n").encode(),
+            write_sidecar(
+                path, task=task, version=version, sha256=digest, size_bytes=len(data), metadata=meta
             )
         except OSError as e:
             raise StoreError(f"could not write task {task!r} version {version}: {e}") from e
@@ -142,12 +129,28 @@ class PromptStore:
         return data
 
     def read_sidecar(self, task: str, version: int) -> dict[str, Any] | None:
-        p = self.sidecar_path(task, version)
+        return read_sidecar(self.path(task, version))
+
+    def rewrite_sidecar(self, task: str, version: int, *, by: str) -> bool:
+        """Rewrite a version's sidecar from its file (hash, size, header); False when the file is
+        missing or is not a readable checkpoint."""
+        path = self.path(task, version)
+        if not path.is_file():
+            return False
         try:
-            doc = json.loads(p.read_text())
-        except (OSError, ValueError):
-            return None
-        return doc if isinstance(doc, dict) else None
+            meta = read_metadata(path)
+        except (ValueError, OSError):  # CheckpointError is a ValueError
+            return False
+        write_sidecar(
+            path,
+            task=task,
+            version=version,
+            sha256=sha256_file(path),
+            size_bytes=path.stat().st_size,
+            metadata=meta,
+            rewritten_by=by,
+        )
+        return True
 
     # ------------------------------------------------------------------ delete
     def delete_version(self, task: str, version: int) -> None:
@@ -172,7 +175,7 @@ class PromptStore:
         if not self.root.is_dir():
             return found
         for d in sorted(self.root.iterdir()):
-            if not d.is_dir() or not re.fullmatch(repo.TASK_NAME_RE, d.name):
+            if not d.is_dir() or not re.fullmatch(TASK_NAME_RE, d.name):
                 continue
             for p in sorted(d.iterdir()):
                 m = _VERSION_FILE.match(p.name)
@@ -193,118 +196,54 @@ class PromptStore:
                 )
         return found
 
+    def orphan_sidecars(self) -> list[Path]:
+        """Sidecars whose checkpoint is not there."""
+        found: list[Path] = []
+        if not self.root.is_dir():
+            return found
+        for d in sorted(self.root.iterdir()):
+            if not d.is_dir() or not re.fullmatch(TASK_NAME_RE, d.name):
+                continue
+            for p in sorted(d.iterdir()):
+                if _SIDECAR_FILE.match(p.name) and not p.with_suffix(".safetensors").exists():
+                    found.append(p)
+        return found
+
     def cleanup_temp(self, min_age_s: float = 60.0) -> list[Path]:
         """Remove temp files left by interrupted writes (older than `min_age_s`, so a write in
         progress in another process is left alone). Returns what was removed."""
         removed: list[Path] = []
-        if not self.root.is_dir():
-            return removed
-        now = time.time()
-        for dirpath, _dirs, files in os.walk(self.root):
-            for name in files:
-                if not _TEMP_FILE.match(name):
-                    continue
-                p = Path(dirpath) / name
+        for p, age in temp_files(self.root):
+            if age >= min_age_s:
                 try:
-                    if now - p.stat().st_mtime >= min_age_s:
-                        p.unlink()
-                        removed.append(p)
+                    p.unlink()
+                    removed.append(p)
                 except FileNotFoundError:
                     continue
         return removed
 
-
-# ---------------------------------------------------------------------------- store <-> db
-
-
-def _register(session: Session, entry: ScannedVersion) -> str | None:
-    """Register one on-disk version; returns a log line, or None when it was skipped."""
-    where = f"{entry.task} v{entry.version}"
-    sidecar_sha = (entry.sidecar or {}).get("sha256")
-    if sidecar_sha and sidecar_sha != entry.sha256:
-        log.warning("store: %s skipped: its sha256 does not match its sidecar (corrupt file?)", where)
-        return None
-    try:
-        doc = read_metadata(entry.path)
-    except (CheckpointError, OSError) as e:
-        log.warning("store: %s skipped: %s", where, e)
-        return None
-    spec = doc.get("spec") or {}
-    task_type = spec.get("task_type")
-    if not task_type:
-        log.warning("store: %s skipped: its metadata holds no task spec", where)
-        return None
-    training = dict(doc.get("training") or {})
-    if doc.get("data"):
-        training.setdefault("data", doc["data"])
-    try:
-        repo.add_version(
-            session,
-            name=entry.task,
-            task_type=task_type,
-            labels=list(spec.get("labels") or []),
-            file=entry.rel_path,
-            sha256=entry.sha256,
-            size_bytes=entry.size_bytes,
-            spec=spec,
-            metrics=doc.get("metrics") or {},
-            training=training,
-            source=doc.get("source") or "store",
-            activate=False,
-            version=entry.version,
-        )
-    except (repo.Conflict, ValueError) as e:
-        session.rollback()
-        log.warning("store: %s skipped: %s", where, e)
-        return None
-    return f"registered {where}"
+    def quarantine(self, path: Path, label: str) -> str | None:
+        """Move a bad file to `<root>/.quarantine/` (kept for a human to look at); its new path, or
+        None when it was not there."""
+        if not path.exists():
+            return None
+        qdir = self.root / QUARANTINE
+        qdir.mkdir(parents=True, exist_ok=True)
+        dest = qdir / f"{label}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}.bad"
+        shutil.move(str(path), dest)
+        return str(dest)
 
 
-def sync_store_to_db(session: Session, store: PromptStore) -> list[str]:
-    """Make the database agree with the files: register versions found on disk but not in the DB
-    (sha256 checked against the sidecar, metadata read from the checkpoint), drop DB versions whose
-    file is gone, and activate the newest version of any task without an active one. Returns a
-    line for each change."""
-    changes: list[str] = []
-    # no hashing here: registered files are checked against their recorded sha256 when they are
-    # loaded; only files about to be registered are hashed (below), so a start with thousands of
-    # tasks does not read every file
-    on_disk = {(e.task, e.version): e for e in store.scan(verify=False)}
-    in_db = {
-        (v.task_name, v.version): v
-        for t in repo.list_tasks(session)
-        for v in repo.get_versions(session, t.name)
-    }
-
-    # tasks that have no active version yet get their newest one, not merely the first registered
-    unactivated = {task for task, _ in on_disk} - {
-        t.name for t in repo.list_tasks(session) if t.active_version
-    }
-    for key, entry in sorted(on_disk.items()):
-        if key in in_db:
-            continue
-        entry = dataclasses.replace(entry, sha256=sha256_file(entry.path))
-        if line := _register(session, entry):
-            changes.append(line)
-
-    for (task, version), row in sorted(in_db.items()):
-        if (task, version) in on_disk:
-            continue
-        session.delete(row)
-        session.commit()
-        changes.append(f"dropped {task} v{version}: its file is missing from the store")
-
-    for t in repo.list_tasks(session):
-        versions = [v.version for v in repo.get_versions(session, t.name)]
-        if not versions:
-            session.delete(t)
-            session.commit()
-            changes.append(f"dropped task {t.name}: no version left in the store")
-            continue
-        if t.active_version not in versions or (t.name in unactivated and t.active_version != max(versions)):
-            newest = max(versions)
-            repo.activate_version(session, t.name, newest)
-            changes.append(f"activated {t.name} v{newest}")
-    for line in changes:
-        log.info("store sync: %s", line)
-    return changes
+def temp_files(root: Path) -> Iterator[tuple[Path, float]]:
+    """(path, age in seconds) of every temp file left by `atomic_write` under `root`."""
+    if not root.is_dir():
+        return
+    now = time.time()
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if TEMP_FILE.match(name):
+                p = Path(dirpath) / name
+                try:
+                    yield p, now - p.stat().st_mtime
+                except FileNotFoundError:
+                    continue

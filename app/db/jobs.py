@@ -1,22 +1,23 @@
-"""Data access: every function takes a Session first.
+"""Training jobs: queue, claim, heartbeat, finish, recover.
+
+Claiming a job commits at once: it must be visible to other workers.
 
 Functions that change something commit before they return, so a caller never holds a half-done
-change (claiming a job, for one, must be visible to other workers at once). Reads do not commit.
+change. Reads do not commit.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import socket
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, text, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.db.errors import NotFound, TooManyJobs
 from app.db.models import (
     CANCELLED,
     FAILED,
@@ -24,234 +25,11 @@ from app.db.models import (
     JOB_STATES,
     QUEUED,
     RUNNING,
-    SUCCEEDED,
     TERMINAL_STATES,
-    Dataset,
     Job,
-    Task,
-    TaskVersion,
     new_id,
     utcnow,
 )
-
-TASK_NAME_RE = r"^[a-z0-9][a-z0-9_-]{0,63}$"
-_TASK_NAME = re.compile(TASK_NAME_RE)
-
-
-class NotFound(LookupError):
-    """No such task, version, dataset or job."""
-
-
-class Conflict(ValueError):
-    """The change contradicts what is stored (a version that exists, another task type...)."""
-
-
-class TooManyJobs(RuntimeError):
-    """The job queue is full."""
-
-
-def validate_task_name(name: str) -> str:
-    """Return `name` if it is a valid task name, else raise ValueError saying why.
-
-    Names are also folder names in the prompt store, so nothing but lower-case letters, digits,
-    '-' and '_' is allowed (no '/', '..', spaces or upper case), 1 to 64 characters, starting
-    with a letter or digit.
-    """
-    if not isinstance(name, str) or not _TASK_NAME.fullmatch(name):
-        shown = name if isinstance(name, str) else type(name).__name__
-        raise ValueError(
-            f"invalid task name {shown!r}: use 1-64 characters of a-z, 0-9, '-' and '_', "
-            "starting with a letter or digit (no upper case, '/', '.' or spaces)"
-        )
-    return name
-
-
-# ------------------------------------------------------------------------------------ tasks
-
-
-def get_task(s: Session, name: str) -> Task | None:
-    return s.get(Task, name)
-
-
-def list_tasks(s: Session) -> list[Task]:
-    return list(s.scalars(select(Task).order_by(Task.name)))
-
-
-def get_versions(s: Session, name: str) -> list[TaskVersion]:
-    stmt = select(TaskVersion).where(TaskVersion.task_name == name).order_by(TaskVersion.version)
-    return list(s.scalars(stmt))
-
-
-def get_version(s: Session, name: str, version: int) -> TaskVersion | None:
-    stmt = select(TaskVersion).where(TaskVersion.task_name == name, TaskVersion.version == version)
-    return s.scalars(stmt).first()
-
-
-def resolve_version(s: Session, name: str, version: int | None = None) -> tuple[bool, int | None, str | None]:
-    """(task exists, version number, sha256) of a task's `version` (its active one if None), in
-    one query that reads only those columns: the per-request path of the hub."""
-    wanted = Task.active_version if version is None else version
-    stmt = (
-        select(Task.name, TaskVersion.version, TaskVersion.sha256)
-        .select_from(Task)
-        .outerjoin(TaskVersion, (TaskVersion.task_name == Task.name) & (TaskVersion.version == wanted))
-        .where(Task.name == name)
-    )
-    row = s.execute(stmt).first()
-    if row is None:
-        return False, None, None
-    return True, row[1], row[2]
-
-
-def get_active_version(s: Session, name: str) -> TaskVersion | None:
-    task = get_task(s, name)
-    if task is None or task.active_version is None:
-        return None
-    return get_version(s, name, task.active_version)
-
-
-def max_version(s: Session, name: str) -> int:
-    return s.scalar(select(func.max(TaskVersion.version)).where(TaskVersion.task_name == name)) or 0
-
-
-def add_version(
-    s: Session,
-    *,
-    name: str,
-    task_type: str,
-    labels: Sequence[str] | None,
-    file: str,
-    sha256: str,
-    size_bytes: int,
-    spec: dict[str, Any],
-    metrics: dict[str, Any] | None,
-    training: dict[str, Any] | None,
-    source: str | None,
-    activate: bool = True,
-    version: int | None = None,
-    description: str | None = None,
-) -> TaskVersion:
-    """Register a version whose file is already in the store (file first, then the row).
-
-    Creates the task when it is new. `version` defaults to the highest so far + 1. Raises Conflict
-    when the version exists or the task has another task type.
-    """
-    validate_task_name(name)
-    task = get_task(s, name)
-    if task is None:
-        task = Task(
-            name=name, task_type=task_type, labels=list(labels or []), description=description, source=source
-        )
-        s.add(task)
-    elif task.task_type != task_type:
-        raise Conflict(
-            f"task {name!r} is a {task.task_type} task; a {task_type} version cannot be added to it"
-        )
-    if version is None:
-        version = max_version(s, name) + 1
-    elif version < 1:
-        raise ValueError(f"version must be >= 1, got {version}")
-    elif get_version(s, name, version) is not None:
-        raise Conflict(f"task {name!r} already has a version {version}")
-    row = TaskVersion(
-        task_name=name,
-        version=version,
-        file=file,
-        sha256=sha256,
-        size_bytes=size_bytes,
-        spec=dict(spec),
-        metrics=dict(metrics or {}),
-        training=dict(training or {}),
-        source=source,
-    )
-    s.add(row)
-    try:
-        s.flush()
-    except IntegrityError as e:
-        s.rollback()
-        raise Conflict(f"task {name!r} already has a version {version}") from e
-    if activate or task.active_version is None:
-        task.active_version = version
-        task.labels = list(labels or [])
-        task.updated_at = utcnow()
-    s.commit()
-    return row
-
-
-def activate_version(s: Session, name: str, version: int) -> Task:
-    task = get_task(s, name)
-    if task is None:
-        raise NotFound(f"no task named {name!r}")
-    row = get_version(s, name, version)
-    if row is None:
-        raise NotFound(f"task {name!r} has no version {version}")
-    task.active_version = version
-    task.labels = list((row.spec or {}).get("labels") or task.labels or [])
-    task.updated_at = utcnow()
-    s.commit()
-    return task
-
-
-def delete_task(s: Session, name: str) -> list[str]:
-    """Delete the task and its versions; returns their files (relative to the store root) for the
-    caller to remove from the store after this commit."""
-    task = get_task(s, name)
-    if task is None:
-        raise NotFound(f"no task named {name!r}")
-    files = [v.file for v in get_versions(s, name)]
-    s.delete(task)
-    s.commit()
-    return files
-
-
-def delete_version(s: Session, name: str, version: int) -> str:
-    """Delete one version row (a version that is not active); returns its file."""
-    row = get_version(s, name, version)
-    if row is None:
-        raise NotFound(f"task {name!r} has no version {version}")
-    task = get_task(s, name)
-    if task is not None and task.active_version == version:
-        raise Conflict(f"version {version} of task {name!r} is active; activate another version first")
-    s.delete(row)
-    s.commit()
-    return row.file
-
-
-# --------------------------------------------------------------------------------- datasets
-
-
-def create_dataset(
-    s: Session,
-    *,
-    filename: str,
-    task_type: str | None,
-    rows: int,
-    columns: Sequence[str],
-    path: str,
-    sha256: str,
-    size_bytes: int,
-    id: str | None = None,
-) -> Dataset:
-    ds = Dataset(
-        id=id or new_id(),
-        filename=filename,
-        task_type=task_type,
-        rows=rows,
-        columns=list(columns),
-        path=path,
-        sha256=sha256,
-        size_bytes=size_bytes,
-    )
-    s.add(ds)
-    s.commit()
-    return ds
-
-
-def get_dataset(s: Session, id: str) -> Dataset | None:
-    return s.get(Dataset, id)
-
-
-# ------------------------------------------------------------------------------------- jobs
 
 
 def create_job(
@@ -556,37 +334,14 @@ def recover_stale_jobs(s: Session, *, stale_after_s: float, on_crash: str, max_a
     return recovered
 
 
-__all__ = [
-    "CANCELLED",
-    "FAILED",
-    "QUEUED",
-    "RUNNING",
-    "SUCCEEDED",
-    "TASK_NAME_RE",
-    "Conflict",
-    "NotFound",
-    "TooManyJobs",
-    "activate_version",
-    "add_version",
-    "claim_next_job",
-    "running_jobs",
-    "create_dataset",
-    "create_job",
-    "delete_task",
-    "delete_version",
-    "finish_job",
-    "get_active_version",
-    "get_dataset",
-    "get_job",
-    "get_task",
-    "get_version",
-    "get_versions",
-    "heartbeat",
-    "job_counts",
-    "list_jobs",
-    "list_tasks",
-    "recover_stale_jobs",
-    "release_job",
-    "request_cancel",
-    "validate_task_name",
-]
+def stale_running_jobs(s: Session, stale_after_s: float) -> tuple[int, list[Job]]:
+    """(running jobs, those whose worker looks gone: heartbeat older than `stale_after_s`, or its
+    process on this host no longer exists)."""
+    cutoff = utcnow() - timedelta(seconds=stale_after_s)
+    running = list(s.scalars(select(Job).where(Job.state == RUNNING)))
+    stale = [
+        j
+        for j in running
+        if (j.heartbeat_at or j.started_at or j.created_at) < cutoff or worker_process_gone(j.worker_id)
+    ]
+    return len(running), stale

@@ -1,0 +1,497 @@
+"""Do the database and the files agree? Checks return findings; each finding names its repair.
+
+One module for both users:
+- the server's start-up (`startup_sync`): cheap checks (no hashing of registered files), and only
+  the repairs in STARTUP_REPAIRS;
+- `prompthub doctor` (app.ops.doctor): every check (`deep`), and with --repair every repair.
+
+Finding kinds and their repairs:
+
+    temp_file          a temp file left by an interrupted write        delete_temp
+    missing_file       a version row whose file is not in the store    drop_row
+    sha_mismatch       the file's sha256/size differ from the row's    quarantine (then drop the row)
+    bad_file           the file is not a readable checkpoint           quarantine
+    backbone_mismatch  trained on another backbone than configured     (none: the operator decides)
+    path_mismatch      the row's file is not <task>/vNNNN.safetensors  rewrite_path
+    sidecar_missing / sidecar_mismatch                                  rewrite_sidecar
+    orphan_sidecar     a sidecar without its checkpoint                delete_orphan_sidecar
+    orphan_file        a file the database does not list               register | quarantine_orphan
+    empty_task         a task without versions                         drop_task
+    no_active_version  a task whose active version does not exist      activate_newest
+    stuck_job          a running job whose worker is gone              recover_jobs
+    dataset_missing / dataset_mismatch                                  drop_dataset
+
+Tasks whose versions change (rows dropped, files registered) are settled after the version repairs:
+dropped when no version is left, else the newest version is activated when the active one is gone
+or when the task had no active version before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app import versions
+from app.db import datasets as db_datasets
+from app.db import jobs as db_jobs
+from app.db import tasks as db_tasks
+from app.db.errors import Conflict
+from app.engine.checkpoint import CheckpointError, read_metadata, sha256_file
+from app.store import PromptStore, temp_files
+
+log = logging.getLogger(__name__)
+
+# The repairs the server applies by itself at start-up (the rest wait for `prompthub doctor --repair`).
+STARTUP_REPAIRS: tuple[str, ...] = ("delete_temp", "register", "drop_row", "drop_task", "activate_newest")
+
+# Every repair, in the order they run (files first, then rows, then the tasks are settled).
+REPAIR_ORDER: tuple[str, ...] = (
+    "delete_temp",
+    "quarantine",
+    "quarantine_orphan",
+    "delete_orphan_sidecar",
+    "rewrite_path",
+    "register",
+    "drop_row",
+    "drop_task",
+    "activate_newest",
+    "rewrite_sidecar",
+    "recover_jobs",
+    "drop_dataset",
+)
+ALL_REPAIRS = REPAIR_ORDER
+
+
+@dataclass
+class Finding:
+    kind: str
+    where: str
+    message: str
+    problem: bool = True  # False: a note (e.g. a young temp file that may be a write in progress)
+    repair: str | None = None  # the repair kind that fixes it; None: not repairable here
+    target: Any = field(default=None, compare=False, repr=False)  # what the repair acts on
+
+    def line(self) -> str:
+        tag = "PROBLEM" if self.problem else "note"
+        return f"{tag:8s} {self.kind:18s} {self.where}: {self.message}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "where": self.where,
+            "message": self.message,
+            "problem": self.problem,
+            "repair": self.repair,
+        }
+
+
+# ---------------------------------------------------------------------------------------- checks
+
+
+def check_temp(roots: Iterable[Path], min_age_s: float) -> list[Finding]:
+    found = []
+    for root in roots:
+        for p, age in temp_files(Path(root)):
+            if age >= min_age_s:
+                found.append(
+                    Finding(
+                        "temp_file",
+                        str(p),
+                        f"left by an interrupted write {age:.0f}s ago",
+                        True,
+                        "delete_temp",
+                        p,
+                    )
+                )
+            else:
+                found.append(
+                    Finding("temp_file", str(p), f"{age:.0f}s old: a write in progress?", problem=False)
+                )
+    return found
+
+
+def check_versions(
+    s: Session, store: PromptStore, *, deep: bool, identity: Any | None = None, counts: dict | None = None
+) -> list[Finding]:
+    """Rows against files. `deep`: hash every file and read its header (the doctor); otherwise only
+    files that are not registered yet are hashed (the start-up: thousands of tasks are not re-read)."""
+    found: list[Finding] = []
+    on_disk = {(e.task, e.version): e for e in store.scan(verify=deep)}
+    tasks = db_tasks.list_tasks(s)
+    rows = {(v.task_name, v.version): v for v in db_tasks.all_versions(s)}
+    actives = {t.name: t.active_version for t in tasks}
+    if counts is not None:
+        counts.update(versions=len(rows), files=len(on_disk), tasks=len(actives))
+
+    for (task, version), row in sorted(rows.items()):
+        where = f"{task} v{version}"
+        entry = on_disk.get((task, version))
+        expected_rel = store.rel_path(task, version)
+        if deep and row.file != expected_rel:
+            found.append(
+                Finding(
+                    "path_mismatch",
+                    where,
+                    f"recorded file {row.file!r}, expected {expected_rel!r}",
+                    repair="rewrite_path",
+                    target=(task, version),
+                )
+            )
+        if entry is None:
+            found.append(
+                Finding(
+                    "missing_file",
+                    where,
+                    f"the file {expected_rel} is missing from the store",
+                    repair="drop_row",
+                    target=(task, version),
+                )
+            )
+            continue
+        if deep:
+            found += _check_file(store, entry, row, identity)
+
+    # tasks with no active version now get their newest version once their files are registered
+    unactivated = {task for task, _ in on_disk} - {name for name, active in actives.items() if active}
+    for (task, version), entry in sorted(on_disk.items()):
+        if (task, version) in rows:
+            continue
+        where = f"{task} v{version}"
+        digest = entry.sha256 if deep else sha256_file(entry.path)
+        reason = _unregistrable(entry, digest)
+        if reason is None:
+            found.append(
+                Finding(
+                    "orphan_file",
+                    where,
+                    "in the store but not in the database (valid: can be registered)",
+                    repair="register",
+                    target=(task, version, digest, task in unactivated, entry.sidecar is None),
+                )
+            )
+        else:
+            found.append(
+                Finding(
+                    "orphan_file",
+                    where,
+                    f"in the store but not in the database, and {reason}",
+                    repair="quarantine_orphan",
+                    target=entry.path,
+                )
+            )
+
+    if deep:
+        for p in store.orphan_sidecars():
+            found.append(
+                Finding(
+                    "orphan_sidecar",
+                    f"{p.parent.name}/{p.name}",
+                    "a sidecar without its checkpoint",
+                    repair="delete_orphan_sidecar",
+                    target=p,
+                )
+            )
+
+    versions_of: dict[str, list[int]] = {}
+    for task, version in rows:
+        versions_of.setdefault(task, []).append(version)
+    for name, active in sorted(actives.items()):
+        have = versions_of.get(name, [])
+        if not have:
+            found.append(
+                Finding("empty_task", name, "the task has no version", repair="drop_task", target=name)
+            )
+        elif active not in have:
+            found.append(
+                Finding(
+                    "no_active_version",
+                    name,
+                    f"active version {active} does not exist",
+                    repair="activate_newest",
+                    target=name,
+                )
+            )
+    return found
+
+
+def _check_file(store: PromptStore, entry: Any, row: Any, identity: Any | None) -> list[Finding]:
+    task, version = entry.task, entry.version
+    where = f"{task} v{version}"
+    if entry.sha256 != row.sha256 or entry.size_bytes != row.size_bytes:
+        msg = (
+            f"the file's sha256 {entry.sha256[:12]}… ({entry.size_bytes} bytes) differs from the "
+            f"database's {row.sha256[:12]}… ({row.size_bytes} bytes): corrupt or replaced"
+        )
+        return [Finding("sha_mismatch", where, msg, repair="quarantine", target=(task, version))]
+    try:
+        doc = read_metadata(entry.path)
+    except (CheckpointError, OSError) as e:
+        return [
+            Finding(
+                "bad_file",
+                where,
+                f"not a readable checkpoint: {e}",
+                repair="quarantine",
+                target=(task, version),
+            )
+        ]
+    found = []
+    if identity is not None and not identity.matches(doc.get("backbone") or {}):
+        want = (doc.get("backbone") or {}).get("name")
+        msg = f"trained on backbone {want!r}, not the configured {identity.name!r}"
+        found.append(Finding("backbone_mismatch", where, msg))
+    side = entry.sidecar
+    if side is None:
+        found.append(
+            Finding(
+                "sidecar_missing",
+                where,
+                "no JSON sidecar next to the checkpoint",
+                repair="rewrite_sidecar",
+                target=(task, version),
+            )
+        )
+    elif side.get("sha256") != entry.sha256 or side.get("size_bytes") != entry.size_bytes:
+        found.append(
+            Finding(
+                "sidecar_mismatch",
+                where,
+                "the sidecar's sha256 or size differs from the file",
+                repair="rewrite_sidecar",
+                target=(task, version),
+            )
+        )
+    return found
+
+
+def _unregistrable(entry: Any, digest: str) -> str | None:
+    """Why an unregistered file cannot be registered, or None when it can."""
+    side_sha = (entry.sidecar or {}).get("sha256")
+    if side_sha and side_sha != digest:
+        return "its sha256 differs from its sidecar's"
+    try:
+        doc = read_metadata(entry.path)
+    except (CheckpointError, OSError) as e:
+        return str(e)
+    if not (doc.get("spec") or {}).get("task_type"):
+        return "its metadata holds no task spec"
+    return None
+
+
+def check_jobs(s: Session, stale_after_s: float, counts: dict | None = None) -> list[Finding]:
+    running, stale = db_jobs.stale_running_jobs(s, stale_after_s)
+    if counts is not None:
+        counts["jobs_running"] = running
+    found = []
+    for j in stale:
+        beat = j.heartbeat_at.isoformat() if j.heartbeat_at else "never"
+        msg = f"running on {j.worker_id}, which is gone (last heartbeat {beat})"
+        found.append(Finding("stuck_job", f"job {j.id}", msg, repair="recover_jobs", target=j.id))
+    return found
+
+
+def check_datasets(s: Session, counts: dict | None = None) -> list[Finding]:
+    rows = db_datasets.list_datasets(s)
+    if counts is not None:
+        counts["datasets"] = len(rows)
+    found = []
+    for ds in rows:
+        p = Path(ds.path)
+        if not p.is_file():
+            found.append(
+                Finding(
+                    "dataset_missing",
+                    f"dataset {ds.id}",
+                    f"its file {p} is missing",
+                    True,
+                    "drop_dataset",
+                    (ds.id, None),
+                )
+            )
+        elif sha256_file(p) != ds.sha256:
+            found.append(
+                Finding(
+                    "dataset_mismatch",
+                    f"dataset {ds.id}",
+                    f"its file {p} has changed",
+                    True,
+                    "drop_dataset",
+                    (ds.id, p),
+                )
+            )
+    return found
+
+
+# --------------------------------------------------------------------------------------- repairs
+
+
+@dataclass
+class JobRecovery:
+    """How `recover_jobs` treats a stuck job (from the settings)."""
+
+    stale_after_s: float
+    on_crash: str
+    max_attempts: int
+
+
+class _Repairer:
+    def __init__(
+        self, s: Session, store: PromptStore, kinds: Sequence[str], jobs: JobRecovery | None
+    ) -> None:
+        self.s = s
+        self.store = store
+        self.kinds = set(kinds)
+        self.jobs = jobs
+        self.done: list[str] = []
+        self.touched: set[str] = set()  # tasks whose versions changed
+        self.unactivated: set[str] = set()  # tasks that get their newest version activated
+        self.sidecars: list[tuple[str, int]] = []
+        self.jobs_recovered = False
+
+    def run(self, findings: Sequence[Finding]) -> list[str]:
+        for kind in REPAIR_ORDER:
+            if kind in self.kinds:
+                for f in findings:
+                    if f.problem and f.repair == kind:
+                        getattr(self, kind)(f)
+            if kind == "activate_newest":
+                self.settle()
+        return self.done
+
+    def _drop_row(self, task: str, version: int) -> None:
+        db_tasks.drop_version_row(self.s, task, version)
+        self.touched.add(task)
+        self.done.append(f"dropped {task} v{version}: its file is missing from the store")
+
+    # one method a repair kind
+    def delete_temp(self, f: Finding) -> None:
+        try:
+            f.target.unlink()
+            self.done.append(f"removed temp file {f.target}")
+        except FileNotFoundError:
+            pass
+
+    def quarantine(self, f: Finding) -> None:
+        task, version = f.target
+        dest = self.store.quarantine(self.store.path(task, version), f"{task}.v{version:04d}.safetensors")
+        self.store.sidecar_path(task, version).unlink(missing_ok=True)
+        if dest:
+            self.done.append(f"quarantined {task} v{version} to {dest}")
+        self._drop_row(task, version)
+
+    def quarantine_orphan(self, f: Finding) -> None:
+        p: Path = f.target
+        dest = self.store.quarantine(p, f"{p.parent.name}.{p.name}")
+        p.with_suffix(".json").unlink(missing_ok=True)
+        if dest:
+            self.done.append(f"quarantined unregistrable file {p.parent.name}/{p.name} to {dest}")
+
+    def delete_orphan_sidecar(self, f: Finding) -> None:
+        f.target.unlink(missing_ok=True)
+        self.done.append(f"removed orphan sidecar {f.target.parent.name}/{f.target.name}")
+
+    def rewrite_path(self, f: Finding) -> None:
+        task, version = f.target
+        if db_tasks.set_version_file(self.s, task, version, self.store.rel_path(task, version)):
+            self.done.append(f"rewrote the recorded file of {task} v{version}")
+
+    def register(self, f: Finding) -> None:
+        task, version, digest, unactivated, no_sidecar = f.target
+        try:
+            versions.register(self.s, self.store, task, version, sha256=digest, activate=False)
+        except (versions.NotRegistrable, Conflict, ValueError) as e:
+            log.warning("store: %s v%d skipped: %s", task, version, e)
+            return
+        self.done.append(f"registered {task} v{version}")
+        self.touched.add(task)
+        if unactivated:
+            self.unactivated.add(task)
+        if no_sidecar:  # killed between the file and its sidecar
+            self.sidecars.append((task, version))
+
+    def drop_row(self, f: Finding) -> None:
+        self._drop_row(*f.target)
+
+    def drop_task(self, f: Finding) -> None:
+        self.touched.add(f.target)
+
+    def activate_newest(self, f: Finding) -> None:
+        self.touched.add(f.target)
+
+    def settle(self) -> None:
+        for name in sorted(self.touched):
+            task = db_tasks.get_task(self.s, name)
+            if task is None:
+                continue
+            have = [v.version for v in db_tasks.get_versions(self.s, name)]
+            if not have:
+                db_tasks.drop_task_row(self.s, name)
+                self.done.append(f"dropped task {name}: no version left in the store")
+            elif task.active_version not in have or (
+                name in self.unactivated and task.active_version != max(have)
+            ):
+                versions.activate(self.s, name, max(have))
+                self.done.append(f"activated {name} v{max(have)}")
+        self.touched.clear()
+
+    def rewrite_sidecar(self, f: Finding) -> None:
+        self.sidecars.append(f.target)
+
+    def _rewrite_sidecars(self) -> None:
+        for task, version in dict.fromkeys(self.sidecars):
+            if self.store.rewrite_sidecar(task, version, by="prompthub doctor"):
+                self.done.append(f"rewrote the sidecar of {task} v{version}")
+        self.sidecars.clear()
+
+    def recover_jobs(self, f: Finding) -> None:
+        if self.jobs_recovered or self.jobs is None:
+            return
+        self.jobs_recovered = True
+        ids = db_jobs.recover_stale_jobs(
+            self.s,
+            stale_after_s=self.jobs.stale_after_s,
+            on_crash=self.jobs.on_crash,
+            max_attempts=self.jobs.max_attempts,
+        )
+        self.done += [f"recovered stuck job {i} ({self.jobs.on_crash})" for i in ids]
+
+    def drop_dataset(self, f: Finding) -> None:
+        ds_id, path = f.target
+        if db_datasets.drop_dataset(self.s, ds_id):
+            self.done.append(f"dropped dataset {ds_id}")
+        if path is not None and path.exists():
+            self.store.quarantine(path, f"dataset.{path.name}")
+
+
+def repair(
+    s: Session,
+    store: PromptStore,
+    findings: Sequence[Finding],
+    kinds: Sequence[str] = ALL_REPAIRS,
+    *,
+    jobs: JobRecovery | None = None,
+) -> list[str]:
+    """Apply the repairs of `findings` whose kind is in `kinds`; returns a line for each change."""
+    r = _Repairer(s, store, kinds, jobs)
+    r.run(findings)
+    if "rewrite_sidecar" in r.kinds:
+        r._rewrite_sidecars()
+    return r.done
+
+
+def startup_sync(s: Session, store: PromptStore, *, temp_age_s: float = 60.0) -> list[str]:
+    """The server's start-up: the cheap checks, and the repairs in STARTUP_REPAIRS. Findings left
+    unrepaired are logged (`prompthub doctor --repair` handles them). Returns the changes."""
+    findings = check_temp([store.root], temp_age_s) + check_versions(s, store, deep=False)
+    for f in findings:
+        if f.problem and f.repair not in STARTUP_REPAIRS:
+            log.warning("store: %s %s: %s (run `prompthub doctor`)", f.kind, f.where, f.message)
+    changes = repair(s, store, findings, STARTUP_REPAIRS)
+    for line in changes:
+        log.info("store sync: %s", line)
+    return changes

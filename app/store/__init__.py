@@ -1,0 +1,28 @@
+"""Bytes only: the prompt store (versions and their sidecars) and the uploaded dataset files.
+No SQL here; app.versions is where the store and the database meet."""
+
+from app.store.datasets import DatasetFiles, StoredDataset
+from app.store.prompts import (
+    QUARANTINE,
+    PromptStore,
+    ScannedVersion,
+    StoredFile,
+    StoreError,
+    temp_files,
+    version_filename,
+)
+from app.store.sidecar import read_sidecar, write_sidecar
+
+__all__ = [
+    "QUARANTINE",
+    "DatasetFiles",
+    "PromptStore",
+    "ScannedVersion",
+    "StoreError",
+    "StoredDataset",
+    "StoredFile",
+    "read_sidecar",
+    "temp_files",
+    "version_filename",
+    "write_sidecar",
+]
