@@ -1,9 +1,11 @@
 """Shared fixtures: a tiny random backbone, settings in tmp_path, a hub and an app around them,
-and `publish` to put a task version into the store and the database without training."""
+`publish` (app.versions.publish of a random task), and the databases (`sqlite_url`, `pg_url`,
+`db_url` over both). Helpers that are plain functions are in tests/helpers.py."""
 
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -12,8 +14,12 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-CLS_LABELS = ["negative", "neutral", "positive"]
-TAG_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+PG_HOST = os.environ.get("PROMPTHUB_TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("PROMPTHUB_TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("PROMPTHUB_TEST_PG_USER", "postgres")
+
+
+# ------------------------------------------------------------------------------ backbones
 
 
 @pytest.fixture(scope="session")
@@ -34,6 +40,33 @@ def tiny_backbone(tokenizer):
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
     )
     return backbone_from_config(config, tokenizer, name="tiny-random")
+
+
+@pytest.fixture(scope="session")
+def svc_backbone():
+    from tests.helpers import make_tiny_backbone
+
+    return make_tiny_backbone()
+
+
+@pytest.fixture(scope="session")
+def make_checkpoint(svc_backbone):
+    """`make_checkpoint(labels=..., meta=...) -> bytes` on the tiny backbone."""
+    from tests.helpers import tiny_checkpoint
+
+    return lambda **kw: tiny_checkpoint(svc_backbone, **kw)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone_dir(tmp_path_factory, svc_backbone) -> Path:
+    """The tiny backbone saved as a local model folder, so server and worker processes load it."""
+    d = tmp_path_factory.mktemp("tiny-bert")
+    svc_backbone.model.save_pretrained(str(d))
+    svc_backbone.tokenizer.save_pretrained(str(d))
+    return d
+
+
+# ------------------------------------------------------------------------- settings, hub, app
 
 
 @pytest.fixture
@@ -63,13 +96,14 @@ def settings(settings_factory):
 @pytest.fixture
 def hub_factory(tiny_backbone) -> Iterator[Callable[..., object]]:
     from app.db.session import run_migrations
+    from app.main import make_hub
     from app.serving.hub import Hub
 
     made: list[Hub] = []
 
     def make(settings) -> Hub:
         run_migrations(settings.database_url)
-        hub = Hub(settings, backbones=[tiny_backbone])
+        hub = make_hub(settings, backbones=[tiny_backbone])
         made.append(hub)
         return hub
 
@@ -98,62 +132,92 @@ def client(app) -> Iterator[object]:
         yield c
 
 
-def make_serving_task(backbone, task_type: str = "classification", labels=None, seed: int = 0, **spec_kw):
-    """A small random task of any type (no training needed)."""
-    import torch
+@pytest.fixture
+def publish(hub, settings) -> Callable[..., int]:
+    """`publish(name, task_type="classification", seed=..., activate=...) -> version number`."""
+    from tests.helpers import publish_task
 
-    from app.engine.model import TaskModel, TaskSpec
+    def _publish(name: str, task_type: str = "classification", **kw: object) -> int:
+        return publish_task(settings, hub.backbone, name, task_type, **kw)
 
-    if labels is None:
-        labels = {"classification": CLS_LABELS, "token-classification": TAG_LABELS}.get(task_type, [])
-    spec_kw.setdefault("prefix_length", 4)
-    spec_kw.setdefault("max_length", 64)
-    spec_kw.setdefault("doc_stride", 32)
-    torch.manual_seed(seed)
-    spec = TaskSpec(task_type=task_type, labels=list(labels), **spec_kw)
-    return TaskModel(spec, backbone).to_serving()
+    return _publish
 
 
-def publish_task(
-    hub,
-    name: str,
-    task_type: str = "classification",
-    *,
-    seed: int = 0,
-    activate: bool = True,
-    labels=None,
-    **spec_kw,
-) -> int:
-    """Write a new version of `name` into the hub's store and database; returns its number."""
-    from app.db import repo
-    from app.engine.checkpoint import checkpoint_bytes
+# ------------------------------------------------------------------------------ databases
 
-    task = make_serving_task(hub.backbone, task_type, labels, seed, **spec_kw)
-    data = checkpoint_bytes(task, hub.backbone, {"source": "test", "metrics": {"seed": seed}})
-    with hub.sessionmaker() as s:
-        version = repo.max_version(s, name) + 1
-        stored = hub.store.write_version(name, version, data, {"seed": seed})
-        repo.add_version(
-            s,
-            name=name,
-            task_type=task_type,
-            labels=task.spec.labels,
-            file=hub.store.rel_path(name, version),
-            sha256=stored.sha256,
-            size_bytes=stored.size_bytes,
-            spec=task.spec.to_dict(),
-            metrics={"seed": seed},
-            training={},
-            source="test",
-            activate=activate,
-            version=version,
-        )
-    return version
+
+def _admin_connect():
+    import psycopg
+
+    return psycopg.connect(
+        host=PG_HOST, port=PG_PORT, user=PG_USER, dbname="postgres", autocommit=True, connect_timeout=3
+    )
+
+
+@pytest.fixture(scope="session")
+def pg_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for this test session, migrated to head; dropped afterwards. The
+    tests that need it are skipped, saying why, when the server cannot be reached."""
+    from app.db.session import dispose_engines, run_migrations
+
+    try:
+        admin = _admin_connect()
+    except Exception as e:
+        pytest.skip(f"PostgreSQL is not reachable on {PG_HOST}:{PG_PORT} as {PG_USER}: {e}")
+    name = f"prompthub_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    url = f"postgresql://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    try:
+        run_migrations(url)
+        yield url
+    finally:
+        dispose_engines()
+        with _admin_connect() as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def _truncate_all(url: str) -> None:
+    from sqlalchemy import text
+
+    from app.db.models import Base
+    from app.db.session import get_sessionmaker
+
+    with get_sessionmaker(url)() as s:
+        names = ", ".join(t.name for t in reversed(Base.metadata.sorted_tables))
+        if s.get_bind().dialect.name == "postgresql":
+            s.execute(text(f"TRUNCATE {names} CASCADE"))
+        else:
+            for t in reversed(Base.metadata.sorted_tables):
+                s.execute(t.delete())
+        s.commit()
 
 
 @pytest.fixture
-def publish(hub) -> Callable[..., int]:
-    def _publish(name: str, task_type: str = "classification", **kw: object) -> int:
-        return publish_task(hub, name, task_type, **kw)
+def pg_url(pg_database: str) -> str:
+    """The session's PostgreSQL database, emptied."""
+    _truncate_all(pg_database)
+    return pg_database
 
-    return _publish
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    """A migrated SQLite file in tmp_path."""
+    from app.db.session import run_migrations
+
+    url = f"sqlite:///{tmp_path / 'prompthub.db'}"
+    run_migrations(url)
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request: pytest.FixtureRequest) -> str:
+    name = "sqlite_url" if request.param == "sqlite" else "pg_url"
+    return request.getfixturevalue(name)
+
+
+@pytest.fixture
+def session_factory(db_url: str):
+    from app.db.session import get_sessionmaker
+
+    return get_sessionmaker(db_url)

@@ -108,11 +108,11 @@ def test_train_queues_a_job(client):
 
 
 def test_train_payload_is_what_the_worker_reads(client, hub):
-    from app.db import repo
+    from app.db import jobs as db_jobs
 
     r = client.post("/train", json=_train_body(labels=["neg", "pos"], init_from=None))
     with hub.sessionmaker() as s:
-        payload = repo.get_job(s, r.json()["job_id"]).payload
+        payload = db_jobs.get_job(s, r.json()["job_id"]).payload
     assert payload["task"] == "sentiment" and payload["train"] == {"records": CLS_RECORDS}
     assert payload["eval"] is None and payload["labels"] == ["neg", "pos"]
     assert set(payload["hyperparameters"]) >= {

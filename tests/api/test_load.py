@@ -20,7 +20,6 @@ from app.db import keys
 from app.db.session import get_sessionmaker, run_migrations
 from tests.service.test_crash import free_port, seed_store, start_server, tiny_backbone_dir, wait_ready
 
-pytest_plugins = ["tests.service.conftest_db"]
 __all__ = ["tiny_backbone_dir"]  # the session fixture, shared with test_crash
 
 TEXTS = ["good", "a much longer sentence with several words in it", "Ada lives in Paris", "no", "meh " * 20]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 import time
 
-from tests.conftest import make_serving_task
+from tests.helpers import make_serving_task
 
 
 def test_hits_misses_and_lru_eviction(tiny_backbone):

@@ -11,7 +11,10 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, update
 
 from app.config import Settings, get_settings, reset_settings
-from app.db import repo
+from app.db import datasets as db_datasets
+from app.db import errors
+from app.db import jobs as db_jobs
+from app.db import tasks as db_tasks
 from app.db.models import Base, Job, utcnow
 from app.db.session import (
     current_revision,
@@ -20,9 +23,6 @@ from app.db.session import (
     normalize_url,
     run_migrations,
 )
-
-pytest_plugins = ["tests.service.conftest_db"]
-
 
 # ------------------------------------------------------------------------------ settings
 
@@ -106,27 +106,11 @@ def test_migrate_command(tmp_path, monkeypatch, capsys):
     assert HEAD_REVISION in capsys.readouterr().out
 
 
-# ------------------------------------------------------------------------------ task names
-
-
-@pytest.mark.parametrize("name", ["a", "sentiment", "ner-conll_2003", "0abc", "a" * 64])
-def test_valid_task_names(name):
-    assert repo.validate_task_name(name) == name
-
-
-@pytest.mark.parametrize(
-    "name", ["", "A", "Sent", "../x", "a/b", "a b", ".hidden", "-x", "_x", "a" * 65, "a.b", "x\n"]
-)
-def test_invalid_task_names(name):
-    with pytest.raises(ValueError, match="invalid task name"):
-        repo.validate_task_name(name)
-
-
 # ------------------------------------------------------------------------------ tasks and versions
 
 
 def _add(s, name="sent", version=None, activate=True, task_type="classification", labels=("neg", "pos")):
-    return repo.add_version(
+    return db_tasks.add_version(
         s,
         name=name,
         task_type=task_type,
@@ -147,36 +131,34 @@ def test_tasks_and_versions(session_factory):
     with session_factory() as s:
         v1 = _add(s)
         assert v1.version == 1
-        assert repo.get_task(s, "sent").active_version == 1
+        assert db_tasks.get_task(s, "sent").active_version == 1
         v2 = _add(s, activate=False, labels=("a", "b"))
         assert v2.version == 2
-        task = repo.get_task(s, "sent")
+        task = db_tasks.get_task(s, "sent")
         assert task.active_version == 1 and task.labels == ["neg", "pos"]
-        assert [v.version for v in repo.get_versions(s, "sent")] == [1, 2]
-        assert repo.get_version(s, "sent", 2).metrics == {"accuracy": 0.9}
-        assert repo.get_version(s, "sent", 3) is None
-        task = repo.activate_version(s, "sent", 2)
+        assert [v.version for v in db_tasks.get_versions(s, "sent")] == [1, 2]
+        assert db_tasks.get_version(s, "sent", 2).metrics == {"accuracy": 0.9}
+        assert db_tasks.get_version(s, "sent", 3) is None
+        task = db_tasks.activate_version(s, "sent", 2)
         assert task.active_version == 2 and task.labels == ["a", "b"]
         assert task.created_at.tzinfo is not None
-        with pytest.raises(repo.NotFound):
-            repo.activate_version(s, "sent", 9)
-        with pytest.raises(repo.NotFound):
-            repo.activate_version(s, "nope", 1)
-        with pytest.raises(repo.Conflict):
+        with pytest.raises(errors.NotFound):
+            db_tasks.activate_version(s, "sent", 9)
+        with pytest.raises(errors.NotFound):
+            db_tasks.activate_version(s, "nope", 1)
+        with pytest.raises(errors.Conflict):
             _add(s, version=2)
-        with pytest.raises(repo.Conflict, match="classification"):
+        with pytest.raises(errors.Conflict, match="classification"):
             _add(s, task_type="token-classification")
-        with pytest.raises(ValueError, match="invalid task name"):
-            _add(s, name="../evil")
         _add(s, name="other", version=5)
-        assert [t.name for t in repo.list_tasks(s)] == ["other", "sent"]
-        assert repo.get_task(s, "other").active_version == 5
-        files = repo.delete_task(s, "sent")
+        assert [t.name for t in db_tasks.list_tasks(s)] == ["other", "sent"]
+        assert db_tasks.get_task(s, "other").active_version == 5
+        files = db_tasks.delete_task(s, "sent")
         assert len(files) == 2 and all(f.startswith("sent/") for f in files)
-        assert repo.get_task(s, "sent") is None
-        assert repo.get_versions(s, "sent") == []
-        with pytest.raises(repo.NotFound):
-            repo.delete_task(s, "sent")
+        assert db_tasks.get_task(s, "sent") is None
+        assert db_tasks.get_versions(s, "sent") == []
+        with pytest.raises(errors.NotFound):
+            db_tasks.delete_task(s, "sent")
 
 
 def test_resolve_version_is_one_query(session_factory):
@@ -196,11 +178,11 @@ def test_resolve_version_is_one_query(session_factory):
         listener = lambda *a: statements.append(a[2])  # noqa: E731
         event.listen(engine, "before_cursor_execute", listener)
         try:
-            assert repo.resolve_version(s, "sent") == (True, 1, "ab" * 32)
-            assert repo.resolve_version(s, "sent", 2) == (True, 2, "ab" * 32)
-            assert repo.resolve_version(s, "sent", 7) == (True, None, None)
-            assert repo.resolve_version(s, "nope") == (False, None, None)
-            assert repo.resolve_version(s, "empty") == (True, None, None)
+            assert db_tasks.resolve_version(s, "sent") == (True, 1, "ab" * 32)
+            assert db_tasks.resolve_version(s, "sent", 2) == (True, 2, "ab" * 32)
+            assert db_tasks.resolve_version(s, "sent", 7) == (True, None, None)
+            assert db_tasks.resolve_version(s, "nope") == (False, None, None)
+            assert db_tasks.resolve_version(s, "empty") == (True, None, None)
         finally:
             event.remove(engine, "before_cursor_execute", listener)
     assert len([q for q in statements if q.lstrip().upper().startswith("SELECT")]) == 5
@@ -208,7 +190,7 @@ def test_resolve_version_is_one_query(session_factory):
 
 def test_datasets(session_factory):
     with session_factory() as s:
-        ds = repo.create_dataset(
+        ds = db_datasets.create_dataset(
             s,
             filename="train.jsonl",
             task_type="classification",
@@ -220,16 +202,16 @@ def test_datasets(session_factory):
         )
         assert len(ds.id) == 36
     with session_factory() as s:
-        got = repo.get_dataset(s, ds.id)
+        got = db_datasets.get_dataset(s, ds.id)
         assert got.columns == ["text", "label"] and got.rows == 10
-        assert repo.get_dataset(s, "missing") is None
+        assert db_datasets.get_dataset(s, "missing") is None
 
 
 # ------------------------------------------------------------------------------ jobs
 
 
 def _job(s, name="t", max_queued=50, kind="single"):
-    return repo.create_job(s, kind=kind, payload={"task": name}, task_names=[name], max_queued=max_queued)
+    return db_jobs.create_job(s, kind=kind, payload={"task": name}, task_names=[name], max_queued=max_queued)
 
 
 def test_job_lifecycle(session_factory):
@@ -237,65 +219,65 @@ def test_job_lifecycle(session_factory):
         a = _job(s, "a")
         b = _job(s, "b")
         assert a.state == "queued" and a.attempts == 0
-        with pytest.raises(repo.TooManyJobs):
+        with pytest.raises(errors.TooManyJobs):
             _job(s, "c", max_queued=2)
         with pytest.raises(ValueError):
             _job(s, kind="weird")
-        assert repo.job_counts(s)["queued"] == 2
+        assert db_jobs.job_counts(s)["queued"] == 2
 
-        claimed = repo.claim_next_job(s, "w1")
+        claimed = db_jobs.claim_next_job(s, "w1")
         assert claimed.id == a.id and claimed.state == "running" and claimed.worker_id == "w1"
         assert claimed.started_at is not None and claimed.heartbeat_at is not None
         assert (
-            repo.heartbeat(s, a.id, {"step": 1, "total": 4, "epoch": 0.25, "loss": 0.7, "message": "x"})
+            db_jobs.heartbeat(s, a.id, {"step": 1, "total": 4, "epoch": 0.25, "loss": 0.7, "message": "x"})
             is False
         )
-        assert repo.get_job(s, a.id).progress["step"] == 1
+        assert db_jobs.get_job(s, a.id).progress["step"] == 1
 
         # cancel: running -> flagged, queued -> cancelled at once
-        assert repo.request_cancel(s, a.id).cancel_requested is True
-        assert repo.get_job(s, a.id).state == "running"
-        assert repo.heartbeat(s, a.id) is True
-        cancelled = repo.request_cancel(s, b.id)
+        assert db_jobs.request_cancel(s, a.id).cancel_requested is True
+        assert db_jobs.get_job(s, a.id).state == "running"
+        assert db_jobs.heartbeat(s, a.id) is True
+        cancelled = db_jobs.request_cancel(s, b.id)
         assert cancelled.state == "cancelled" and cancelled.finished_at is not None
-        assert repo.claim_next_job(s, "w2") is None
-        with pytest.raises(repo.NotFound):
-            repo.request_cancel(s, "nope")
+        assert db_jobs.claim_next_job(s, "w2") is None
+        with pytest.raises(errors.NotFound):
+            db_jobs.request_cancel(s, "nope")
 
-        done = repo.finish_job(s, a.id, "succeeded", metrics={"acc": 1.0}, result={"a": 3})
+        done = db_jobs.finish_job(s, a.id, "succeeded", metrics={"acc": 1.0}, result={"a": 3})
         assert done.state == "succeeded" and done.result == {"a": 3} and done.finished_at is not None
-        assert repo.request_cancel(s, a.id).state == "succeeded"  # finished jobs stay as they are
+        assert db_jobs.request_cancel(s, a.id).state == "succeeded"  # finished jobs stay as they are
         with pytest.raises(ValueError):
-            repo.finish_job(s, a.id, "running")
+            db_jobs.finish_job(s, a.id, "running")
         # a heartbeat on a job that is no longer running tells the worker to stop
-        assert repo.heartbeat(s, a.id) is True
+        assert db_jobs.heartbeat(s, a.id) is True
 
-        counts = repo.job_counts(s)
+        counts = db_jobs.job_counts(s)
         assert counts == {"queued": 0, "running": 0, "succeeded": 1, "failed": 0, "cancelled": 1}
-        assert [j.id for j in repo.list_jobs(s)] == [b.id, a.id]
-        assert [j.id for j in repo.list_jobs(s, state="succeeded")] == [a.id]
-        assert len(repo.list_jobs(s, limit=1)) == 1
+        assert [j.id for j in db_jobs.list_jobs(s)] == [b.id, a.id]
+        assert [j.id for j in db_jobs.list_jobs(s, state="succeeded")] == [a.id]
+        assert len(db_jobs.list_jobs(s, limit=1)) == 1
 
 
 def test_finish_and_release_respect_owner(session_factory):
     with session_factory() as s:
         job = _job(s)
-        repo.claim_next_job(s, "w1")
+        db_jobs.claim_next_job(s, "w1")
         # another worker (or a recovery) cannot be overwritten by a worker that no longer owns the job
-        assert repo.finish_job(s, job.id, "failed", error="x", worker_id="w2").state == "running"
-        assert repo.heartbeat(s, job.id, worker_id="w2") is True
-        assert repo.release_job(s, job.id, worker_id="w1") is True
-        j = repo.get_job(s, job.id)
+        assert db_jobs.finish_job(s, job.id, "failed", error="x", worker_id="w2").state == "running"
+        assert db_jobs.heartbeat(s, job.id, worker_id="w2") is True
+        assert db_jobs.release_job(s, job.id, worker_id="w1") is True
+        j = db_jobs.get_job(s, job.id)
         assert j.state == "queued" and j.worker_id is None
-        assert repo.claim_next_job(s, "w3").id == job.id
+        assert db_jobs.claim_next_job(s, "w3").id == job.id
 
 
 def test_claims_oldest_first(session_factory):
     with session_factory() as s:
         ids = [_job(s, f"t{i}").id for i in range(3)]
-        got = [repo.claim_next_job(s, "w").id for _ in range(3)]
+        got = [db_jobs.claim_next_job(s, "w").id for _ in range(3)]
         assert got == ids
-        assert repo.claim_next_job(s, "w") is None
+        assert db_jobs.claim_next_job(s, "w") is None
 
 
 def _claim_race(url: str, n_jobs: int, n_workers: int) -> list[str]:
@@ -312,7 +294,7 @@ def _claim_race(url: str, n_jobs: int, n_workers: int) -> list[str]:
         try:
             barrier.wait()
             with maker() as s:
-                while (job := repo.claim_next_job(s, f"w{k}")) is not None:
+                while (job := db_jobs.claim_next_job(s, f"w{k}")) is not None:
                     with lock:
                         claimed.append(job.id)
         except BaseException as e:  # pragma: no cover - reported below
@@ -337,7 +319,7 @@ def test_claim_race_postgres(pg_url):
     claimed = _claim_race(pg_url, 60, 8)
     assert len(claimed) == 60 and len(set(claimed)) == 60
     with get_sessionmaker(pg_url)() as s:
-        assert repo.job_counts(s)["running"] == 60
+        assert db_jobs.job_counts(s)["running"] == 60
 
 
 @pytest.mark.postgres
@@ -353,7 +335,7 @@ def test_claim_skips_locked_row_postgres(pg_url):
             select(Job.id).where(Job.state == "queued").order_by(Job.created_at).limit(1).with_for_update()
         )
         assert locked == first
-        assert repo.claim_next_job(other, "w2").id == second
+        assert db_jobs.claim_next_job(other, "w2").id == second
         holder.rollback()
 
 
@@ -366,30 +348,34 @@ def test_recover_stale_jobs(session_factory):
     with session_factory() as s:
         stale = _job(s, "a")
         fresh = _job(s, "b")
-        repo.claim_next_job(s, "w1")
-        repo.claim_next_job(s, "w2")
+        db_jobs.claim_next_job(s, "w1")
+        db_jobs.claim_next_job(s, "w2")
         _age(s, stale.id, 120)
-        assert repo.recover_stale_jobs(s, stale_after_s=30, on_crash="requeue", max_attempts=2) == [stale.id]
-        j = repo.get_job(s, stale.id)
+        assert db_jobs.recover_stale_jobs(s, stale_after_s=30, on_crash="requeue", max_attempts=2) == [
+            stale.id
+        ]
+        j = db_jobs.get_job(s, stale.id)
         assert j.state == "queued" and j.attempts == 1 and j.worker_id is None
         assert "attempt 1" in j.progress["message"]
-        assert repo.get_job(s, fresh.id).state == "running"
+        assert db_jobs.get_job(s, fresh.id).state == "running"
 
         # second crash: out of attempts -> failed with a clear error, never left running
-        assert repo.claim_next_job(s, "w3").id == stale.id
+        assert db_jobs.claim_next_job(s, "w3").id == stale.id
         _age(s, stale.id, 120)
-        assert repo.recover_stale_jobs(s, stale_after_s=30, on_crash="requeue", max_attempts=2) == [stale.id]
-        j = repo.get_job(s, stale.id)
+        assert db_jobs.recover_stale_jobs(s, stale_after_s=30, on_crash="requeue", max_attempts=2) == [
+            stale.id
+        ]
+        j = db_jobs.get_job(s, stale.id)
         assert j.state == "failed" and j.error == "worker died while running (attempt 2)"
         assert j.finished_at is not None
 
         # on_crash=fail fails at once
         _age(s, fresh.id, 120)
-        assert repo.recover_stale_jobs(s, stale_after_s=30, on_crash="fail", max_attempts=5) == [fresh.id]
-        j = repo.get_job(s, fresh.id)
+        assert db_jobs.recover_stale_jobs(s, stale_after_s=30, on_crash="fail", max_attempts=5) == [fresh.id]
+        j = db_jobs.get_job(s, fresh.id)
         assert j.state == "failed" and "worker died while running (attempt 1)" in j.error
         with pytest.raises(ValueError):
-            repo.recover_stale_jobs(s, stale_after_s=30, on_crash="panic", max_attempts=2)
+            db_jobs.recover_stale_jobs(s, stale_after_s=30, on_crash="panic", max_attempts=2)
 
 
 def test_recover_job_of_dead_process(session_factory):
@@ -399,22 +385,22 @@ def test_recover_job_of_dead_process(session_factory):
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    dead = f"{repo.make_worker_id().split(':')[0]}:{proc.pid}:deadbeef"
+    dead = f"{db_jobs.make_worker_id().split(':')[0]}:{proc.pid}:deadbeef"
     with session_factory() as s:
         job = _job(s)
-        repo.claim_next_job(s, dead)
+        db_jobs.claim_next_job(s, dead)
         live = _job(s, "live")
-        repo.claim_next_job(s, repo.make_worker_id())
-        ids = repo.recover_stale_jobs(s, stale_after_s=3600, on_crash="requeue", max_attempts=2)
+        db_jobs.claim_next_job(s, db_jobs.make_worker_id())
+        ids = db_jobs.recover_stale_jobs(s, stale_after_s=3600, on_crash="requeue", max_attempts=2)
         assert ids == [job.id]
-        assert repo.get_job(s, live.id).state == "running"
+        assert db_jobs.get_job(s, live.id).state == "running"
 
 
 def test_recover_cancel_requested_job_is_cancelled(session_factory):
     with session_factory() as s:
         job = _job(s)
-        repo.claim_next_job(s, "w1")
-        repo.request_cancel(s, job.id)
+        db_jobs.claim_next_job(s, "w1")
+        db_jobs.request_cancel(s, job.id)
         _age(s, job.id, 120)
-        repo.recover_stale_jobs(s, stale_after_s=30, on_crash="requeue", max_attempts=3)
-        assert repo.get_job(s, job.id).state == "cancelled"
+        db_jobs.recover_stale_jobs(s, stale_after_s=30, on_crash="requeue", max_attempts=3)
+        assert db_jobs.get_job(s, job.id).state == "cancelled"

@@ -26,7 +26,7 @@ NO_NEGATIVE: list[str] = []
 @pytest.fixture
 def fuzz_app(settings_factory, hub_factory):
     from app.main import create_app
-    from tests.conftest import publish_task
+    from tests.helpers import publish_task
 
     settings = settings_factory(auth="required", max_queued_jobs=20, max_inputs_per_request=16)
     hub = hub_factory(settings)

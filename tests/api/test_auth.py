@@ -38,7 +38,7 @@ def bearer(token: str) -> dict[str, str]:
 
 
 def _publish(hub, name, task_type="classification"):
-    from tests.conftest import publish_task
+    from tests.helpers import publish_task
 
     return publish_task(hub, name, task_type)
 

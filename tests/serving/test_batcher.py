@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from app.engine.predict import finish, predict, prepare
-from tests.conftest import make_serving_task
+from tests.helpers import make_serving_task
 
 TEXTS = ["a short one", "a somewhat longer sentence about nothing much", "hi", "the quick brown fox jumps"]
 

@@ -8,9 +8,11 @@ import os
 import socket
 import time
 
-from app.db import repo
-from app.doctor import run_doctor
-from tests.conftest import publish_task
+from app.db import datasets as db_datasets
+from app.db import jobs as db_jobs
+from app.db import tasks as db_tasks
+from app.ops.doctor import run_doctor
+from tests.helpers import publish_task
 
 
 def _kinds(findings, problem=True):
@@ -41,11 +43,11 @@ def _break_everything(hub, settings):
     (store.task_dir("alpha") / "v0007.json").write_text("{}")
     # a job left running by a worker process that no longer exists
     with hub.sessionmaker() as s:
-        job = repo.create_job(
+        job = db_jobs.create_job(
             s, kind="single", payload={"task": "alpha"}, task_names=["alpha"], max_queued=50
         )
-        repo.claim_next_job(s, f"{socket.gethostname()}:{_dead_pid()}:dead")
-        ds = repo.create_dataset(
+        db_jobs.claim_next_job(s, f"{socket.gethostname()}:{_dead_pid()}:dead")
+        ds = db_datasets.create_dataset(
             s,
             filename="x.jsonl",
             task_type=None,
@@ -66,7 +68,7 @@ def settings_path(settings):
 
 def _checkpoint(hub, name):
     from app.engine.checkpoint import checkpoint_bytes
-    from tests.conftest import make_serving_task
+    from tests.helpers import make_serving_task
 
     return checkpoint_bytes(make_serving_task(hub.backbone, seed=5), hub.backbone, {"source": "orphan"})
 
@@ -132,9 +134,9 @@ def test_doctor_finds_and_repairs(hub, settings):
     again = run_doctor(settings)
     assert again.ok and _kinds(again.found) == []
     with hub.sessionmaker() as s:
-        assert repo.get_task(s, "beta") is None and repo.get_task(s, "gamma") is None
-        assert repo.get_active_version(s, "epsilon").version == 1
-        assert repo.get_job(s, job_id).state == "queued"
+        assert db_tasks.get_task(s, "beta") is None and db_tasks.get_task(s, "gamma") is None
+        assert db_tasks.get_active_version(s, "epsilon").version == 1
+        assert db_jobs.get_job(s, job_id).state == "queued"
     assert len(list((hub.store.root / ".quarantine").iterdir())) == 2
     assert not (hub.store.task_dir("alpha") / ".v0003.safetensors.abc123.tmp").exists()
     assert (hub.store.task_dir("alpha") / ".v0004.safetensors.xyz.tmp").exists()  # young: left alone

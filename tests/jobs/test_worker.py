@@ -14,14 +14,14 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.db import repo
+from app.db import datasets as db_datasets
+from app.db import jobs as db_jobs
+from app.db import tasks as db_tasks
 from app.db.session import REPO_ROOT, get_sessionmaker
 from app.engine.checkpoint import load_checkpoint_bytes, read_metadata
 from app.jobs import worker as worker_mod
 from app.jobs.worker import Worker, settings_env, spawn_embedded_worker, stop_embedded_worker
-from app.serving.store import PromptStore
-
-pytest_plugins = ["tests.service.conftest_db"]
+from app.store import PromptStore
 
 RECORDS = [
     {"text": "a wonderful, moving film", "label": "pos"},
@@ -92,12 +92,12 @@ def worker(settings, svc_backbone, monkeypatch) -> Worker:
 def submit(settings: Settings, payload: dict, kind: str = "single") -> str:
     names = [t["task"] for t in payload["tasks"]] if kind == "multitask" else [payload["task"]]
     with get_sessionmaker(settings.database_url)() as s:
-        return repo.create_job(s, kind=kind, payload=payload, task_names=names, max_queued=50).id
+        return db_jobs.create_job(s, kind=kind, payload=payload, task_names=names, max_queued=50).id
 
 
 def job(settings: Settings, job_id: str):
     with get_sessionmaker(settings.database_url)() as s:
-        return repo.get_job(s, job_id)
+        return db_jobs.get_job(s, job_id)
 
 
 # ------------------------------------------------------------------------------ in process
@@ -119,9 +119,9 @@ def test_train_single_job_end_to_end(worker, settings, svc_backbone):
 
     store = PromptStore(settings.store_dir)
     with get_sessionmaker(settings.database_url)() as s:
-        task = repo.get_task(s, "sent")
+        task = db_tasks.get_task(s, "sent")
         assert task.active_version == 1 and task.labels == ["neg", "pos"]
-        ver = repo.get_version(s, "sent", 1)
+        ver = db_tasks.get_version(s, "sent", 1)
         assert ver.file == "sent/v0001.safetensors" and ver.source == f"job:{job_id}"
         assert ver.training["job_id"] == job_id and ver.training["data"]["train"]["rows"] == 8
         assert ver.spec["prefix_length"] == 4
@@ -141,8 +141,8 @@ def test_train_single_job_end_to_end(worker, settings, svc_backbone):
     j3 = job(settings, job3)
     assert j3.state == "succeeded", j3.error and j3.result == {"sent-copy": 1}
     with get_sessionmaker(settings.database_url)() as s:
-        assert repo.get_task(s, "sent").active_version == 2
-        assert repo.get_version(s, "sent-copy", 1).training["init_from"] == "sent"
+        assert db_tasks.get_task(s, "sent").active_version == 2
+        assert db_tasks.get_version(s, "sent-copy", 1).training["init_from"] == "sent"
     assert worker.load_calls == ["tiny"]  # the backbone is loaded once
 
 
@@ -150,7 +150,7 @@ def test_train_from_dataset(worker, settings, tmp_path):
     path = tmp_path / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
     with get_sessionmaker(settings.database_url)() as s:
-        ds = repo.create_dataset(
+        ds = db_datasets.create_dataset(
             s,
             filename="train.jsonl",
             task_type="classification",
@@ -167,7 +167,7 @@ def test_train_from_dataset(worker, settings, tmp_path):
     j = job(settings, job_id)
     assert j.state == "succeeded", j.error
     with get_sessionmaker(settings.database_url)() as s:
-        data = repo.get_version(s, "sent", 1).training["data"]
+        data = db_tasks.get_version(s, "sent", 1).training["data"]
     assert data["train"]["dataset_id"] == ds.id and data["eval"] is None
 
 
@@ -189,7 +189,7 @@ def test_bad_jobs_fail_with_a_clear_error(worker, settings, payload, message):
     j = job(settings, job_id)
     assert j.state == "failed" and message in j.error
     with get_sessionmaker(settings.database_url)() as s:
-        assert repo.get_task(s, "sent") is None
+        assert db_tasks.get_task(s, "sent") is None
     assert PromptStore(settings.store_dir).scan() == []
 
 
@@ -226,7 +226,7 @@ def test_multitask_job(worker, settings):
     assert j.result == {"sent-a": 1, "sent-b": 1}
     assert set(j.metrics) == {"sent-a", "sent-b"}
     with get_sessionmaker(settings.database_url)() as s:
-        assert repo.get_task(s, "sent-b").labels == ["NEG", "POS"]
+        assert db_tasks.get_task(s, "sent-b").labels == ["NEG", "POS"]
 
 
 def test_cancel_running_job(worker, settings):
@@ -236,14 +236,14 @@ def test_cancel_running_job(worker, settings):
     try:
         _wait(lambda: (job(settings, job_id).progress or {}).get("step", 0) >= 2, 60)
         with get_sessionmaker(settings.database_url)() as s:
-            repo.request_cancel(s, job_id)
+            db_jobs.request_cancel(s, job_id)
     finally:
         t.join(60)
     assert not t.is_alive()
     j = job(settings, job_id)
     assert j.state == "cancelled" and j.finished_at is not None
     with get_sessionmaker(settings.database_url)() as s:
-        assert repo.get_task(s, "sent") is None
+        assert db_tasks.get_task(s, "sent") is None
     assert PromptStore(settings.store_dir).scan() == []
 
 
@@ -348,7 +348,7 @@ def test_killed_worker_job_is_recovered(proc_settings, tiny_backbone_dir):
     j = job(settings, job_id)
     assert j.state == "queued" and j.attempts == 1 and "worker died" in j.progress["message"]
     with get_sessionmaker(settings.database_url)() as s:  # make the retry short
-        row = repo.get_job(s, job_id)
+        row = db_jobs.get_job(s, job_id)
         row.payload = single(epochs=1, eval_records=None)
         s.commit()
     assert w.run_once()
@@ -387,6 +387,6 @@ def test_train_job_on_postgres(pg_url, tmp_path, svc_backbone, monkeypatch):
     j = job(settings, job_id)
     assert j.state == "succeeded", j.error
     with get_sessionmaker(pg_url)() as s:
-        ver = repo.get_active_version(s, "sent")
+        ver = db_tasks.get_active_version(s, "sent")
         assert ver.version == 1 and ver.source == f"job:{job_id}"
     assert PromptStore(settings.store_dir).read_version("sent", 1, ver.sha256)

@@ -1,4 +1,4 @@
-"""The prompt store on disk and its reconciliation with the database."""
+"""The prompt store on disk: versions, sidecars, scans, temp files; and the dataset files."""
 
 from __future__ import annotations
 
@@ -8,11 +8,8 @@ import time
 
 import pytest
 
-from app.db import repo
-from app.engine.checkpoint import load_checkpoint_bytes, sha256_bytes
-from app.serving.store import PromptStore, StoreError, sync_store_to_db
-
-pytest_plugins = ["tests.service.conftest_db"]
+from app.engine.checkpoint import sha256_bytes
+from app.store import DatasetFiles, PromptStore, StoreError, read_sidecar
 
 
 @pytest.fixture
@@ -114,87 +111,33 @@ def test_scan_of_missing_root(tmp_path):
     assert store.scan() == [] and store.cleanup_temp() == []
 
 
-# ------------------------------------------------------------------------------ store <-> db
-
-
-def test_sync_registers_shipped_versions(store, session_factory, svc_backbone, make_checkpoint):
-    v1 = make_checkpoint(meta={"source": "shipped", "metrics": {"accuracy": 0.7}})
-    v2 = make_checkpoint(labels=("a", "b", "c"), meta={"metrics": {"accuracy": 0.8}})
-    store.write_version("sent", 1, v1, {})
-    store.write_version("sent", 2, v2, {})
-    (store.root / "sent" / "v0002.json").unlink()  # a crash before the sidecar: still registered
-    with session_factory() as s:
-        changes = sync_store_to_db(s, store)
-        assert "registered sent v1" in changes and "registered sent v2" in changes
-        assert "activated sent v2" in changes
-        task = repo.get_task(s, "sent")
-        assert task.task_type == "classification" and task.active_version == 2
-        assert task.labels == ["a", "b", "c"]
-        row = repo.get_version(s, "sent", 1)
-        assert row.sha256 == sha256_bytes(v1) and row.size_bytes == len(v1)
-        assert row.file == "sent/v0001.safetensors" and row.source == "shipped"
-        assert row.metrics == {"accuracy": 0.7} and row.spec["labels"] == ["neg", "pos"]
-        # what the DB records loads back through the store
-        data = store.read_version("sent", 1, row.sha256)
-        assert load_checkpoint_bytes(data, svc_backbone, expected_sha256=row.sha256).spec.labels == [
-            "neg",
-            "pos",
-        ]
-        # idempotent
-        assert sync_store_to_db(s, store) == []
-        # an active version chosen by hand is kept
-        repo.activate_version(s, "sent", 1)
-        assert sync_store_to_db(s, store) == []
-        assert repo.get_task(s, "sent").active_version == 1
-
-
-def test_sync_skips_corrupt_and_foreign_files(store, session_factory, svc_backbone, make_checkpoint):
-    good = make_checkpoint()
-    stored = store.write_version("sent", 1, good, {})
-    stored.path.write_bytes(good[:-4] + b"XXXX")  # no longer matches its sidecar
+def test_rewrite_sidecar_from_the_file(store, make_checkpoint):
+    blob = make_checkpoint()
+    stored = store.write_version("sent", 1, blob, {"old": True})
+    store.sidecar_path("sent", 1).unlink()
+    assert store.rewrite_sidecar("sent", 1, by="test")
+    side = read_sidecar(stored.path)
+    assert side["sha256"] == stored.sha256 and side["size_bytes"] == len(blob)
+    assert side["metadata"]["spec"]["task_type"] == "classification" and side["rewritten_by"] == "test"
     store.write_version("junk", 1, b"not a checkpoint", {})
-    with session_factory() as s:
-        assert sync_store_to_db(s, store) == []
-        assert repo.list_tasks(s) == []
+    assert not store.rewrite_sidecar("junk", 1, by="test")
+    assert not store.rewrite_sidecar("nope", 1, by="test")
 
 
-def test_sync_drops_versions_whose_file_is_gone(store, session_factory, svc_backbone, make_checkpoint):
-    with session_factory() as s:
-        for v in (1, 2):
-            data = make_checkpoint()
-            st = store.write_version("sent", v, data, {})
-            repo.add_version(
-                s,
-                name="sent",
-                task_type="classification",
-                labels=["neg", "pos"],
-                file=store.rel_path("sent", v),
-                sha256=st.sha256,
-                size_bytes=st.size_bytes,
-                spec={"task_type": "classification", "labels": ["neg", "pos"]},
-                metrics={},
-                training={},
-                source="test",
-            )
-        repo.add_version(
-            s,
-            name="gone",
-            task_type="classification",
-            labels=["x"],
-            file="gone/v0001.safetensors",
-            sha256="00" * 32,
-            size_bytes=1,
-            spec={},
-            metrics={},
-            training={},
-            source="test",
-        )
-        assert repo.get_task(s, "sent").active_version == 2
-        store.delete_version("sent", 2)
-        changes = sync_store_to_db(s, store)
-        assert "dropped sent v2: its file is missing from the store" in changes
-        assert "activated sent v1" in changes
-        assert "dropped task gone: no version left in the store" in changes
-        assert repo.get_task(s, "gone") is None
-        assert [v.version for v in repo.get_versions(s, "sent")] == [1]
-        assert repo.get_task(s, "sent").active_version == 1
+def test_orphan_sidecars_and_quarantine(store):
+    stored = store.write_version("sent", 1, b"a", {})
+    stored.path.unlink()
+    assert store.orphan_sidecars() == [store.sidecar_path("sent", 1)]
+    other = store.write_version("sent", 2, b"b", {})
+    dest = store.quarantine(other.path, "sent.v0002")
+    assert dest and not other.path.exists() and (store.root / ".quarantine").is_dir()
+    assert store.quarantine(other.path, "again") is None
+
+
+def test_dataset_files_are_stored_by_content(tmp_path):
+    files = DatasetFiles(tmp_path / "datasets")
+    a = files.put(b'{"text": "x"}\n', ".jsonl")
+    assert a.path == (tmp_path / "datasets" / f"{sha256_bytes(a.path.read_bytes())}.jsonl").resolve()
+    assert a.size_bytes == len(b'{"text": "x"}\n') and a.path.read_bytes() == b'{"text": "x"}\n'
+    assert files.put(b'{"text": "x"}\n', ".jsonl") == a
+    assert not [p for p in a.path.parent.iterdir() if p.name.startswith(".")]

@@ -129,7 +129,7 @@ def _app_client(settings_factory, hub_factory, **overrides):
 
 
 def test_too_long_text_refused_in_refuse_mode(settings_factory, hub_factory):
-    from tests.conftest import publish_task
+    from tests.helpers import publish_task
 
     hub, client = _app_client(settings_factory, hub_factory, text_overflow="refuse")
     with client:
@@ -167,7 +167,7 @@ def test_body_too_large_is_413(settings_factory, hub_factory):
 def test_full_queue_is_429(settings_factory, hub_factory):
     from app.engine.predict import prepare
     from app.serving.batcher import Batcher
-    from tests.conftest import publish_task
+    from tests.helpers import publish_task
 
     hub, client = _app_client(settings_factory, hub_factory, max_queue_rows=4)
     with client:
@@ -232,7 +232,7 @@ def test_checkpoint_of_another_backbone_is_409(client, hub, tokenizer):
     from transformers import BertConfig
 
     from app.engine.backbone import backbone_from_config
-    from tests.conftest import publish_task
+    from tests.helpers import publish_task
 
     cfg = BertConfig(
         vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64

@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 from starlette.testclient import TestClient
 
-from app.db import repo
+from app.db import jobs as db_jobs
 from app.db.session import get_sessionmaker
-
-pytest_plugins = ["tests.service.conftest_db"]
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 RECORD = {"text": "x", "label": "a"}
@@ -20,7 +18,7 @@ RECORD = {"text": "x", "label": "a"}
 
 def _client(settings_factory, hub_factory, **limits):
     from app.main import create_app
-    from tests.conftest import publish_task
+    from tests.helpers import publish_task
 
     settings = settings_factory(**limits)
     hub = hub_factory(settings)
@@ -109,7 +107,7 @@ def test_tasks_per_multitask_request(settings_factory, hub_factory):
 def _queue(url: str, n: int) -> list[str]:
     with get_sessionmaker(url)() as s:
         return [
-            repo.create_job(
+            db_jobs.create_job(
                 s, kind="single", payload={"task": f"t{i}"}, task_names=[f"t{i}"], max_queued=100
             ).id
             for i in range(n)
@@ -120,14 +118,14 @@ def test_max_running_jobs_is_enforced_at_claim(db_url):
     _queue(db_url, 4)
     maker = get_sessionmaker(db_url)
     with maker() as s:
-        assert repo.claim_next_job(s, "w1", max_running=2) is not None
-        assert repo.claim_next_job(s, "w2", max_running=2) is not None
-        assert repo.claim_next_job(s, "w3", max_running=2) is None  # 2 running: the third waits
-        assert repo.running_jobs(s) == 2
-        first = repo.list_jobs(s, state="running")[0]
-        repo.finish_job(s, first.id, "succeeded")
-        assert repo.claim_next_job(s, "w3", max_running=2) is not None
-        assert repo.claim_next_job(s, "w4", max_running=None) is not None  # no limit given: no limit
+        assert db_jobs.claim_next_job(s, "w1", max_running=2) is not None
+        assert db_jobs.claim_next_job(s, "w2", max_running=2) is not None
+        assert db_jobs.claim_next_job(s, "w3", max_running=2) is None  # 2 running: the third waits
+        assert db_jobs.running_jobs(s) == 2
+        first = db_jobs.list_jobs(s, state="running")[0]
+        db_jobs.finish_job(s, first.id, "succeeded")
+        assert db_jobs.claim_next_job(s, "w3", max_running=2) is not None
+        assert db_jobs.claim_next_job(s, "w4", max_running=None) is not None  # no limit given: no limit
 
 
 def test_max_running_jobs_holds_under_racing_workers(db_url):
@@ -142,7 +140,7 @@ def test_max_running_jobs_holds_under_racing_workers(db_url):
         barrier.wait()
         for _ in range(10):
             with maker() as s:
-                job = repo.claim_next_job(s, f"w{k}", max_running=3)
+                job = db_jobs.claim_next_job(s, f"w{k}", max_running=3)
                 if job is not None:
                     with lock:
                         claimed.append(job.id)
@@ -153,7 +151,7 @@ def test_max_running_jobs_holds_under_racing_workers(db_url):
     for t in threads:
         t.join(60)
     with maker() as s:
-        assert repo.running_jobs(s) == 3
+        assert db_jobs.running_jobs(s) == 3
     assert len(claimed) == len(set(claimed)) == 3
 
 
@@ -163,11 +161,11 @@ def test_worker_respects_max_running_jobs(settings_factory, svc_backbone, sqlite
     settings = settings_factory(database_url=sqlite_url, max_running_jobs=1)
     ids = _queue(sqlite_url, 2)
     with get_sessionmaker(sqlite_url)() as s:
-        repo.claim_next_job(s, "elsewhere")  # another worker is busy with the first job
+        db_jobs.claim_next_job(s, "elsewhere")  # another worker is busy with the first job
     w = Worker(settings, worker_id="w", backbone=svc_backbone)
     assert w.run_once() is False  # the fleet is at its limit: nothing is claimed
     with get_sessionmaker(sqlite_url)() as s:
-        assert repo.get_job(s, ids[1]).state == "queued"
+        assert db_jobs.get_job(s, ids[1]).state == "queued"
 
 
 def test_settings_refuse_nonsense_limits(settings_factory):

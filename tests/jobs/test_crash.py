@@ -19,21 +19,22 @@ import httpx
 import pytest
 
 from app.config import Settings
-from app.db import keys, repo
+from app.db import jobs as db_jobs
+from app.db import keys
+from app.db import tasks as db_tasks
 from app.db.session import REPO_ROOT, get_sessionmaker, run_migrations
-from app.doctor import run_doctor
 from app.engine.checkpoint import sha256_file
 from app.jobs.worker import settings_env
-from app.serving.store import PromptStore
-
-pytest_plugins = ["tests.service.conftest_db"]
+from app.ops.doctor import run_doctor
+from app.store import PromptStore
 
 WRITER = r"""
 import sys
-from app.db import repo
+from app.db import jobs as db_jobs
+from app.db import tasks as db_tasks
 from app.db.session import get_sessionmaker
 from app.engine.checkpoint import parse_header
-from app.serving.store import PromptStore
+from app.store import PromptStore
 
 root, url, blob_path = sys.argv[1:4]
 store, maker = PromptStore(root), get_sessionmaker(url)
@@ -42,16 +43,16 @@ doc = parse_header(blob)
 spec = doc["spec"]
 while True:
     with maker() as s:
-        v = max(repo.max_version(s, "big"), max(store.versions("big"), default=0)) + 1
+        v = max(db_tasks.max_version(s, "big"), max(store.versions("big"), default=0)) + 1
     stored = store.write_version("big", v, blob, doc)
     with maker() as s:
-        repo.add_version(s, name="big", task_type=spec["task_type"], labels=spec.get("labels") or [],
+        db_tasks.add_version(s, name="big", task_type=spec["task_type"], labels=spec.get("labels") or [],
                          file=store.rel_path("big", v), sha256=stored.sha256, size_bytes=stored.size_bytes,
                          spec=spec, metrics={}, training={}, source="crash-test", version=v)
         if v > 2:  # keep the disk bounded: the row first, then the file (as DELETE /tasks does)
             old = v - 2
-            if repo.get_version(s, "big", old) is not None:
-                repo.delete_version(s, "big", old)
+            if db_tasks.get_version(s, "big", old) is not None:
+                db_tasks.delete_version(s, "big", old)
             store.delete_version("big", old)
     print(v, flush=True)
 """
@@ -70,7 +71,7 @@ def _big_checkpoint(hub, pad_mb: int) -> bytes:
     from safetensors.torch import save as st_save
 
     from app.engine.checkpoint import checkpoint_bytes
-    from tests.conftest import make_serving_task
+    from tests.helpers import make_serving_task
 
     small = checkpoint_bytes(make_serving_task(hub.backbone), hub.backbone, {"source": "crash-test"})
     import struct
@@ -121,7 +122,7 @@ def test_sigkill_during_store_writes(hub, settings, tmp_path):
         resolved = hub.resolve("big")  # the active version loads (sha256 checked) and is served
         assert resolved.sha256 == want_sha
     with hub.sessionmaker() as s:
-        rows = repo.get_versions(s, "big")
+        rows = db_tasks.get_versions(s, "big")
     assert rows and all(store.path("big", r.version).is_file() for r in rows)
     print(
         f"\nstore-write faults: {kills} SIGKILLs, {temp_seen} temp files left and cleaned, 0 partial files seen"
@@ -197,7 +198,7 @@ def seed_store(settings: Settings, backbone_dir: Path, names: list[str]) -> None
     sync registers them)."""
     from app.engine.backbone import load_backbone
     from app.engine.checkpoint import checkpoint_bytes
-    from tests.conftest import make_serving_task
+    from tests.helpers import make_serving_task
 
     bb = load_backbone(str(backbone_dir))
     store = PromptStore(settings.store_dir)
@@ -281,12 +282,12 @@ def test_sigkill_server_and_worker_mid_training(tmp_path, sqlite_url, tiny_backb
     )
 
     with get_sessionmaker(sqlite_url)() as s:
-        assert repo.get_job(s, job_id).state == "running"  # left behind
+        assert db_jobs.get_job(s, job_id).state == "running"  # left behind
     report = run_doctor(settings)
     assert [f.kind for f in report.found if f.problem] == ["stuck_job"], report.text()
     assert run_doctor(settings, repair=True).ok
     with get_sessionmaker(sqlite_url)() as s:
-        job = repo.get_job(s, job_id)
+        job = db_jobs.get_job(s, job_id)
         assert job.state == "queued" and job.attempts == 1
         job.payload = {**job.payload, "hyperparameters": {**job.payload["hyperparameters"], "max_steps": 5}}
         s.commit()
@@ -312,5 +313,5 @@ def test_sigkill_server_and_worker_mid_training(tmp_path, sqlite_url, tiny_backb
     final = run_doctor(settings)
     assert final.ok, final.text()
     with get_sessionmaker(sqlite_url)() as s:
-        assert repo.job_counts(s)["running"] == 0
+        assert db_jobs.job_counts(s)["running"] == 0
     print(f"\nserver/worker faults: {faults} SIGKILLs, job {job_id[:8]} recovered and trained, nothing lost")
