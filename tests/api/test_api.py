@@ -6,6 +6,8 @@ import io
 
 import pytest
 
+from tests.helpers import session_for, store_for
+
 CLS_RECORDS = [{"text": "great film", "label": "pos"}, {"text": "awful film", "label": "neg"}]
 
 
@@ -23,12 +25,11 @@ def test_health_and_ready(client):
 
 
 def test_readyz_is_503_until_the_backbone_is_loaded(settings):
-    from app.serving.hub import Hub
-
-    hub = Hub(settings)  # nothing loaded, not started
     from starlette.testclient import TestClient
 
-    from app.main import create_app
+    from app.main import create_app, make_hub
+
+    hub = make_hub(settings)  # nothing loaded, not started
 
     c = TestClient(create_app(settings, hub))  # no lifespan: never loads
     assert c.get("/healthz").status_code == 200
@@ -86,7 +87,7 @@ def test_tasks_list_detail_activate_delete(client, publish, hub):
     assert r.status_code == 200 and r.json()["versions"] == 2
     assert client.get("/tasks/sentiment").status_code == 404
     assert client.post("/predict/sentiment", json={"inputs": ["x"]}).status_code == 404
-    assert not (hub.store.root / "sentiment").exists()
+    assert not (store_for(hub.settings).root / "sentiment").exists()
     assert client.delete("/tasks/sentiment").status_code == 404
 
 
@@ -111,7 +112,7 @@ def test_train_payload_is_what_the_worker_reads(client, hub):
     from app.db import jobs as db_jobs
 
     r = client.post("/train", json=_train_body(labels=["neg", "pos"], init_from=None))
-    with hub.sessionmaker() as s:
+    with session_for(hub.settings) as s:
         payload = db_jobs.get_job(s, r.json()["job_id"]).payload
     assert payload["task"] == "sentiment" and payload["train"] == {"records": CLS_RECORDS}
     assert payload["eval"] is None and payload["labels"] == ["neg", "pos"]

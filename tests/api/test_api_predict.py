@@ -7,6 +7,7 @@ import math
 import pytest
 
 from app.engine.predict import predict as engine_predict
+from tests.helpers import store_for
 
 QA = {"question": "Who wrote the book?", "context": "The book was written by Jane Austen in 1813."}
 
@@ -133,7 +134,7 @@ def test_too_long_text_refused_in_refuse_mode(settings_factory, hub_factory):
 
     hub, client = _app_client(settings_factory, hub_factory, text_overflow="refuse")
     with client:
-        publish_task(hub, "sentiment")
+        publish_task(hub.settings, hub.backbone, "sentiment")
         long_text = "word " * 200  # 64 tokens is the task's max_length
         r = client.post("/predict/sentiment", json={"inputs": ["short", long_text]})
         assert r.status_code == 422
@@ -171,7 +172,7 @@ def test_full_queue_is_429(settings_factory, hub_factory):
 
     hub, client = _app_client(settings_factory, hub_factory, max_queue_rows=4)
     with client:
-        publish_task(hub, "sentiment")
+        publish_task(hub.settings, hub.backbone, "sentiment")
         running = hub.batcher
         stalled = Batcher(hub.backbones, max_queue_rows=4)  # not started: nothing drains it
         task = hub.resolve("sentiment").task
@@ -190,7 +191,9 @@ def test_full_queue_is_429(settings_factory, hub_factory):
             stalled.close()
         assert 'prompthub_requests_total{route="/predict/{task}",status="429"' in client.get("/metrics").text
 
-        publish_task(hub, "qa", "question-answering")  # one request bigger than the whole queue: 422
+        publish_task(
+            hub.settings, hub.backbone, "qa", "question-answering"
+        )  # one request bigger than the whole queue: 422
         long_qa = {"question": "what?", "context": "many words here " * 60}
         r = client.post("/predict/qa", json={"inputs": [long_qa]})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "inputs"]
@@ -239,12 +242,7 @@ def test_checkpoint_of_another_backbone_is_409(client, hub, tokenizer):
     )
     other = backbone_from_config(cfg, tokenizer, name="other-random", seed=1)
 
-    class OtherHub:  # publish through the other backbone into the same store and database
-        backbone = other
-        sessionmaker = hub.sessionmaker
-        store = hub.store
-
-    publish_task(OtherHub, "foreign")
+    publish_task(hub.settings, other, "foreign")  # the other backbone, the same store and database
     r = client.post("/predict/foreign", json={"inputs": ["x"]})
     assert r.status_code == 409
     assert "other-random" in r.json()["detail"] and "tiny-random" in r.json()["detail"]
@@ -252,7 +250,7 @@ def test_checkpoint_of_another_backbone_is_409(client, hub, tokenizer):
 
 def test_corrupt_store_file_is_500_with_a_clear_message(client, hub, publish):
     publish("sentiment")
-    path = hub.store.path("sentiment", 1)
+    path = store_for(hub.settings).path("sentiment", 1)
     path.write_bytes(path.read_bytes()[:-8] + b"garbage!")
     r = client.post("/predict/sentiment", json={"inputs": ["x"]})
     assert r.status_code == 500

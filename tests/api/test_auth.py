@@ -9,6 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.db import keys
+from tests.helpers import session_for
 
 CLS_RECORDS = [{"text": "great film", "label": "pos"}, {"text": "awful film", "label": "neg"}]
 
@@ -22,7 +23,7 @@ def secured(settings_factory, hub_factory):
     hub = hub_factory(settings)
     app = create_app(settings, hub)
     with TestClient(app) as c:
-        with hub.sessionmaker() as s:
+        with session_for(hub.settings) as s:
             tokens = {
                 "predict": keys.create_key(s, name="p", scopes=["predict"])[1],
                 "train": keys.create_key(s, name="t", scopes=["train"])[1],
@@ -40,7 +41,7 @@ def bearer(token: str) -> dict[str, str]:
 def _publish(hub, name, task_type="classification"):
     from tests.helpers import publish_task
 
-    return publish_task(hub, name, task_type)
+    return publish_task(hub.settings, hub.backbone, name, task_type)
 
 
 def test_missing_bad_and_revoked_keys_are_401(secured):
@@ -55,7 +56,7 @@ def test_missing_bad_and_revoked_keys_are_401(secured):
         assert r.status_code == 401, header
         assert r.headers["WWW-Authenticate"].startswith("Bearer")
     assert c.post("/predict/sentiment", json=body, headers=bearer(tokens["predict"])).status_code == 200
-    with hub.sessionmaker() as s:
+    with session_for(hub.settings) as s:
         keys.revoke_key(s, keys.find_by_token(s, tokens["predict"]).id)
     r = c.post("/predict/sentiment", json=body, headers=bearer(tokens["predict"]))
     assert r.status_code == 401 and "revoked" in r.json()["detail"]
@@ -145,7 +146,7 @@ def test_keys_are_stored_hashed_and_track_last_use(secured):
     c, tokens, hub = secured
     token = tokens["predict"]
     assert token.startswith("ph_") and len(token) >= 40
-    with hub.sessionmaker() as s:
+    with session_for(hub.settings) as s:
         row = keys.find_by_token(s, token)
         assert row.last_used_at is None
         every = repr([(k.id, k.name, k.prefix, k.salt, k.hash, k.scopes, k.tasks) for k in keys.list_keys(s)])
@@ -154,7 +155,7 @@ def test_keys_are_stored_hashed_and_track_last_use(secured):
     assert row.prefix == token[:12] and len(salts) == len(tokens)  # a salt per key
     assert row.hash == hashlib.sha256(bytes.fromhex(row.salt) + token.encode()).hexdigest()
     c.get("/tasks", headers=bearer(token))
-    with hub.sessionmaker() as s:
+    with session_for(hub.settings) as s:
         assert keys.find_by_token(s, token).last_used_at is not None
         assert keys.find_by_token(s, token[:-1] + ("A" if token[-1] != "A" else "B")) is None
 
@@ -188,7 +189,7 @@ def test_revocation_through_the_api_is_immediate_despite_the_cache(settings_fact
     settings = settings_factory(auth="required", auth_cache_s=300.0)
     hub = hub_factory(settings)
     with TestClient(create_app(settings, hub)) as c:
-        with hub.sessionmaker() as s:
+        with session_for(hub.settings) as s:
             admin = keys.create_key(s, name="a", scopes=["admin"])[1]
             user = keys.create_key(s, name="u", scopes=["predict"])
         assert c.get("/tasks", headers=bearer(user[1])).status_code == 200  # cached now

@@ -13,6 +13,7 @@ from hypothesis import HealthCheck, settings
 from starlette.testclient import TestClient
 
 from app.db import keys
+from tests.helpers import session_for
 
 pytestmark = pytest.mark.slow
 
@@ -33,10 +34,10 @@ def fuzz_app(settings_factory, hub_factory):
     app = create_app(settings, hub)
     client = TestClient(app)
     client.__enter__()  # runs the lifespan: migrations, store sync, batcher
-    publish_task(hub, "sentiment")
-    publish_task(hub, "ner", "token-classification")
-    publish_task(hub, "qa", "question-answering")
-    with hub.sessionmaker() as s:
+    publish_task(hub.settings, hub.backbone, "sentiment")
+    publish_task(hub.settings, hub.backbone, "ner", "token-classification")
+    publish_task(hub.settings, hub.backbone, "qa", "question-answering")
+    with session_for(hub.settings) as s:
         app.state.fuzz_token = keys.create_key(s, name="fuzz", scopes=["admin"])[1]
     yield app
     client.__exit__(None, None, None)

@@ -24,7 +24,7 @@ def _client(settings_factory, hub_factory, **limits):
     hub = hub_factory(settings)
     client = TestClient(create_app(settings, hub))
     client.__enter__()
-    publish_task(hub, "sentiment")
+    publish_task(hub.settings, hub.backbone, "sentiment")
     return client
 
 

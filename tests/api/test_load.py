@@ -18,9 +18,7 @@ import pytest
 from app.config import Settings
 from app.db import keys
 from app.db.session import get_sessionmaker, run_migrations
-from tests.service.test_crash import free_port, seed_store, start_server, tiny_backbone_dir, wait_ready
-
-__all__ = ["tiny_backbone_dir"]  # the session fixture, shared with test_crash
+from tests.helpers import free_port, seed_store, start_server, wait_ready
 
 TEXTS = ["good", "a much longer sentence with several words in it", "Ada lives in Paris", "no", "meh " * 20]
 QA = {"question": "Who wrote it?", "context": "Jane Austen wrote it in 1813 in Hampshire."}

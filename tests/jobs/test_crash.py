@@ -9,7 +9,6 @@ import json
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,31 +23,32 @@ from app.db import keys
 from app.db import tasks as db_tasks
 from app.db.session import REPO_ROOT, get_sessionmaker, run_migrations
 from app.engine.checkpoint import sha256_file
-from app.jobs.worker import settings_env
 from app.ops.doctor import run_doctor
 from app.store import PromptStore
+from tests.helpers import (
+    children_of,
+    free_port,
+    process_env,
+    seed_store,
+    session_for,
+    start_server,
+    wait_for,
+    wait_ready,
+)
 
 WRITER = r"""
 import sys
-from app.db import jobs as db_jobs
+from app import versions
 from app.db import tasks as db_tasks
 from app.db.session import get_sessionmaker
-from app.engine.checkpoint import parse_header
 from app.store import PromptStore
 
 root, url, blob_path = sys.argv[1:4]
 store, maker = PromptStore(root), get_sessionmaker(url)
 blob = open(blob_path, "rb").read()
-doc = parse_header(blob)
-spec = doc["spec"]
 while True:
     with maker() as s:
-        v = max(db_tasks.max_version(s, "big"), max(store.versions("big"), default=0)) + 1
-    stored = store.write_version("big", v, blob, doc)
-    with maker() as s:
-        db_tasks.add_version(s, name="big", task_type=spec["task_type"], labels=spec.get("labels") or [],
-                         file=store.rel_path("big", v), sha256=stored.sha256, size_bytes=stored.size_bytes,
-                         spec=spec, metrics={}, training={}, source="crash-test", version=v)
+        v = versions.publish(s, store, "big", blob, source="crash-test").version
         if v > 2:  # keep the disk bounded: the row first, then the file (as DELETE /tasks does)
             old = v - 2
             if db_tasks.get_version(s, "big", old) is not None:
@@ -56,12 +56,6 @@ while True:
             store.delete_version("big", old)
     print(v, flush=True)
 """
-
-
-def _env(settings: Settings) -> dict[str, str]:
-    env = {**os.environ, **settings_env(settings), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    return env
 
 
 def _big_checkpoint(hub, pad_mb: int) -> bytes:
@@ -98,7 +92,7 @@ def test_sigkill_during_store_writes(hub, settings, tmp_path):
     for _round in range(6):
         proc = subprocess.Popen(
             [sys.executable, "-c", WRITER, settings.store_dir, settings.database_url, str(blob_path)],
-            env=_env(settings),
+            env=process_env(settings),
             cwd=str(REPO_ROOT),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -121,7 +115,7 @@ def test_sigkill_during_store_writes(hub, settings, tmp_path):
         assert not list(Path(settings.store_dir).rglob(".*.tmp"))
         resolved = hub.resolve("big")  # the active version loads (sha256 checked) and is served
         assert resolved.sha256 == want_sha
-    with hub.sessionmaker() as s:
+    with session_for(hub.settings) as s:
         rows = db_tasks.get_versions(s, "big")
     assert rows and all(store.path("big", r.version).is_file() for r in rows)
     print(
@@ -130,82 +124,6 @@ def test_sigkill_during_store_writes(hub, settings, tmp_path):
 
 
 # ------------------------------------------------------------------------------ server + worker
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def children_of(pid: int) -> list[int]:
-    out = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(d.name))
-    return out
-
-
-def start_server(settings: Settings, log: Path, *, worker: bool) -> subprocess.Popen:
-    port = settings.port
-    args = [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
-    if not worker:
-        args.append("--no-worker")
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            args, env=_env(settings), cwd=str(REPO_ROOT), stdout=out, stderr=subprocess.STDOUT
-        )
-
-
-def wait_ready(base: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"server exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
-        try:
-            if httpx.get(base + "/readyz", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"server not ready after {timeout}s:\n{log.read_text()[-4000:]}")
-
-
-def _wait(cond, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture(scope="session")
-def tiny_backbone_dir(tmp_path_factory, svc_backbone) -> Path:
-    d = tmp_path_factory.mktemp("tiny-bert-crash")
-    svc_backbone.model.save_pretrained(str(d))
-    svc_backbone.tokenizer.save_pretrained(str(d))
-    return d
-
-
-def seed_store(settings: Settings, backbone_dir: Path, names: list[str]) -> None:
-    """Checkpoints for the backbone in `backbone_dir`, written to the store only (the server's start-up
-    sync registers them)."""
-    from app.engine.backbone import load_backbone
-    from app.engine.checkpoint import checkpoint_bytes
-    from tests.helpers import make_serving_task
-
-    bb = load_backbone(str(backbone_dir))
-    store = PromptStore(settings.store_dir)
-    for i, name in enumerate(names):
-        kind = ("classification", "token-classification", "question-answering")[i % 3]
-        task = make_serving_task(bb, kind, seed=i)
-        store.write_version(name, 1, checkpoint_bytes(task, bb, {"source": "seed"}))
 
 
 RECORDS = [
@@ -257,7 +175,7 @@ def test_sigkill_server_and_worker_mid_training(tmp_path, sqlite_url, tiny_backb
                 j = c.get(f"/jobs/{job_id}").json()
                 return j["state"] == "running" and (j["progress"] or {}).get("step", 0) >= 3
 
-            _wait(training, 120, "training to start")
+            wait_for(training, 120, "training to start")
             statuses = [
                 c.post("/predict/ner", json={"inputs": ["Ada lives in Paris"]}).status_code for _ in range(5)
             ]
@@ -272,7 +190,7 @@ def test_sigkill_server_and_worker_mid_training(tmp_path, sqlite_url, tiny_backb
         if proc.poll() is None:
             proc.kill()
             proc.wait(30)
-    _wait(
+    wait_for(
         lambda: all(
             not Path(f"/proc/{p}").exists() or "Z" in Path(f"/proc/{p}/stat").read_text().split()[2]
             for p in worker_pids
@@ -296,7 +214,9 @@ def test_sigkill_server_and_worker_mid_training(tmp_path, sqlite_url, tiny_backb
     try:
         wait_ready(base, proc, log)
         with httpx.Client(base_url=base, headers=h, timeout=30) as c:
-            _wait(lambda: c.get(f"/jobs/{job_id}").json()["state"] == "succeeded", 180, "the re-queued job")
+            wait_for(
+                lambda: c.get(f"/jobs/{job_id}").json()["state"] == "succeeded", 180, "the re-queued job"
+            )
             r = c.post("/predict/trained", json={"inputs": ["great film", "awful film"]})
             assert r.status_code == 200 and r.json()["version"] == 1
             for name in ("sentiment", "ner"):

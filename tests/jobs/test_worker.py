@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from app.engine.checkpoint import load_checkpoint_bytes, read_metadata
 from app.jobs import worker as worker_mod
 from app.jobs.worker import Worker, settings_env, spawn_embedded_worker, stop_embedded_worker
 from app.store import PromptStore
+from tests.helpers import process_env, wait_for
 
 RECORDS = [
     {"text": "a wonderful, moving film", "label": "pos"},
@@ -234,7 +234,7 @@ def test_cancel_running_job(worker, settings):
     t = threading.Thread(target=worker.run_once)
     t.start()
     try:
-        _wait(lambda: (job(settings, job_id).progress or {}).get("step", 0) >= 2, 60)
+        wait_for(lambda: (job(settings, job_id).progress or {}).get("step", 0) >= 2, 60)
         with get_sessionmaker(settings.database_url)() as s:
             db_jobs.request_cancel(s, job_id)
     finally:
@@ -253,7 +253,7 @@ def test_stop_event_requeues_current_job(worker, settings):
     t = threading.Thread(target=worker.run_forever, args=(stop,))
     t.start()
     try:
-        _wait(lambda: (job(settings, job_id).progress or {}).get("step", 0) >= 2, 60)
+        wait_for(lambda: (job(settings, job_id).progress or {}).get("step", 0) >= 2, 60)
     finally:
         stop.set()
         t.join(60)
@@ -281,35 +281,15 @@ def test_settings_env_roundtrip(settings):
 # ------------------------------------------------------------------------------ worker processes
 
 
-def _wait(cond, timeout: float, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if cond():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-@pytest.fixture(scope="session")
-def tiny_backbone_dir(tmp_path_factory, svc_backbone) -> Path:
-    """The tiny backbone saved as a local model folder, so `prompthub worker` processes load it."""
-    d = tmp_path_factory.mktemp("tiny-bert")
-    svc_backbone.model.save_pretrained(str(d))
-    svc_backbone.tokenizer.save_pretrained(str(d))
-    return d
-
-
 @pytest.fixture
 def proc_settings(settings, tiny_backbone_dir) -> Settings:
     return settings.model_copy(update={"backbone": str(tiny_backbone_dir)})
 
 
 def _start_worker_process(settings: Settings) -> subprocess.Popen:
-    env = {**os.environ, **settings_env(settings), "HF_HUB_OFFLINE": "1"}
-    env["PYTHONPATH"] = str(REPO_ROOT)
     return subprocess.Popen(
         [sys.executable, "-m", "app.cli", "worker"],
-        env=env,
+        env=process_env(settings),
         cwd=str(REPO_ROOT),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -324,7 +304,7 @@ def _running_job_with_steps(settings: Settings, job_id: str, proc: subprocess.Po
         j = job(settings, job_id)
         return j.state == "running" and (j.progress or {}).get("step", 0) >= 2
 
-    _wait(ready, 120, "the worker process to start training")
+    wait_for(ready, 120, "the worker process to start training")
 
 
 def test_killed_worker_job_is_recovered(proc_settings, tiny_backbone_dir):
@@ -364,7 +344,7 @@ def test_embedded_worker_trains_then_stops_cleanly(proc_settings, monkeypatch):
     short = submit(proc_settings, single(epochs=1, eval_records=None))
     proc = spawn_embedded_worker(proc_settings)
     try:
-        _wait(lambda: job(proc_settings, short).state not in ("queued", "running"), 120, "the first job")
+        wait_for(lambda: job(proc_settings, short).state not in ("queued", "running"), 120, "the first job")
         j = job(proc_settings, short)
         assert j.state == "succeeded", j.error
         long = submit(proc_settings, single(task="other", epochs=100_000, eval_records=None))

@@ -12,7 +12,7 @@ from app.db import datasets as db_datasets
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
 from app.ops.doctor import run_doctor
-from tests.helpers import publish_task
+from tests.helpers import publish_task, session_for, store_for
 
 
 def _kinds(findings, problem=True):
@@ -20,10 +20,10 @@ def _kinds(findings, problem=True):
 
 
 def _break_everything(hub, settings):
-    store = hub.store
+    store = store_for(hub.settings)
     for name in ("alpha", "beta", "gamma", "delta"):
-        publish_task(hub, name)
-    publish_task(hub, "alpha", seed=1)  # alpha v2 active
+        publish_task(hub.settings, hub.backbone, name)
+    publish_task(hub.settings, hub.backbone, "alpha", seed=1)  # alpha v2 active
     # a temp file left by a killed write (old), and one being written now (young: only a note)
     old = store.task_dir("alpha") / ".v0003.safetensors.abc123.tmp"
     old.write_bytes(b"half a checkpoint")
@@ -42,7 +42,7 @@ def _break_everything(hub, settings):
     (store.root / "zeta" / "v0001.safetensors").write_bytes(b"\x00" * 64)
     (store.task_dir("alpha") / "v0007.json").write_text("{}")
     # a job left running by a worker process that no longer exists
-    with hub.sessionmaker() as s:
+    with session_for(hub.settings) as s:
         job = db_jobs.create_job(
             s, kind="single", payload={"task": "alpha"}, task_names=["alpha"], max_queued=50
         )
@@ -86,7 +86,7 @@ def _dead_pid() -> int:
 
 
 def test_clean_store_is_ok(hub, settings):
-    publish_task(hub, "alpha")
+    publish_task(hub.settings, hub.backbone, "alpha")
     report = run_doctor(settings)
     assert report.ok and report.found == []
     assert report.checked["versions"] == 1 and report.checked["files"] == 1
@@ -133,21 +133,23 @@ def test_doctor_finds_and_repairs(hub, settings):
 
     again = run_doctor(settings)
     assert again.ok and _kinds(again.found) == []
-    with hub.sessionmaker() as s:
+    with session_for(hub.settings) as s:
         assert db_tasks.get_task(s, "beta") is None and db_tasks.get_task(s, "gamma") is None
         assert db_tasks.get_active_version(s, "epsilon").version == 1
         assert db_jobs.get_job(s, job_id).state == "queued"
-    assert len(list((hub.store.root / ".quarantine").iterdir())) == 2
-    assert not (hub.store.task_dir("alpha") / ".v0003.safetensors.abc123.tmp").exists()
-    assert (hub.store.task_dir("alpha") / ".v0004.safetensors.xyz.tmp").exists()  # young: left alone
+    assert len(list((store_for(hub.settings).root / ".quarantine").iterdir())) == 2
+    assert not (store_for(hub.settings).task_dir("alpha") / ".v0003.safetensors.abc123.tmp").exists()
+    assert (
+        store_for(hub.settings).task_dir("alpha") / ".v0004.safetensors.xyz.tmp"
+    ).exists()  # young: left alone
 
 
 def test_doctor_cli_json_and_exit_codes(hub, settings, monkeypatch, capsys):
     from app.cli import main
     from app.config import reset_settings
 
-    publish_task(hub, "alpha")
-    hub.store.path("alpha", 1).write_bytes(b"corrupt")
+    publish_task(hub.settings, hub.backbone, "alpha")
+    store_for(hub.settings).path("alpha", 1).write_bytes(b"corrupt")
     for key, value in {
         "PROMPTHUB_DATABASE_URL": settings.database_url,
         "PROMPTHUB_STORE_DIR": settings.store_dir,
@@ -182,8 +184,8 @@ def test_orphan_without_sidecar_is_registered_with_one(hub, settings):
     """Killed after the checkpoint was renamed into place, before its sidecar and its row."""
     from app.engine.checkpoint import atomic_write
 
-    publish_task(hub, "alpha")
-    atomic_write(hub.store.path("alpha", 2), _checkpoint(hub, "alpha"))
+    publish_task(hub.settings, hub.backbone, "alpha")
+    atomic_write(store_for(hub.settings).path("alpha", 2), _checkpoint(hub, "alpha"))
     report = run_doctor(settings)
     assert _kinds(report.found) == ["orphan_file"]
     fixed = run_doctor(settings, repair=True)
