@@ -84,13 +84,8 @@ def add_version(
     Creates the task when it is new. `version` defaults to the highest so far + 1. Raises Conflict
     when the version exists or the task has another task type.
     """
-    task = get_task(s, name)
-    if task is None:
-        task = Task(
-            name=name, task_type=task_type, labels=list(labels or []), description=description, source=source
-        )
-        s.add(task)
-    elif task.task_type != task_type:
+    task = get_task(s, name) or _create_task(s, name, task_type, labels, description, source)
+    if task.task_type != task_type:
         raise Conflict(
             f"task {name!r} is a {task.task_type} task; a {task_type} version cannot be added to it"
         )
@@ -123,6 +118,29 @@ def add_version(
         task.updated_at = utcnow()
     s.commit()
     return row
+
+
+def _create_task(
+    s: Session,
+    name: str,
+    task_type: str,
+    labels: Sequence[str] | None,
+    description: str | None,
+    source: str | None,
+) -> Task:
+    """A new task row, flushed at once; when another writer created it meanwhile, theirs."""
+    task = Task(
+        name=name, task_type=task_type, labels=list(labels or []), description=description, source=source
+    )
+    s.add(task)
+    try:
+        s.flush()
+    except IntegrityError:
+        s.rollback()
+        task = get_task(s, name)  # type: ignore[assignment]
+        if task is None:
+            raise
+    return task
 
 
 def activate_version(s: Session, name: str, version: int) -> Task:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -104,7 +105,10 @@ class PromptStore:
             raise StoreError(f"task {task!r} version {version} already exists in the store")
         digest = sha256_bytes(data)
         try:
-            atomic_write(path, data)
+            if overwrite:
+                atomic_write(path, data)
+            elif not _write_new(path, data):
+                raise StoreError(f"task {task!r} version {version} already exists in the store")
             write_sidecar(
                 path, task=task, version=version, sha256=digest, size_bytes=len(data), metadata=meta
             )
@@ -232,6 +236,35 @@ class PromptStore:
         dest = qdir / f"{label}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}.bad"
         shutil.move(str(path), dest)
         return str(dest)
+
+
+def _write_new(path: Path, data: bytes) -> bool:
+    """Write `path` whole (temp file, fsync, then a hard link: never a partial file) only if it does
+    not exist yet: two writers racing for one version number cannot replace each other's file.
+    False when it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)  # atomic, and fails when the name is taken
+        except FileExistsError:
+            return False
+        except OSError:  # a file system without hard links: check, then rename
+            if path.exists():
+                return False
+            os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+    return True
 
 
 def temp_files(root: Path) -> Iterator[tuple[Path, float]]:
