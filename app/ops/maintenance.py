@@ -20,6 +20,7 @@ Finding kinds and their repairs:
     no_active_version  a task whose active version does not exist      activate_newest
     stuck_job          a running job whose worker is gone              recover_jobs
     dataset_missing / dataset_mismatch                                  drop_dataset
+    schema             the database is behind the newest migration     migrate (the doctor, first)
 
 Tasks whose versions change (rows dropped, files registered) are settled after the version repairs:
 dropped when no version is left, else the newest version is activated when the active one is gone
