@@ -16,8 +16,12 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--bucket-overhead-tokens", type=float, default=None,
-                   help="batcher length bucketing: inf turns it off (one forward per batch)")
+    p.add_argument(
+        "--bucket-overhead-tokens",
+        type=float,
+        default=None,
+        help="batcher length bucketing: inf turns it off (one forward per batch)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     args = p.parse_args()
     import torch

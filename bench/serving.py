@@ -107,14 +107,30 @@ def build_store(root: Path, backbone, n_tasks: int, n_cold: int, prefix_length: 
             d = store / name
             d.mkdir(parents=True, exist_ok=True)
             (d / "v0001.safetensors").write_bytes(data)
-            sidecar = {"task": name, "version": 1, "file": "v0001.safetensors", "sha256": digest,
-                       "size_bytes": len(data), "metadata": {"source": "bench"}}
+            sidecar = {
+                "task": name,
+                "version": 1,
+                "file": "v0001.safetensors",
+                "sha256": digest,
+                "size_bytes": len(data),
+                "metadata": {"source": "bench"},
+            }
             (d / "v0001.json").write_text(json.dumps(sidecar) + "\n")
             sizes[name] = len(data)
             repo.add_version(
-                s, name=name, task_type="classification", labels=labels, file=f"{name}/v0001.safetensors",
-                sha256=digest, size_bytes=len(data), spec=spec.to_dict(), metrics={}, training={},
-                source="bench", activate=True, version=1,
+                s,
+                name=name,
+                task_type="classification",
+                labels=labels,
+                file=f"{name}/v0001.safetensors",
+                sha256=digest,
+                size_bytes=len(data),
+                spec=spec.to_dict(),
+                metrics={},
+                training={},
+                source="bench",
+                activate=True,
+                version=1,
             )
             if k % 500 == 499:
                 s.commit()
@@ -146,8 +162,12 @@ def device_bytes(backbone, store: Path, name: str) -> dict:
         task = load_checkpoint_bytes(data, backbone, expected_sha256=sha)
         times.append(time.perf_counter() - t0)
     kv = task.kv.numel() * task.kv.element_size()
-    return {"nbytes": task.nbytes(), "kv_bytes": kv, "head_bytes": task.nbytes() - kv,
-            "load_ms_in_process": median(times) * 1000}
+    return {
+        "nbytes": task.nbytes(),
+        "kv_bytes": kv,
+        "head_bytes": task.nbytes() - kv,
+        "load_ms_in_process": median(times) * 1000,
+    }
 
 
 # ----------------------------------------------------------------------------- request mixes
@@ -243,14 +263,16 @@ def memory_phase(server: ServerProc, counts: list[int], per_task_bytes: int) -> 
         loaded = k
         time.sleep(0.3)
         rss = rss_bytes(server.pid)
-        rows.append({
-            "tasks": k,
-            "rss_bytes": rss,
-            "over_backbone_bytes": rss - base,
-            "per_task_bytes": (rss - base) / k,
-            "budget_bytes": base + k * per_task_bytes,
-            "within_budget": rss <= base + k * per_task_bytes + 64 * 2**20,  # 64 MiB allocator slack
-        })
+        rows.append(
+            {
+                "tasks": k,
+                "rss_bytes": rss,
+                "over_backbone_bytes": rss - base,
+                "per_task_bytes": (rss - base) / k,
+                "budget_bytes": base + k * per_task_bytes,
+                "within_budget": rss <= base + k * per_task_bytes + 64 * 2**20,  # 64 MiB allocator slack
+            }
+        )
     return {"backbone_rss_bytes": base, "rows": rows}
 
 
@@ -259,14 +281,17 @@ def cold_phase(port: int, names: list[str]) -> dict:
     cold, hot = [], []
     for n in names:
         req = encode_request(f"/predict/{n}", body)
-        (s1, t1), = fire(port, [req])
-        (s2, t2), = fire(port, [req])
+        ((s1, t1),) = fire(port, [req])
+        ((s2, t2),) = fire(port, [req])
         if s1 == 200 and s2 == 200:
             cold.append(t1 * 1000)
             hot.append(t2 * 1000)
-    return {"first_request_ms": median(cold), "warm_request_ms": median(hot),
-            "cold_load_ms_over_http": (median(cold) - median(hot)) if cold else None,
-            "n": len(cold)}
+    return {
+        "first_request_ms": median(cold),
+        "warm_request_ms": median(hot),
+        "cold_load_ms_over_http": (median(cold) - median(hot)) if cold else None,
+        "n": len(cold),
+    }
 
 
 def version_phase(port: int, timeout_s: float = 300.0) -> dict:
@@ -276,16 +301,28 @@ def version_phase(port: int, timeout_s: float = 300.0) -> dict:
 
     import httpx
 
-    records = [{"text": t, "label": lab} for t, lab in [
-        ("I loved this movie, wonderful acting", "pos"), ("a great and touching story", "pos"),
-        ("brilliant, funny and warm", "pos"), ("one of the best films this year", "pos"),
-        ("terrible plot and bad acting", "neg"), ("boring, I fell asleep", "neg"),
-        ("an awful waste of time", "neg"), ("the worst film I have seen", "neg")]]
+    records = [
+        {"text": t, "label": lab}
+        for t, lab in [
+            ("I loved this movie, wonderful acting", "pos"),
+            ("a great and touching story", "pos"),
+            ("brilliant, funny and warm", "pos"),
+            ("one of the best films this year", "pos"),
+            ("terrible plot and bad acting", "neg"),
+            ("boring, I fell asleep", "neg"),
+            ("an awful waste of time", "neg"),
+            ("the worst film I have seen", "neg"),
+        ]
+    ]
     hp = {"max_steps": 10, "epochs": 10, "batch_size": 8, "prefix_length": 8, "lr": 0.02, "max_length": 32}
 
     async def one(version: int) -> dict:
-        body = {"task": "fresh", "task_type": "classification", "train": {"records": records},
-                "hyperparameters": {**hp, "seed": version}}
+        body = {
+            "task": "fresh",
+            "task_type": "classification",
+            "train": {"records": records},
+            "hyperparameters": {**hp, "seed": version},
+        }
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
             r = await c.post("/train", json=body)
             r.raise_for_status()
@@ -355,20 +392,36 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cold", type=int, default=10, help="never-requested tasks for the cold-load probe")
     p.add_argument("--no-version-probe", action="store_true", help="skip the train-then-serve timing")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--max-batch-size", type=int, default=None, help="PROMPTHUB_MAX_BATCH_SIZE (default: settings)")
-    p.add_argument("--max-wait-ms", type=float, default=None, help="PROMPTHUB_MAX_WAIT_MS (default: settings)")
+    p.add_argument(
+        "--max-batch-size", type=int, default=None, help="PROMPTHUB_MAX_BATCH_SIZE (default: settings)"
+    )
+    p.add_argument(
+        "--max-wait-ms", type=float, default=None, help="PROMPTHUB_MAX_WAIT_MS (default: settings)"
+    )
     p.add_argument("--quick", action="store_true", help="tiny run for the smoke test (no meaningful timings)")
     p.add_argument("--out", default=None, help="results folder (default bench/results)")
     p.add_argument("--name", default="serving", help="results file stem")
     p.add_argument("--workdir", default=None, help="where the temporary store goes (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the temporary store")
-    p.add_argument("--ablation", action="append", default=[], metavar="NAME:ARGS",
-                   help="also run the server with bench.hub_server ARGS (e.g. 'no-buckets:--bucket-overhead-tokens inf'), "
-                        "measured side by side on --ablation-tasks; repeatable")
-    p.add_argument("--ablation-tasks", default="1,64", help="task counts (mix one / uniform) for ablation servers")
-    p.add_argument("--threads", type=int, default=None, help="OMP_NUM_THREADS for every server (default: torch's)")
-    p.add_argument("--profile", default=None,
-                   help="py-spy record the PromptHub server during the run into this file (speedscope json)")
+    p.add_argument(
+        "--ablation",
+        action="append",
+        default=[],
+        metavar="NAME:ARGS",
+        help="also run the server with bench.hub_server ARGS (e.g. 'no-buckets:--bucket-overhead-tokens inf'), "
+        "measured side by side on --ablation-tasks; repeatable",
+    )
+    p.add_argument(
+        "--ablation-tasks", default="1,64", help="task counts (mix one / uniform) for ablation servers"
+    )
+    p.add_argument(
+        "--threads", type=int, default=None, help="OMP_NUM_THREADS for every server (default: torch's)"
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        help="py-spy record the PromptHub server during the run into this file (speedscope json)",
+    )
     args = p.parse_args(argv)
 
     if args.quick:
@@ -406,7 +459,10 @@ def main(argv: list[str] | None = None) -> int:
         bb = load_backbone("all-MiniLM-L6-v2")
         store = build_store(work, bb, n_tasks, args.cold, args.prefix_length)
         per_task = device_bytes(bb, Path(store["store"]), task_name(0))
-        print(f"[setup] {store['setup_s']:.1f}s, {store['store_disk_bytes'] / 2**20:.0f} MiB on disk", flush=True)
+        print(
+            f"[setup] {store['setup_s']:.1f}s, {store['store_disk_bytes'] / 2**20:.0f} MiB on disk",
+            flush=True,
+        )
 
         port = free_port()
         cache_bytes = max(536_870_912, int((n_tasks + args.cold + 16) * per_task["nbytes"] * 1.25))
@@ -429,8 +485,14 @@ def main(argv: list[str] | None = None) -> int:
             env["PROMPTHUB_MAX_BATCH_SIZE"] = str(args.max_batch_size)
         if args.max_wait_ms is not None:
             env["PROMPTHUB_MAX_WAIT_MS"] = str(args.max_wait_ms)
-        hub = start_server("prompthub", ["-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                           env, work, port, work / "prompthub.log")
+        hub = start_server(
+            "prompthub",
+            ["-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
+            env,
+            work,
+            port,
+            work / "prompthub.log",
+        )
         servers.append(hub)
         by_name: dict[str, ServerProc] = {"prompthub": hub, "bare": hub}
         ablations: list[str] = []
@@ -438,8 +500,14 @@ def main(argv: list[str] | None = None) -> int:
             aname, _, aargs = spec_.partition(":")
             aport = free_port()
             aenv = {**env, "PROMPTHUB_EMBEDDED_WORKER": "false"}
-            asrv = start_server(aname, ["-m", "bench.hub_server", "--port", str(aport), *aargs.split()],
-                                {**aenv, "PYTHONPATH": str(REPO)}, work, aport, work / f"{aname}.log")
+            asrv = start_server(
+                aname,
+                ["-m", "bench.hub_server", "--port", str(aport), *aargs.split()],
+                {**aenv, "PYTHONPATH": str(REPO)},
+                work,
+                aport,
+                work / f"{aname}.log",
+            )
             servers.append(asrv)
             by_name[aname] = by_name[f"{aname}-bare"] = asrv
             ablations.append(aname)
@@ -448,36 +516,76 @@ def main(argv: list[str] | None = None) -> int:
         if peft_counts:
             pport = free_port()
             tasks_file = work / "peft_tasks.json"
-            tasks_file.write_text(json.dumps({"store": store["store"], "prefix_length": args.prefix_length,
-                                              "tasks": [[task_name(i), 1] for i in range(max(peft_counts))]}))
-            peft_srv = start_server("peft", ["-m", "bench.peft_server", "--tasks-file", str(tasks_file),
-                                             "--port", str(pport), "--device", args.device],
-                                    {"PYTHONPATH": str(REPO), **({"OMP_NUM_THREADS": str(args.threads)}
-                                                                 if args.threads else {})},
-                                    REPO, pport, work / "peft.log")
+            tasks_file.write_text(
+                json.dumps(
+                    {
+                        "store": store["store"],
+                        "prefix_length": args.prefix_length,
+                        "tasks": [[task_name(i), 1] for i in range(max(peft_counts))],
+                    }
+                )
+            )
+            peft_srv = start_server(
+                "peft",
+                [
+                    "-m",
+                    "bench.peft_server",
+                    "--tasks-file",
+                    str(tasks_file),
+                    "--port",
+                    str(pport),
+                    "--device",
+                    args.device,
+                ],
+                {"PYTHONPATH": str(REPO), **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})},
+                REPO,
+                pport,
+                work / "peft.log",
+            )
             servers.append(peft_srv)
             by_name["peft"] = peft_srv
         t_ready = wait_http(hub, "/readyz", 900)
         print(f"[setup] prompthub ready in {t_ready:.1f}s", flush=True)
         for aname in ablations:
             wait_http(by_name[aname], "/readyz", 900)
-            warm(by_name[aname].port, ["bare"] + [task_name(i) for i in range(max(parse_counts(args.ablation_tasks)))])
+            warm(
+                by_name[aname].port,
+                ["bare"] + [task_name(i) for i in range(max(parse_counts(args.ablation_tasks)))],
+            )
         if peft_srv is not None:
             t_peft = wait_http(peft_srv, "/readyz", 1800)
             print(f"[setup] peft ready in {t_peft:.1f}s ({max(peft_counts)} adapters)", flush=True)
         if args.profile:
             import subprocess
 
-            profiler = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(hub.pid), "--format", "speedscope",
-                                         "--output", args.profile, "--rate", "100", "--threads", "--nonblocking"],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+            profiler = subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "--pid",
+                    str(hub.pid),
+                    "--format",
+                    "speedscope",
+                    "--output",
+                    args.profile,
+                    "--rate",
+                    "100",
+                    "--threads",
+                    "--nonblocking",
+                ],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.STDOUT,
+            )
 
         warm(hub.port, ["bare"] * 8)
         memory = memory_phase(hub, mem_counts, per_task["nbytes"])
         memory["peft_rss_bytes"] = rss_bytes(peft_srv.pid) if peft_srv else None
         memory["peft_adapters"] = max(peft_counts) if peft_srv else None
-        print("[memory] " + ", ".join(f"{r['tasks']}: {r['rss_bytes'] / 2**20:.0f} MiB" for r in memory["rows"]),
-              flush=True)
+        print(
+            "[memory] "
+            + ", ".join(f"{r['tasks']}: {r['rss_bytes'] / 2**20:.0f} MiB" for r in memory["rows"]),
+            flush=True,
+        )
         cold = cold_phase(hub.port, [f"c{i:04d}" for i in range(args.cold)])
         cold["load_ms_in_process"] = per_task["load_ms_in_process"]
         print(f"[cold] {cold}", flush=True)
@@ -501,7 +609,7 @@ def main(argv: list[str] | None = None) -> int:
         bodies = make_bodies(args.texts)
         runs: dict[str, list[dict]] = {c.key: [] for c in configs}
         for r in range(args.repeats):
-            order = configs[r % len(configs):] + configs[: r % len(configs)]
+            order = configs[r % len(configs) :] + configs[: r % len(configs)]
             for cfg in order:
                 bare_cfg = cfg.server.endswith("bare")
                 names = ["bare"] if bare_cfg else [task_name(i) for i in range(cfg.n_tasks)]
@@ -509,15 +617,20 @@ def main(argv: list[str] | None = None) -> int:
                 srv = by_name[cfg.server]
                 ours = cfg.server != "peft"
                 b0 = batch_stats(srv.port) if ours else (0.0, 0.0)
-                res = run_load(srv.port, request_factory(mix, bodies), args.clients, args.duration, args.warmup)
+                res = run_load(
+                    srv.port, request_factory(mix, bodies), args.clients, args.duration, args.warmup
+                )
                 summ = res.summary(args.texts)
                 if ours:
                     b1 = batch_stats(srv.port)
                     summ["mean_batch_rows"] = ratio(b1[0] - b0[0], b1[1] - b0[1])
                 runs[cfg.key].append(summ)
-                print(f"[round {r + 1}/{args.repeats}] {cfg.key:24s} {summ['rps']:8.1f} req/s "
-                      f"{summ['texts_per_s']:8.1f} texts/s p50 {fmt(summ['p50_ms'])} ms p99 {fmt(summ['p99_ms'])} ms"
-                      + (f" errors {summ['errors']} {summ['sample_error']}" if summ["errors"] else ""), flush=True)
+                print(
+                    f"[round {r + 1}/{args.repeats}] {cfg.key:24s} {summ['rps']:8.1f} req/s "
+                    f"{summ['texts_per_s']:8.1f} texts/s p50 {fmt(summ['p50_ms'])} ms p99 {fmt(summ['p99_ms'])} ms"
+                    + (f" errors {summ['errors']} {summ['sample_error']}" if summ["errors"] else ""),
+                    flush=True,
+                )
 
         versions = None
         if not args.no_version_probe:
@@ -558,9 +671,14 @@ def main(argv: list[str] | None = None) -> int:
         base = bare
         if cfg.server in ablations or cfg.server.endswith("-bare"):
             base = agg(f"{cfg.server.removesuffix('-bare')}-bare/1/one")
-        row = {"server": cfg.server, "tasks": cfg.n_tasks, "mix": cfg.mix, **a,
-               "vs_bare": ratio(a["rps"], base["rps"]),
-               "vs_shipped_bare": ratio(a["rps"], bare["rps"])}
+        row = {
+            "server": cfg.server,
+            "tasks": cfg.n_tasks,
+            "mix": cfg.mix,
+            **a,
+            "vs_bare": ratio(a["rps"], base["rps"]),
+            "vs_shipped_bare": ratio(a["rps"], bare["rps"]),
+        }
         if cfg.server == "prompthub":
             pk = f"peft/{cfg.n_tasks}/{'one' if cfg.mix == 'one' else 'uniform'}"
             if pk in runs and cfg.mix in ("one", "uniform"):
@@ -582,12 +700,17 @@ def main(argv: list[str] | None = None) -> int:
         targets["vs_peft_switching_min"] = {"value": min(vp), "target": 10.0}
     if versions:
         lat = [j.get("job_finished_to_first_prediction_s") for j in versions["jobs"]]
-        targets["new_version_served_s_max"] = {"value": max((x for x in lat if x is not None), default=None),
-                                               "target": 1.0, "lower_is_better": True}
+        targets["new_version_served_s_max"] = {
+            "value": max((x for x in lat if x is not None), default=None),
+            "target": 1.0,
+            "lower_is_better": True,
+        }
     mem_rows = memory["rows"]
     if mem_rows:
         targets["memory_within_backbone_plus_task_bytes"] = {
-            "value": all(r["within_budget"] for r in mem_rows), "target": True}
+            "value": all(r["within_budget"] for r in mem_rows),
+            "target": True,
+        }
 
     result = {
         "benchmark": "serving",
@@ -638,46 +761,112 @@ def render_markdown(res: dict) -> str:
     ]
     rows = []
     for r in res["throughput"]:
-        rows.append([
-            r["server"], fmt(r["tasks"]), r["mix"], fmt(r["rps"]), fmt(r["texts_per_s"]), fmt(r["p50_ms"]),
-            fmt(r["p99_ms"]), fmt(r["mean_batch_rows"]), fmt(r["vs_bare"], 2), fmt(r.get("vs_peft"), 1),
-            r["errors"],
-        ])
-    lines.append(md_table(["server", "tasks", "mix", "req/s", "texts/s", "p50 ms", "p99 ms", "rows/forward",
-                           "x bare", "x PEFT", "errors"], rows))
-    lines += ["", "`bare`: the same server, batcher and policy serving a task with no prefix (a head only): the "
-              "ceiling of this design. `peft`: peft PrefixTuning adapters, `set_adapter` per request "
-              "(bench/peft_server.py). Mixes: `one` task only; `uniform` over the tasks; `zipf` (s=1.1); "
-              "`switch`: round robin, every request a different task than the last.", ""]
+        rows.append(
+            [
+                r["server"],
+                fmt(r["tasks"]),
+                r["mix"],
+                fmt(r["rps"]),
+                fmt(r["texts_per_s"]),
+                fmt(r["p50_ms"]),
+                fmt(r["p99_ms"]),
+                fmt(r["mean_batch_rows"]),
+                fmt(r["vs_bare"], 2),
+                fmt(r.get("vs_peft"), 1),
+                r["errors"],
+            ]
+        )
+    lines.append(
+        md_table(
+            [
+                "server",
+                "tasks",
+                "mix",
+                "req/s",
+                "texts/s",
+                "p50 ms",
+                "p99 ms",
+                "rows/forward",
+                "x bare",
+                "x PEFT",
+                "errors",
+            ],
+            rows,
+        )
+    )
+    lines += [
+        "",
+        "`bare`: the same server, batcher and policy serving a task with no prefix (a head only): the "
+        "ceiling of this design. `peft`: peft PrefixTuning adapters, `set_adapter` per request "
+        "(bench/peft_server.py). Mixes: `one` task only; `uniform` over the tasks; `zipf` (s=1.1); "
+        "`switch`: round robin, every request a different task than the last.",
+        "",
+    ]
     pt = res["per_task"]
     mem = res["memory"]
-    lines += ["## Memory", "",
-              f"Per task: {fmt(pt['disk_bytes'])} bytes on disk (safetensors with metadata; "
-              f"{fmt(pt['bare_disk_bytes'])} for a head-only task), {fmt(pt['device_bytes'])} bytes on the device "
-              f"(K/V {fmt(pt['kv_bytes'])} + head {fmt(pt['head_bytes'])}).", ""]
-    mrows = [[fmt(r["tasks"]), fmt(r["rss_bytes"] / 2**20), fmt(r["over_backbone_bytes"] / 2**20),
-              fmt(r["per_task_bytes"] / 1000, 1), fmt(r["budget_bytes"] / 2**20), "yes" if r["within_budget"] else "NO"]
-             for r in mem["rows"]]
-    lines.append(md_table(["tasks loaded", "server RSS MiB", "over backbone MiB", "kB per task",
-                           "budget MiB (backbone + tasks' bytes)", "within (64 MiB slack)"], mrows))
-    lines += ["", f"Server RSS with the backbone only (after warm-up requests): "
-              f"{fmt(mem['backbone_rss_bytes'] / 2**20)} MiB."]
+    lines += [
+        "## Memory",
+        "",
+        f"Per task: {fmt(pt['disk_bytes'])} bytes on disk (safetensors with metadata; "
+        f"{fmt(pt['bare_disk_bytes'])} for a head-only task), {fmt(pt['device_bytes'])} bytes on the device "
+        f"(K/V {fmt(pt['kv_bytes'])} + head {fmt(pt['head_bytes'])}).",
+        "",
+    ]
+    mrows = [
+        [
+            fmt(r["tasks"]),
+            fmt(r["rss_bytes"] / 2**20),
+            fmt(r["over_backbone_bytes"] / 2**20),
+            fmt(r["per_task_bytes"] / 1000, 1),
+            fmt(r["budget_bytes"] / 2**20),
+            "yes" if r["within_budget"] else "NO",
+        ]
+        for r in mem["rows"]
+    ]
+    lines.append(
+        md_table(
+            [
+                "tasks loaded",
+                "server RSS MiB",
+                "over backbone MiB",
+                "kB per task",
+                "budget MiB (backbone + tasks' bytes)",
+                "within (64 MiB slack)",
+            ],
+            mrows,
+        )
+    )
+    lines += [
+        "",
+        f"Server RSS with the backbone only (after warm-up requests): "
+        f"{fmt(mem['backbone_rss_bytes'] / 2**20)} MiB.",
+    ]
     if mem.get("peft_rss_bytes"):
-        lines.append(f"PEFT server RSS with {fmt(mem['peft_adapters'])} adapters: "
-                     f"{fmt(mem['peft_rss_bytes'] / 2**20)} MiB.")
+        lines.append(
+            f"PEFT server RSS with {fmt(mem['peft_adapters'])} adapters: "
+            f"{fmt(mem['peft_rss_bytes'] / 2**20)} MiB."
+        )
     c = res["cold"]
-    lines += ["", "## Cold load and new versions", "",
-              f"Cold prefix load: {fmt(c.get('load_ms_in_process'), 2)} ms in process (read + sha256 + parse + "
-              f"place); over HTTP the first request to a task takes {fmt(c.get('first_request_ms'), 1)} ms against "
-              f"{fmt(c.get('warm_request_ms'), 1)} ms once cached (n={c.get('n')})."]
+    lines += [
+        "",
+        "## Cold load and new versions",
+        "",
+        f"Cold prefix load: {fmt(c.get('load_ms_in_process'), 2)} ms in process (read + sha256 + parse + "
+        f"place); over HTTP the first request to a task takes {fmt(c.get('first_request_ms'), 1)} ms against "
+        f"{fmt(c.get('warm_request_ms'), 1)} ms once cached (n={c.get('n')}).",
+    ]
     if res.get("version_latency"):
         for j in res["version_latency"]["jobs"]:
-            lines.append(f"- job for version {j['version']}: {j['state']}, first prediction on the new version "
-                         f"{fmt(j.get('job_finished_to_first_prediction_s'), 3)} s after the job's finished_at "
-                         f"(predictions polled every ~10 ms)")
+            lines.append(
+                f"- job for version {j['version']}: {j['state']}, first prediction on the new version "
+                f"{fmt(j.get('job_finished_to_first_prediction_s'), 3)} s after the job's finished_at "
+                f"(predictions polled every ~10 ms)"
+            )
     lines += ["", "## Targets", ""]
-    trows = [[k, fmt(v["value"], 2) if isinstance(v["value"], float) else v["value"], v["target"]]
-             for k, v in res["targets"].items()]
+    trows = [
+        [k, fmt(v["value"], 2) if isinstance(v["value"], float) else v["value"], v["target"]]
+        for k, v in res["targets"].items()
+    ]
     lines.append(md_table(["target", "measured", "goal"], trows))
     return "\n".join(lines)
 
