@@ -39,9 +39,9 @@ from bench.common import (
     peak_rss_bytes,
     ratio,
     rss_bytes,
+    save_results,
     synthetic_texts,
 )
-from bench.common import write_results as _write
 
 METHODS = ("p-tuning-v2", "fine-tuning", "peft-prefix")
 NUM_LABELS = 4
@@ -335,12 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         "raw_step_s": times,
         "targets": targets,
     }
-    md = render_markdown(result)
-    jp, mp = _write(args.name, result, md, Path(args.out) if args.out else None)
-    print()
-    print(md)
-    print(f"\nwrote {jp} and {mp}")
-    return 0
+    return save_results(args.name, result, render_markdown(result), args.out)
 
 
 def render_markdown(res: dict) -> str:

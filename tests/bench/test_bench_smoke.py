@@ -85,3 +85,16 @@ def test_length_buckets_cover_rows_in_order():
     assert length_buckets(lengths, float("inf")) == [(0, 8)]
     assert len(length_buckets(lengths, 4.0)) == 3  # short, middle and long rows apart
     assert length_buckets([], 16.0) == [] and length_buckets([5], 16.0) == [(0, 1)]
+
+
+def test_ablation_settings_become_server_environment():
+    from bench.serving.cli import ablation_env
+
+    flags = ablation_env("--bucket-overhead-tokens inf --threads 1")
+    assert flags == {"PROMPTHUB_BUCKET_OVERHEAD_TOKENS": "inf", "PROMPTHUB_TORCH_THREADS": "1"}
+    assert ablation_env("bucket_overhead_tokens=inf PROMPTHUB_MAX_WAIT_MS=2") == {
+        "PROMPTHUB_BUCKET_OVERHEAD_TOKENS": "inf",
+        "PROMPTHUB_MAX_WAIT_MS": "2",
+    }
+    with pytest.raises(ValueError, match="not a server setting"):
+        ablation_env("--no-such-knob 1")
