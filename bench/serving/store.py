@@ -23,9 +23,8 @@ def build_store(root: Path, backbone, n_tasks: int, n_cold: int, prefix_length: 
     real). Files are written without the store's per-file fsync (bounded set-up time)."""
     import torch
 
-    from app.db import repo
     from app.db.session import get_sessionmaker, run_migrations
-    from app.engine.checkpoint import checkpoint_bytes, sha256_bytes
+    from app.engine.checkpoint import checkpoint_bytes
     from app.engine.heads import build_head
     from app.engine.model import ServingTask, TaskSpec
 
@@ -53,35 +52,8 @@ def build_store(root: Path, backbone, n_tasks: int, n_cold: int, prefix_length: 
                 kv = torch.randn(backbone.num_layers, 2, prefix_length, backbone.kv_size, generator=g) * 0.5
             task = ServingTask(spec=spec, head=head, kv=kv, layer_mask=layer_mask if kv is not None else None)
             data = checkpoint_bytes(task, backbone, {"source": "bench", "metrics": {}, "training": {}})
-            digest = sha256_bytes(data)
-            d = store / name
-            d.mkdir(parents=True, exist_ok=True)
-            (d / "v0001.safetensors").write_bytes(data)
-            sidecar = {
-                "task": name,
-                "version": 1,
-                "file": "v0001.safetensors",
-                "sha256": digest,
-                "size_bytes": len(data),
-                "metadata": {"source": "bench"},
-            }
-            (d / "v0001.json").write_text(json.dumps(sidecar) + "\n")
+            publish(s, store, name, data, spec)
             sizes[name] = len(data)
-            repo.add_version(
-                s,
-                name=name,
-                task_type="classification",
-                labels=labels,
-                file=f"{name}/v0001.safetensors",
-                sha256=digest,
-                size_bytes=len(data),
-                spec=spec.to_dict(),
-                metrics={},
-                training={},
-                source="bench",
-                activate=True,
-                version=1,
-            )
             if k % 500 == 499:
                 s.commit()
         s.commit()
@@ -95,6 +67,42 @@ def build_store(root: Path, backbone, n_tasks: int, n_cold: int, prefix_length: 
         "bare_checkpoint_bytes": sizes["bare"],
         "store_disk_bytes": disk,
     }
+
+
+def publish(session, store: Path, name: str, blob: bytes, spec) -> None:
+    """Version 1 of a synthetic task: checkpoint and sidecar in the store folder, then its active
+    database row (the caller commits). The one place the serving bench publishes a task."""
+    from app.db import repo
+    from app.engine.checkpoint import sha256_bytes
+
+    digest = sha256_bytes(blob)
+    d = store / name
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "v0001.safetensors").write_bytes(blob)  # no per-file fsync: bounded set-up time
+    sidecar = {
+        "task": name,
+        "version": 1,
+        "file": "v0001.safetensors",
+        "sha256": digest,
+        "size_bytes": len(blob),
+        "metadata": {"source": "bench"},
+    }
+    (d / "v0001.json").write_text(json.dumps(sidecar) + "\n")
+    repo.add_version(
+        session,
+        name=name,
+        task_type=spec.task_type,
+        labels=spec.labels,
+        file=f"{name}/v0001.safetensors",
+        sha256=digest,
+        size_bytes=len(blob),
+        spec=spec.to_dict(),
+        metrics={},
+        training={},
+        source="bench",
+        activate=True,
+        version=1,
+    )
 
 
 def device_bytes(backbone, store: Path, name: str) -> dict:
