@@ -137,6 +137,15 @@ def write_results(name: str, data: dict, markdown: str, out_dir: Path | None = N
     return jp, mp
 
 
+def save_results(name: str, data: dict, markdown: str, out_dir: str | Path | None = None) -> int:
+    """Write ``<out>/<name>.{json,md}``, print the markdown and where it went; the exit status."""
+    jp, mp = write_results(name, data, markdown, Path(out_dir) if out_dir else None)
+    print()
+    print(markdown)
+    print(f"\nwrote {jp} and {mp}")
+    return 0
+
+
 # ------------------------------------------------------------------------------ synthetic texts
 
 _WORDS = (

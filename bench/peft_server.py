@@ -46,7 +46,9 @@ def build(tasks_file: Path, device: str = "cpu"):
     store = Path(doc["store"])
     bb = load_backbone(doc.get("backbone") or "all-MiniLM-L6-v2", device=device)
     tokenizer, model = bb.tokenizer, bb.model
-    cfg = PrefixTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=int(doc["prefix_length"]))
+    cfg = PrefixTuningConfig(
+        task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=int(doc["prefix_length"])
+    )
     pm = None
     heads: dict[str, torch.nn.Linear] = {}
     labels: dict[str, list[str]] = {}
@@ -99,7 +101,9 @@ def create_app(tasks_file: Path, device: str = "cpu"):
         out = []
         for row in probs.tolist():
             best = max(range(len(row)), key=row.__getitem__)
-            out.append({"label": names[best], "score": row[best], "scores": dict(zip(names, row, strict=True))})
+            out.append(
+                {"label": names[best], "score": row[best], "scores": dict(zip(names, row, strict=True))}
+            )
         return {"task": task, "predictions": out}
 
     return app
@@ -113,8 +117,13 @@ def main() -> int:
     args = p.parse_args()
     import uvicorn
 
-    uvicorn.run(create_app(Path(args.tasks_file), args.device), host="127.0.0.1", port=args.port,
-                log_level="warning", access_log=False)
+    uvicorn.run(
+        create_app(Path(args.tasks_file), args.device),
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+    )
     return 0
 
 

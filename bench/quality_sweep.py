@@ -4,7 +4,7 @@ Trains one method on one task of the ``full`` budget with some settings changed 
 epochs, prefix length, prefix init, prefix dropout, MLP), evaluates on a (smaller) slice of the
 task's evaluation set after every epoch, prints one JSON line and appends it to
 ``bench/results/quality-sweep.jsonl``. docs/quality.md lists the probes that chose the benchmark's
-settings (``bench/quality_config.py``).
+settings (``bench/quality/plan.py``).
 
     python -m bench.quality_sweep --task brown_pos --lr 3e-2 --epochs 6 --n-eval 300
 """
@@ -18,7 +18,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-from bench import quality_config as C
+from bench.quality import plan as C
 
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "quality-sweep.jsonl"
 
@@ -27,7 +27,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.quality_sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="brown_pos", choices=C.TASK_ORDER)
     p.add_argument("--method", default="p-tuning-v2", choices=C.METHODS)
-    p.add_argument("--lr", type=float, default=None, help="default: the method's lr in quality_config")
+    p.add_argument("--lr", type=float, default=None, help="default: the method's lr in bench/quality/plan.py")
     p.add_argument("--epochs", type=int, default=None, help="default: the task's full-budget epochs")
     p.add_argument("--prefix-length", type=int, default=None)
     p.add_argument("--prefix-init", default="random", choices=["random", "tokens"])
@@ -68,9 +68,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     from app.engine.backbone import load_backbone
     from app.engine.train import evaluate, train_task
-    from bench import quality as Q
+    from bench.quality import data, log
+    from bench.quality.run import ProgressPrinter, build_training, score_of
 
-    manifests = Q.prepare_datasets([args.task])
+    manifests = data.prepare_datasets([args.task])
     tb = C.FULL.task(args.task)
     changes: dict = {"n_eval": args.n_eval}
     if args.eval_split and tb.split_at is None and args.eval_split in _splits(args.task):
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.lr:
         hp = replace(hp, lr=args.lr)
     # the probe's own epochs / batch size / prefix length win over the task budget and a
-    # (task, method) exception (make_config / make_spec read them from hp first)
+    # (task, method) exception (run_hyperparameters reads them from hp first)
     hp = replace(
         hp,
         epochs=args.epochs or hp.epochs,
@@ -90,17 +91,20 @@ def main(argv: list[str] | None = None) -> int:
         prefix_length=args.prefix_length or hp.prefix_length,
     )
     backbone = load_backbone("minilm")
-    train, ev = Q.load_task_data(tb)
-    spec = Q.make_spec(tb, args.method, manifests[args.task].get("labels"), hp=hp)
-    spec.prefix_init = args.prefix_init
-    spec.prefix_init_std = args.prefix_init_std
-    spec.prefix_dropout = args.prefix_dropout
-    config = Q.make_config(tb, args.method, hp=hp)
-    Q.log(
+    train, ev = data.load_task_data(tb)
+    labels = manifests[args.task].get("labels")
+    flat = {
+        **C.run_hyperparameters(tb, hp, labels),
+        "prefix_init": args.prefix_init,
+        "prefix_init_std": args.prefix_init_std,
+        "prefix_dropout": args.prefix_dropout,
+    }
+    spec, config = build_training(tb.task_type, flat, labels)
+    log(
         f"sweep {args.task}/{args.method}: lr {hp.lr:g}, {config.epochs} epochs at batch {config.batch_size}, {len(train)} train, {len(ev)} eval"
     )
     t0 = time.monotonic()
-    result = train_task(backbone, spec, train, ev, config, progress=Q.ProgressPrinter(args.task))
+    result = train_task(backbone, spec, train, ev, config, progress=ProgressPrinter(args.task))
     metrics = evaluate(backbone, result.task, ev, batch_size=64)
     rec = {
         "task": args.task,
@@ -116,8 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         "n_eval": len(ev),
         "eval_split": tb.eval_split,
         "metric": tb.metric,
-        "score": round(Q.score_of(metrics, tb.metric), 2),
-        "per_epoch": [round(Q.score_of(_epoch_metrics(h), tb.metric), 2) for h in result.history],
+        "score": round(score_of(metrics, tb.metric), 2),
+        "per_epoch": [round(score_of(_epoch_metrics(h), tb.metric), 2) for h in result.history],
         "seconds": round(time.monotonic() - t0),
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -39,9 +39,9 @@ from bench.common import (
     peak_rss_bytes,
     ratio,
     rss_bytes,
+    save_results,
     synthetic_texts,
 )
-from bench.common import write_results as _write
 
 METHODS = ("p-tuning-v2", "fine-tuning", "peft-prefix")
 NUM_LABELS = 4
@@ -57,12 +57,14 @@ def make_batches(tokenizer, n_batches: int, batch_size: int, length: int, device
     out = []
     for i in range(n_batches):
         sl = slice(i * batch_size, (i + 1) * batch_size)
-        out.append({
-            "input_ids": enc["input_ids"][sl].to(device),
-            "attention_mask": enc["attention_mask"][sl].to(device),
-            "token_type_ids": enc["token_type_ids"][sl].to(device),
-            "label": labels[sl].to(device),
-        })
+        out.append(
+            {
+                "input_ids": enc["input_ids"][sl].to(device),
+                "attention_mask": enc["attention_mask"][sl].to(device),
+                "token_type_ids": enc["token_type_ids"][sl].to(device),
+                "label": labels[sl].to(device),
+            }
+        )
     return out
 
 
@@ -78,7 +80,9 @@ class Runner:
         torch.manual_seed(0)
         labels = [f"l{i}" for i in range(NUM_LABELS)]
         if method in ("p-tuning-v2", "fine-tuning"):
-            spec = TaskSpec(task_type="classification", labels=labels, method=method, prefix_length=prefix_length)
+            spec = TaskSpec(
+                task_type="classification", labels=labels, method=method, prefix_length=prefix_length
+            )
             self.model = TaskModel(spec, backbone).to(device)
             params = self.model.trainable_parameters()
             lr = 1e-2 if method == "p-tuning-v2" else 5e-5
@@ -100,10 +104,14 @@ class Runner:
             self.head = build_head(spec, backbone).to(device)
             params = [p for p in self.peft.parameters() if p.requires_grad] + list(self.head.parameters())
             lr = 1e-2
-            total = sum(p.numel() for p in self.peft.parameters()) + sum(p.numel() for p in self.head.parameters())
+            total = sum(p.numel() for p in self.peft.parameters()) + sum(
+                p.numel() for p in self.head.parameters()
+            )
 
             def fwd(batch):
-                hidden = self.peft(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                hidden = self.peft(
+                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                ).last_hidden_state
                 return self.head(hidden)
 
             self.forward = fwd
@@ -166,8 +174,13 @@ def child_memory(args) -> dict:
         runner.step(batches[i % len(batches)])
     _sync(args.device)
     peak = torch.cuda.max_memory_allocated() if cuda else peak_rss_bytes()
-    return {"method": args.child, "before_bytes": before, "peak_bytes": peak, "training_extra_bytes": peak - before,
-            "kind": "cuda max_memory_allocated" if cuda else "peak RSS (VmHWM)"}
+    return {
+        "method": args.child,
+        "before_bytes": before,
+        "peak_bytes": peak,
+        "training_extra_bytes": peak - before,
+        "kind": "cuda max_memory_allocated" if cuda else "peak RSS (VmHWM)",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -189,7 +202,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.quick:
-        args.batch_size, args.length, args.steps, args.warmup_steps, args.repeats, args.mem_steps = 2, 16, 1, 1, 1, 2
+        args.batch_size, args.length, args.steps, args.warmup_steps, args.repeats, args.mem_steps = (
+            2,
+            16,
+            1,
+            1,
+            1,
+            2,
+        )
         args.threads = args.threads or 1
     methods = [m for m in args.methods.split(",") if m]
     if "peft-prefix" in methods:
@@ -222,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     _sync(args.device)
     times: dict[str, list[float]] = {m: [] for m in methods}
     for rnd in range(args.repeats):
-        order = methods[rnd % len(methods):] + methods[: rnd % len(methods)]
+        order = methods[rnd % len(methods) :] + methods[: rnd % len(methods)]
         for m in order:
             for i in range(args.steps):
                 b = batches[(rnd * args.steps + i) % len(batches)]
@@ -231,15 +251,32 @@ def main(argv: list[str] | None = None) -> int:
                 runners[m].step(b)
                 _sync(args.device)
                 times[m].append(time.perf_counter() - t0)
-        print(f"[round {rnd + 1}/{args.repeats}] " + ", ".join(
-            f"{m} {median(times[m]) * 1000:.0f} ms" for m in methods), flush=True)
+        print(
+            f"[round {rnd + 1}/{args.repeats}] "
+            + ", ".join(f"{m} {median(times[m]) * 1000:.0f} ms" for m in methods),
+            flush=True,
+        )
 
     memory: dict[str, dict] = {}
     if not args.no_memory:
         for m in methods:
-            cmd = [sys.executable, "-m", "bench.training", "--child", m, "--device", args.device,
-                   "--batch-size", str(args.batch_size), "--length", str(args.length),
-                   "--prefix-length", str(args.prefix_length), "--mem-steps", str(args.mem_steps)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "bench.training",
+                "--child",
+                m,
+                "--device",
+                args.device,
+                "--batch-size",
+                str(args.batch_size),
+                "--length",
+                str(args.length),
+                "--prefix-length",
+                str(args.prefix_length),
+                "--mem-steps",
+                str(args.mem_steps),
+            ]
             if args.threads:
                 cmd += ["--threads", str(args.threads)]
             env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -248,7 +285,10 @@ def main(argv: list[str] | None = None) -> int:
                 memory[m] = {"error": out.stderr[-2000:]}
                 continue
             memory[m] = json.loads(out.stdout.strip().splitlines()[-1])
-            print(f"[memory] {m}: {memory[m]['training_extra_bytes'] / 2**20:.0f} MiB over the loaded model", flush=True)
+            print(
+                f"[memory] {m}: {memory[m]['training_extra_bytes'] / 2**20:.0f} MiB over the loaded model",
+                flush=True,
+            )
 
     ft = median(times.get("fine-tuning", [])) if "fine-tuning" in times else None
     pf = median(times.get("peft-prefix", [])) if "peft-prefix" in times else None
@@ -256,25 +296,35 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:
         step = median(times[m])
         r = runners[m]
-        rows.append({
-            "method": m,
-            "step_ms": step * 1000,
-            "step_ms_min": min(times[m]) * 1000,
-            "steps_timed": len(times[m]),
-            "examples_per_s": args.batch_size / step,
-            "vs_fine_tuning": ratio(step, ft),
-            "vs_peft_prefix": ratio(step, pf),
-            "trainable_params": r.trainable,
-            "total_params": r.total,
-            "trainable_fraction": r.trainable / r.total,
-            "memory": memory.get(m),
-        })
+        rows.append(
+            {
+                "method": m,
+                "step_ms": step * 1000,
+                "step_ms_min": min(times[m]) * 1000,
+                "steps_timed": len(times[m]),
+                "examples_per_s": args.batch_size / step,
+                "vs_fine_tuning": ratio(step, ft),
+                "vs_peft_prefix": ratio(step, pf),
+                "trainable_params": r.trainable,
+                "total_params": r.total,
+                "trainable_fraction": r.trainable / r.total,
+                "memory": memory.get(m),
+            }
+        )
     targets = {}
     ptv2 = next((x for x in rows if x["method"] == "p-tuning-v2"), None)
     if ptv2 and ptv2["vs_fine_tuning"] is not None:
-        targets["step_vs_fine_tuning"] = {"value": ptv2["vs_fine_tuning"], "target": 0.7, "lower_is_better": True}
+        targets["step_vs_fine_tuning"] = {
+            "value": ptv2["vs_fine_tuning"],
+            "target": 0.7,
+            "lower_is_better": True,
+        }
     if ptv2 and ptv2["vs_peft_prefix"] is not None:
-        targets["step_vs_peft_prefix"] = {"value": ptv2["vs_peft_prefix"], "target": 1.0, "lower_is_better": True}
+        targets["step_vs_peft_prefix"] = {
+            "value": ptv2["vs_peft_prefix"],
+            "target": 1.0,
+            "lower_is_better": True,
+        }
     result = {
         "benchmark": "training",
         "command": "python -m bench.training " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -285,41 +335,67 @@ def main(argv: list[str] | None = None) -> int:
         "raw_step_s": times,
         "targets": targets,
     }
-    md = render_markdown(result)
-    jp, mp = _write(args.name, result, md, Path(args.out) if args.out else None)
-    print()
-    print(md)
-    print(f"\nwrote {jp} and {mp}")
-    return 0
+    return save_results(args.name, result, render_markdown(result), args.out)
 
 
 def render_markdown(res: dict) -> str:
     m, s = res["machine"], res["settings"]
     lines = [
-        "# Training benchmark", "",
+        "# Training benchmark",
+        "",
         f"Command: `{res['command']}`  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, device {m['device']}, torch {m['torch']} "
         f"({m['torch_threads']} threads), transformers {m.get('transformers')}, peft {m.get('peft')}; load average "
         f"at start {', '.join(f'{x:.2f}' for x in m['load_avg_at_start'])} (shared machine)  ",
         f"MiniLM-L6, batch {s['batch_size']}, {s['length']} tokens, prefix {s['prefix_length']} tokens at every "
-        f"layer; {s['repeats']} interleaved rounds of {s['steps']} steps per method; medians.", "",
+        f"layer; {s['repeats']} interleaved rounds of {s['steps']} steps per method; medians.",
+        "",
     ]
     rows = []
     for r in res["methods"]:
         mem = r.get("memory") or {}
-        rows.append([r["method"], fmt(r["step_ms"], 0), fmt(r["examples_per_s"], 1), fmt(r["vs_fine_tuning"], 2),
-                     fmt(r["vs_peft_prefix"], 2), fmt(r["trainable_params"]),
-                     f"{100 * r['trainable_fraction']:.2f}%",
-                     fmt(mem["peak_bytes"] / 2**20, 0) if "peak_bytes" in mem else "-",
-                     fmt(mem["training_extra_bytes"] / 2**20, 0) if "training_extra_bytes" in mem else "-"])
-    lines.append(md_table(["method", "step ms", "examples/s", "x fine-tuning", "x PEFT", "trainable params",
-                           "trainable", "peak MiB", "peak over loaded model MiB"], rows))
-    kind = next((r["memory"]["kind"] for r in res["methods"] if r.get("memory") and "kind" in r["memory"]), None)
+        rows.append(
+            [
+                r["method"],
+                fmt(r["step_ms"], 0),
+                fmt(r["examples_per_s"], 1),
+                fmt(r["vs_fine_tuning"], 2),
+                fmt(r["vs_peft_prefix"], 2),
+                fmt(r["trainable_params"]),
+                f"{100 * r['trainable_fraction']:.2f}%",
+                fmt(mem["peak_bytes"] / 2**20, 0) if "peak_bytes" in mem else "-",
+                fmt(mem["training_extra_bytes"] / 2**20, 0) if "training_extra_bytes" in mem else "-",
+            ]
+        )
+    lines.append(
+        md_table(
+            [
+                "method",
+                "step ms",
+                "examples/s",
+                "x fine-tuning",
+                "x PEFT",
+                "trainable params",
+                "trainable",
+                "peak MiB",
+                "peak over loaded model MiB",
+            ],
+            rows,
+        )
+    )
+    kind = next(
+        (r["memory"]["kind"] for r in res["methods"] if r.get("memory") and "kind" in r["memory"]), None
+    )
     if kind:
         lines += ["", f"Memory: {kind}, in a fresh process per method."]
     if res["targets"]:
-        lines += ["", md_table(["target", "measured", "goal"],
-                               [[k, fmt(v["value"], 2), f"<= {v['target']}"] for k, v in res["targets"].items()])]
+        lines += [
+            "",
+            md_table(
+                ["target", "measured", "goal"],
+                [[k, fmt(v["value"], 2), f"<= {v['target']}"] for k, v in res["targets"].items()],
+            ),
+        ]
     return "\n".join(lines)
 
 

@@ -22,7 +22,11 @@ def _run(module: str, out: Path, timeout: int) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", module, "--quick", "--out", str(out), "--name", "smoke"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (out / "smoke.md").read_text().startswith("# ")
@@ -36,11 +40,25 @@ def test_serving_quick_writes_results(tmp_path: Path):
     assert {"cpu", "cores", "torch"} <= set(res["machine"])
     rows = res["throughput"]
     assert rows[0]["server"] == "bare"
-    keys = {"server", "tasks", "mix", "rps", "texts_per_s", "p50_ms", "p99_ms", "vs_bare", "errors", "repeats"}
+    keys = {
+        "server",
+        "tasks",
+        "mix",
+        "rps",
+        "texts_per_s",
+        "p50_ms",
+        "p99_ms",
+        "vs_bare",
+        "errors",
+        "repeats",
+    }
     for row in rows:
         assert keys <= set(row), row
         assert row["errors"] == 0, row
-    assert {(r["server"], r["tasks"], r["mix"]) for r in rows} >= {("prompthub", 1, "one"), ("prompthub", 8, "uniform")}
+    assert {(r["server"], r["tasks"], r["mix"]) for r in rows} >= {
+        ("prompthub", 1, "one"),
+        ("prompthub", 8, "uniform"),
+    }
     assert [r["tasks"] for r in res["memory"]["rows"]] == [1, 8]
     assert res["per_task"]["device_bytes"] > res["per_task"]["kv_bytes"] > 0
     assert res["cold"]["n"] >= 1 and res["cold"]["load_ms_in_process"] > 0
@@ -67,3 +85,16 @@ def test_length_buckets_cover_rows_in_order():
     assert length_buckets(lengths, float("inf")) == [(0, 8)]
     assert len(length_buckets(lengths, 4.0)) == 3  # short, middle and long rows apart
     assert length_buckets([], 16.0) == [] and length_buckets([5], 16.0) == [(0, 1)]
+
+
+def test_ablation_settings_become_server_environment():
+    from bench.serving.cli import ablation_env
+
+    flags = ablation_env("--bucket-overhead-tokens inf --threads 1")
+    assert flags == {"PROMPTHUB_BUCKET_OVERHEAD_TOKENS": "inf", "PROMPTHUB_TORCH_THREADS": "1"}
+    assert ablation_env("bucket_overhead_tokens=inf PROMPTHUB_MAX_WAIT_MS=2") == {
+        "PROMPTHUB_BUCKET_OVERHEAD_TOKENS": "inf",
+        "PROMPTHUB_MAX_WAIT_MS": "2",
+    }
+    with pytest.raises(ValueError, match="not a server setting"):
+        ablation_env("--no-such-knob 1")

@@ -1,4 +1,4 @@
-"""Tests of bench/datasets.py: pure converters on tiny inline samples (no network), plus one
+"""Tests of bench/datasets/: pure converters on tiny inline samples (no network), plus one
 slow test that really downloads and prepares BANKING77."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench import datasets as ds
+from bench.datasets import sources, splits
 
 
 def _quiet(_: str) -> None:
@@ -224,13 +225,21 @@ def _fake_source(payload: bytes, *, sha: str | None = None) -> ds.Source:
     )
 
 
-def test_fetch_refuses_tampered_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def fake_download(source: ds.Source, dest: Path) -> Path:
+def _fake_download(payload: bytes, calls: list[str] | None = None):
+    """A stand-in for the registry client: writes ``payload`` as the download, records the spec."""
+
+    def download(source: ds.Source, dest: Path) -> Path:
+        if calls is not None:
+            calls.append(source.spec)
         out = dest / source.filename
-        out.write_bytes(b"tampered")
+        out.write_bytes(payload)
         return out
 
-    monkeypatch.setattr(ds, "_download", fake_download)
+    return download
+
+
+def test_fetch_refuses_tampered_download(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sources, "_download", _fake_download(b"tampered"))
     source = _fake_source(b"genuine")
     downloads = tmp_path / "downloads"
     with pytest.raises(ds.ChecksumMismatchError):
@@ -243,14 +252,7 @@ def test_fetch_accepts_good_download_and_rechecks_cache(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     calls: list[str] = []
-
-    def fake_download(source: ds.Source, dest: Path) -> Path:
-        calls.append(source.spec)
-        out = dest / source.filename
-        out.write_bytes(b"genuine")
-        return out
-
-    monkeypatch.setattr(ds, "_download", fake_download)
+    monkeypatch.setattr(sources, "_download", _fake_download(b"genuine", calls))
     source = _fake_source(b"genuine")
     downloads = tmp_path / "downloads"
     path = ds.fetch(source, downloads, _quiet)
@@ -287,7 +289,7 @@ def test_prepare_is_idempotent(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     def no_fetch(*args: object, **kwargs: object) -> Path:
         raise AssertionError("prepare() must not fetch when already prepared")
 
-    monkeypatch.setattr(ds, "fetch", no_fetch)
+    monkeypatch.setattr(sources, "fetch", no_fetch)
     paths = ds.prepare("banking77", cache_dir=tmp_path, progress=_quiet)
     assert paths == {s: tmp_path / "banking77" / f"{s}.jsonl" for s in ("train", "dev", "test")}
     assert ds.is_prepared("banking77", tmp_path)
@@ -322,7 +324,7 @@ def test_cache_dir_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert ds.default_cache_dir() == tmp_path
     assert ds.dataset_dir("squad") == tmp_path / "squad"
     monkeypatch.delenv(ds.ENV_CACHE_DIR)
-    assert ds.default_cache_dir() == ds.REPO_ROOT / ".cache" / "datasets"
+    assert ds.default_cache_dir() == splits.REPO_ROOT / ".cache" / "datasets"
 
 
 def test_registry_metadata() -> None:

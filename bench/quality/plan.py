@@ -1,4 +1,4 @@
-"""Budgets and hyperparameters of the quality benchmark (``python -m bench.quality``).
+"""What the quality benchmark runs: budgets, hyperparameters, the runs and their keys.
 
 Everything a run depends on is here, so a table row can be traced to one entry: the data
 subset (split, size, sampling seed), the sequence budget (max_length, doc_stride), the
@@ -18,6 +18,13 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = REPO_ROOT / "bench" / "results"
+#: trained prompts of the runs (git-ignored), published by ``--ship`` without retraining
+CKPT_DIR = REPO_ROOT / ".cache" / "quality" / "ckpt"
+STORE_ROOT = REPO_ROOT / "prompts_store"
 
 #: Seed of every data subset and of every training run (init, batch order, dropout).
 DATA_SEED = 0
@@ -167,79 +174,99 @@ MULTITASK_TASKS = ("banking77", "brown_pos", "boolq")
 
 BOOLQ_WORDS = {"false": "no", "true": "yes"}
 
+#: What a task is in every budget: task type, primary metric, splits and its extras.
+TASK_KINDS: dict[str, dict] = {
+    "banking77": dict(task_type="classification", metric="accuracy", train_split="train", eval_split="test"),
+    "brown_pos": dict(
+        task_type="token-classification", metric="token_accuracy", train_split="train", eval_split="test"
+    ),
+    "squad": dict(task_type="question-answering", metric="f1", train_split="train", eval_split="dev"),
+    "boolq": dict(
+        task_type="classification",
+        metric="accuracy",
+        train_split="train",
+        eval_split="dev",
+        label_words=BOOLQ_WORDS,
+    ),
+    "conll_sample": dict(
+        task_type="token-classification", metric="f1", train_split="test", eval_split="test", split_at=150
+    ),
+}
+
+
+def task_budgets(**sizes: tuple) -> dict[str, TaskBudget]:
+    """One budget's tasks, in TASK_ORDER, from ``name=(n_train, n_eval, epochs, batch_size,
+    max_length[, {other TaskBudget fields}])``."""
+    out = {}
+    for name in TASK_ORDER:
+        n_train, n_eval, epochs, batch_size, max_length, *extra = sizes[name]
+        out[name] = TaskBudget(
+            name,
+            n_train=n_train,
+            n_eval=n_eval,
+            epochs=epochs,
+            batch_size=batch_size,
+            max_length=max_length,
+            **TASK_KINDS[name],
+            **(extra[0] if extra else {}),
+        )
+    return out
+
+
 FULL = Budget(
     name="full",
-    tasks={
-        "banking77": TaskBudget(
-            "banking77",
-            "classification",
-            "accuracy",
-            "train",
-            "test",
+    tasks=task_budgets(
+        banking77=(
             1500,
             None,
             6,
             32,
             64,
-            notes="official test set (3,080); 1,500 of the 9,003 training examples (seed 0)",
+            {"notes": "official test set (3,080); 1,500 of the 9,003 training examples (seed 0)"},
         ),
-        "brown_pos": TaskBudget(
-            "brown_pos",
-            "token-classification",
-            "token_accuracy",
-            "train",
-            "test",
+        # the notes are part of the run keys: kept word for word (bench/datasets.py is now a package)
+        brown_pos=(
             1000,
             1000,
             6,
             32,
             64,
-            notes="split by file (bench/datasets.py); 1,000 train / 1,000 test sentences sampled with seed 0",
+            {
+                "notes": "split by file (bench/datasets.py); 1,000 train / 1,000 test sentences sampled with seed 0"
+            },
         ),
-        "squad": TaskBudget(
-            "squad",
-            "question-answering",
-            "f1",
-            "train",
-            "dev",
+        squad=(
             2000,
             1000,
             2,
             16,
             192,
-            doc_stride=64,
-            notes="1,000 dev questions sampled with seed 0 (the full dev set is 10,570)",
+            {
+                "doc_stride": 64,
+                "notes": "1,000 dev questions sampled with seed 0 (the full dev set is 10,570)",
+            },
         ),
-        "boolq": TaskBudget(
-            "boolq",
-            "classification",
-            "accuracy",
-            "train",
-            "dev",
+        boolq=(
             1000,
             1000,
             3,
             16,
             128,
-            label_words=BOOLQ_WORDS,
-            notes="1,000 of the 9,427 training and 1,000 of the 3,270 validation questions (seed 0); "
-            "question + passage truncated to 128 tokens",
+            {
+                "notes": "1,000 of the 9,427 training and 1,000 of the 3,270 validation questions (seed 0); question + passage truncated to 128 tokens"
+            },
         ),
-        "conll_sample": TaskBudget(
-            "conll_sample",
-            "token-classification",
-            "f1",
-            "test",
-            "test",
+        conll_sample=(
             None,
             None,
             5,
             16,
             64,
-            split_at=150,
-            notes="sanity check only: the 226-sentence CoNLL-2003 test sample, first 150 train / last 76 eval",
+            {
+                "notes": "sanity check only: the 226-sentence CoNLL-2003 test sample, first 150 train / last 76 eval"
+            },
         ),
-    },
+    ),  # fmt: skip
     # the shared stage gets the single-task epochs of BANKING77 / Brown POS (6), not 2: with 2 it
     # was below every task's own prefix by ~3 points, mostly from the smaller budget
     mt_epochs=6,
@@ -254,71 +281,13 @@ FULL = Budget(
 
 QUICK = Budget(
     name="quick",
-    tasks={
-        "banking77": TaskBudget(
-            "banking77",
-            "classification",
-            "accuracy",
-            "train",
-            "test",
-            256,
-            300,
-            2,
-            32,
-            48,
-        ),
-        "brown_pos": TaskBudget(
-            "brown_pos",
-            "token-classification",
-            "token_accuracy",
-            "train",
-            "test",
-            192,
-            150,
-            2,
-            32,
-            48,
-        ),
-        "squad": TaskBudget(
-            "squad",
-            "question-answering",
-            "f1",
-            "train",
-            "dev",
-            64,
-            48,
-            2,
-            16,
-            128,
-            doc_stride=48,
-        ),
-        "boolq": TaskBudget(
-            "boolq",
-            "classification",
-            "accuracy",
-            "train",
-            "dev",
-            64,
-            64,
-            2,
-            16,
-            96,
-            label_words=BOOLQ_WORDS,
-        ),
-        "conll_sample": TaskBudget(
-            "conll_sample",
-            "token-classification",
-            "f1",
-            "test",
-            "test",
-            None,
-            None,
-            2,
-            16,
-            64,
-            split_at=150,
-        ),
-    },
+    tasks=task_budgets(
+        banking77=(256, 300, 2, 32, 48),
+        brown_pos=(192, 150, 2, 32, 48),
+        squad=(64, 48, 2, 16, 128, {"doc_stride": 48}),
+        boolq=(64, 64, 2, 16, 96),
+        conll_sample=(None, None, 2, 16, 64),
+    ),
     mt_epochs=1,
     mt_per_task_epochs=1,
     mt_per_task_lr_scale=0.3,
@@ -337,3 +306,138 @@ def run_key(mode: str, backbone: str, task: str, method: str, payload: dict) -> 
     blob = json.dumps({"v": PROTOCOL_VERSION, **payload}, sort_keys=True, default=str)
     digest = hashlib.sha256(blob.encode()).hexdigest()[:10]
     return f"{mode}-{backbone}-{task}-{method}-{digest}"
+
+
+# ------------------------------------------------------------------------------------ runs
+
+
+@dataclass(frozen=True)
+class Run:
+    """One unit of work: a single-task run, an ablation variant, or the multi-task run."""
+
+    kind: str  # "single" | "multitask"
+    task: str  # dataset name, or "+".join(tasks) for multitask
+    method: str  # METHODS key, or "multi-task"
+    variant: str = ""  # ablation variant ("" for the main table)
+    budget: TaskBudget | None = None
+    layers: str = "all"
+    head: str = "linear"
+    hp: MethodHP | None = None  # None: METHOD_HP[method]; ablations carry ABLATION_HP
+
+    @property
+    def method_hp(self) -> MethodHP:
+        return self.hp or METHOD_HP[self.method]
+
+    @property
+    def label(self) -> str:
+        return f"{self.task}/{self.method}{'/' + self.variant if self.variant else ''}"
+
+    def payload(self, mode_budget: Budget, backbone: str) -> dict:
+        if self.kind == "multitask":
+            return {
+                "kind": "multitask",
+                "backbone": backbone,
+                "tasks": {t: mode_budget.task(t).to_dict() for t in self.task.split("+")},
+                "mt_epochs": mode_budget.mt_epochs,
+                "mt_per_task_epochs": mode_budget.mt_per_task_epochs,
+                "mt_per_task_lr_scale": mode_budget.mt_per_task_lr_scale,
+                "mt_batch_size": mode_budget.mt_batch_size,
+                "hp": METHOD_HP["p-tuning-v2"].key_dict(),
+                "seed": TRAIN_SEED,
+                "data_seed": DATA_SEED,
+            }
+        assert self.budget is not None
+        return {
+            "kind": "single",
+            "backbone": backbone,
+            "budget": self.budget.to_dict(),
+            "hp": self.method_hp.key_dict(),
+            "layers": self.layers,
+            "head": self.head,
+            "seed": TRAIN_SEED,
+            "data_seed": DATA_SEED,
+        }
+
+    def key(self, mode_budget: Budget, backbone: str) -> str:
+        name = self.method + (f"-{self.variant}" if self.variant and self.variant != "layers-all" else "")
+        task = "mt" if self.kind == "multitask" else self.task
+        return run_key(mode_budget.name, backbone, task, name, self.payload(mode_budget, backbone))
+
+
+ABLATION_VARIANTS = {
+    "layers-all": {},
+    "layers-lower-half": {"layers": "lower-half"},
+    "layers-upper-half": {"layers": "upper-half"},
+    "head-verbalizer": {"head": "verbalizer"},
+}
+
+
+def plan_runs(budget: Budget, tasks: list[str], methods: list[str], ablations: list[str]) -> list[Run]:
+    """Runs in priority order: the first two tasks' methods, the ablations, the other tasks,
+    then the multi-task run. Ablations whose budget equals the main one reuse its run."""
+    ordered = [t for t in TASK_ORDER if t in tasks]
+    singles = [m for m in RUN_ORDER if m in methods]
+
+    def task_runs(t: str) -> list[Run]:
+        return [
+            Run("single", t, m, budget=budget.task(t), hp=budget.task_method_hp.get((t, m))) for m in singles
+        ]
+
+    runs: list[Run] = []
+    for t in ordered[:2]:
+        runs += task_runs(t)
+    if ablations and budget.ablation_task in tasks:
+        ab = budget.ablation_budget()
+        for v in ablations:
+            runs.append(
+                Run(
+                    "single",
+                    budget.ablation_task,
+                    "p-tuning-v2",
+                    variant=v,
+                    budget=ab,
+                    hp=budget.ablation_hp,
+                    **ABLATION_VARIANTS[v],
+                )
+            )
+    for t in ordered[2:]:
+        runs += task_runs(t)
+    mt_tasks = [t for t in MULTITASK_TASKS if t in ordered]
+    if MULTITASK in methods and len(mt_tasks) >= 2:
+        runs.append(Run("multitask", "+".join(mt_tasks), MULTITASK))
+    return runs
+
+
+def run_hyperparameters(
+    tb: TaskBudget,
+    hp: MethodHP,
+    labels: list[str] | None,
+    layers: str = "all",
+    head: str = "linear",
+    epochs: int | None = None,
+    batch_size: int | None = None,
+) -> dict:
+    """A run's flat hyperparameters: the method's (and a (task, method) exception's) own values
+    first, then the task budget's; ``epochs`` / ``batch_size`` given here win over both."""
+    label_words = None
+    if head == "verbalizer" and labels:
+        words = tb.label_words or {}
+        label_words = [words.get(lab, lab.replace("_", " ").lower()) for lab in labels]
+    return {
+        "method": hp.method,
+        "prefix_length": hp.prefix_length or tb.prefix_length,
+        "layers": None if layers == "all" else layers,
+        "reparameterize": hp.reparameterize,
+        "reparam_hidden": hp.reparam_hidden,
+        "head": head,
+        "label_words": label_words,
+        "max_length": tb.max_length,
+        "doc_stride": tb.doc_stride,
+        "epochs": epochs or hp.epochs or tb.epochs,
+        "lr": hp.lr,
+        "backbone_lr": hp.backbone_lr,
+        "batch_size": batch_size or hp.batch_size or tb.batch_size,
+        "seed": TRAIN_SEED,
+        "early_stopping_patience": 0,
+        "eval_batch_size": 64,
+    }

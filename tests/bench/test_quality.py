@@ -1,4 +1,4 @@
-"""The quality benchmark's plumbing (bench/quality.py): budgets, run keys, resume, tables,
+"""The quality benchmark's plumbing (bench/quality/): budgets, run keys, resume, tables,
 shipping; and (slow) that every task shipped in prompts_store/ loads and predicts on MiniLM."""
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import quality as Q
-from bench import quality_config as C
+from bench.quality import cli, report, ship
+from bench.quality import data as D
+from bench.quality import plan as C
+from bench.quality import run as R
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = sorted(p for p in (REPO / "prompts_store").glob("*/v*.safetensors"))
@@ -50,36 +52,40 @@ def test_budgets_cover_every_task_and_method():
 
 
 def test_run_keys_are_stable_and_change_with_the_budget():
-    run = Q.Run("single", "banking77", "p-tuning-v2", budget=C.FULL.task("banking77"))
+    run = C.Run("single", "banking77", "p-tuning-v2", budget=C.FULL.task("banking77"))
     k1 = run.key(C.FULL, "minilm")
     assert k1 == run.key(C.FULL, "minilm")
     assert k1.startswith("full-minilm-banking77-p-tuning-v2-")
     other = replace(run, budget=replace(run.budget, epochs=run.budget.epochs + 1))
     assert other.key(C.FULL, "minilm") != k1
-    assert Q.Run("single", "banking77", "fine-tuning", budget=run.budget).key(C.FULL, "minilm") != k1
+    assert C.Run("single", "banking77", "fine-tuning", budget=run.budget).key(C.FULL, "minilm") != k1
 
 
 def test_a_task_method_exception_sets_its_own_batch_and_epochs():
     """A (task, method) exception may carry its own batch size / epochs: they reach the training
     config and the run key; an exception without them keys exactly like the plain method."""
     tb = C.FULL.task("brown_pos")
-    hp = C.MethodHP("p-tuning-v2", lr=3e-2, batch_size=tb.batch_size + 3, epochs=tb.epochs + 2, prefix_length=7)
-    config = Q.make_config(tb, "p-tuning-v2", hp=hp)
+    hp = C.MethodHP(
+        "p-tuning-v2", lr=3e-2, batch_size=tb.batch_size + 3, epochs=tb.epochs + 2, prefix_length=7
+    )
+    spec, config = R.training_for(tb, hp, ["x", "y"])
     assert (config.batch_size, config.epochs, config.lr) == (tb.batch_size + 3, tb.epochs + 2, 3e-2)
-    assert Q.make_spec(tb, "p-tuning-v2", ["x", "y"], hp=hp).prefix_length == 7
-    assert Q.make_spec(tb, "p-tuning-v2", ["x", "y"], hp=C.METHOD_HP["p-tuning-v2"]).prefix_length == tb.prefix_length
+    assert spec.prefix_length == 7
+    assert R.training_for(tb, C.METHOD_HP["p-tuning-v2"], ["x", "y"])[0].prefix_length == tb.prefix_length
     plain = C.MethodHP("p-tuning-v2", lr=3e-2)
-    assert (Q.make_config(tb, "p-tuning-v2", hp=plain).batch_size, plain.key_dict().get("batch_size")) == (
+    assert (R.training_for(tb, plain, None)[1].batch_size, plain.key_dict().get("batch_size")) == (
         tb.batch_size,
         None,
     )
-    base = Q.Run("single", "brown_pos", "p-tuning-v2", budget=tb, hp=plain)
-    assert base.key(C.FULL, "minilm") == replace(base, hp=C.MethodHP("p-tuning-v2", lr=3e-2)).key(C.FULL, "minilm")
+    base = C.Run("single", "brown_pos", "p-tuning-v2", budget=tb, hp=plain)
+    assert base.key(C.FULL, "minilm") == replace(base, hp=C.MethodHP("p-tuning-v2", lr=3e-2)).key(
+        C.FULL, "minilm"
+    )
     assert replace(base, hp=hp).key(C.FULL, "minilm") != base.key(C.FULL, "minilm")
 
 
 def test_plan_orders_priorities_and_reuses_the_layers_all_run():
-    runs = Q.plan_runs(C.QUICK, list(C.TASK_ORDER), list(C.ALL_METHODS), list(C.ABLATIONS))
+    runs = C.plan_runs(C.QUICK, list(C.TASK_ORDER), list(C.ALL_METHODS), list(C.ABLATIONS))
     labels = [(r.task, r.method, r.variant) for r in runs]
     assert labels[0][0] == "banking77" and labels[4][0] == "brown_pos"
     assert runs[-1].kind == "multitask" and runs[-1].task == "+".join(C.MULTITASK_TASKS)
@@ -92,26 +98,30 @@ def test_plan_orders_priorities_and_reuses_the_layers_all_run():
     layers_all = next(r for r in ab if r.variant == "layers-all")
     assert layers_all.key(C.QUICK, "minilm") == main_pt2.key(C.QUICK, "minilm")
     # full: the ablations have their own (smaller) budget -> their own run
-    runs_full = Q.plan_runs(C.FULL, ["banking77"], ["p-tuning-v2"], ["layers-all"])
+    runs_full = C.plan_runs(C.FULL, ["banking77"], ["p-tuning-v2"], ["layers-all"])
     assert runs_full[0].key(C.FULL, "minilm") != runs_full[1].key(C.FULL, "minilm")
     assert not any(r.kind == "multitask" for r in runs_full)
-    assert runs_full[1].method_hp == C.FULL.ablation_hp and runs_full[0].method_hp == C.METHOD_HP["p-tuning-v2"]
+    assert (
+        runs_full[1].method_hp == C.FULL.ablation_hp and runs_full[0].method_hp == C.METHOD_HP["p-tuning-v2"]
+    )
     # per-task exceptions are carried by the run
-    squad = Q.plan_runs(C.FULL, ["squad"], ["p-tuning-v2"], [])[0]
+    squad = C.plan_runs(C.FULL, ["squad"], ["p-tuning-v2"], [])[0]
     assert squad.method_hp == C.TASK_METHOD_HP[("squad", "p-tuning-v2")]
-    brown_full = Q.plan_runs(C.FULL, ["brown_pos"], ["p-tuning-v2"], [])[0]
+    brown_full = C.plan_runs(C.FULL, ["brown_pos"], ["p-tuning-v2"], [])[0]
     assert brown_full.method_hp.prefix_length == C.BROWN_PROMPT_BUDGET["prefix_length"]
     # the quick smoke test keeps its task budget (no 15-epoch Brown exception)
-    assert Q.plan_runs(C.QUICK, ["brown_pos"], ["p-tuning-v2"], [])[0].method_hp == C.METHOD_HP["p-tuning-v2"]
+    assert C.plan_runs(C.QUICK, ["brown_pos"], ["p-tuning-v2"], [])[0].method_hp == C.METHOD_HP["p-tuning-v2"]
 
 
-def test_make_spec_layers_heads_and_verbalizer_words():
+def test_training_for_layers_heads_and_verbalizer_words():
     tb = C.FULL.task("boolq")
-    spec = Q.make_spec(tb, "p-tuning-v2", ["false", "true"], head="verbalizer")
+    spec, _ = R.training_for(tb, C.METHOD_HP["p-tuning-v2"], ["false", "true"], head="verbalizer")
     assert spec.label_words == ["no", "yes"] and spec.head == "verbalizer"
-    spec = Q.make_spec(C.FULL.task("banking77"), "p-tuning-v2-mlp", ["card_arrival"], layers="upper-half")
+    spec, _ = R.training_for(
+        C.FULL.task("banking77"), C.METHOD_HP["p-tuning-v2-mlp"], ["card_arrival"], layers="upper-half"
+    )
     assert spec.reparameterize and spec.layers == "upper-half" and spec.method == "p-tuning-v2"
-    cfg = Q.make_config(C.FULL.task("banking77"), "fine-tuning")
+    _, cfg = R.training_for(C.FULL.task("banking77"), C.METHOD_HP["fine-tuning"], None)
     assert cfg.backbone_lr == C.METHOD_HP["fine-tuning"].backbone_lr and cfg.early_stopping_patience == 0
 
 
@@ -154,7 +164,7 @@ def test_markdown_table_gaps_and_targets():
         "threads": 1,
         "generated_at": "now",
     }
-    md = Q.render_markdown(recs, C.FULL, meta)
+    md = report.render_markdown(recs, C.FULL, meta)
     bank = next(line for line in md.splitlines() if line.startswith("| banking77 ("))
     assert "90.0" in bank and "89.5" in bank and "| -0.5 | yes |" in bank
     squad = next(line for line in md.splitlines() if line.startswith("| squad ("))
@@ -165,31 +175,31 @@ def test_markdown_table_gaps_and_targets():
 
 def test_cache_roundtrip_and_multitask_expansion(tmp_path):
     doc = _fake_record("banking77", "p-tuning-v2", 80.0)
-    Q.store_cached(tmp_path, doc["key"], doc)
-    assert Q.load_cached(tmp_path, doc["key"]) == doc
-    assert Q.load_cached(tmp_path, "missing") is None
+    R.store_cached(tmp_path, doc["key"], doc)
+    assert R.load_cached(tmp_path, doc["key"]) == doc
+    assert R.load_cached(tmp_path, "missing") is None
     (tmp_path / "runs" / "bad.json").write_text("{not json")
-    assert Q.load_cached(tmp_path, "bad") is None
+    assert R.load_cached(tmp_path, "bad") is None
     mt = {"key": "m", "kind": "multitask", "records": [doc, doc]}
-    assert len(Q.expand(mt)) == 2 and Q.expand(doc) == [doc]
+    assert len(R.expand(mt)) == 2 and R.expand(doc) == [doc]
 
 
 def test_report_only_resumes_from_cache_without_training(tmp_path, monkeypatch, tiny_backbone):
     """--report-only: cached runs fill the table, the rest are listed as pending; nothing trains."""
-    monkeypatch.setattr(Q, "prepare_datasets", lambda names: {})
+    monkeypatch.setattr(D, "prepare_datasets", lambda names: {})
     import app.engine.backbone as B
 
     monkeypatch.setattr(B, "load_backbone", lambda name=None, device="cpu": tiny_backbone)
-    run = Q.plan_runs(C.QUICK, ["banking77"], ["p-tuning-v2"], [])[0]
+    run = C.plan_runs(C.QUICK, ["banking77"], ["p-tuning-v2"], [])[0]
     key = run.key(C.QUICK, "minilm")
     rec = {**_fake_record("banking77", "p-tuning-v2", 42.0), "key": key}
-    Q.store_cached(tmp_path, key, rec)
+    R.store_cached(tmp_path, key, rec)
 
     def boom(*a, **k):
         raise AssertionError("must not train")
 
-    monkeypatch.setattr(Q, "execute_single", boom)
-    rc = Q.main(
+    monkeypatch.setattr(R, "execute_single", boom)
+    rc = cli.main(
         [
             "--quick",
             "--tasks",
@@ -234,13 +244,13 @@ def _synthetic_conll(tb: C.TaskBudget) -> tuple[list, list]:
 def test_execute_and_ship_on_a_tiny_backbone(tmp_path, monkeypatch, tiny_backbone):
     """One real (tiny) training run end to end: record fields, cached prompt, shipped file + metadata.
     Synthetic data, so it runs without the dataset cache."""
-    monkeypatch.setattr(Q, "CKPT_DIR", tmp_path / "ckpt")
-    monkeypatch.setattr(Q, "REPO_ROOT", tmp_path)
-    monkeypatch.setattr(Q, "load_task_data", _synthetic_conll)
+    monkeypatch.setattr(C, "CKPT_DIR", tmp_path / "ckpt")
+    monkeypatch.setattr(C, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(D, "load_task_data", _synthetic_conll)
     budget = _tiny_budget()
-    run = Q.Run("single", "conll_sample", "p-tuning-v2", budget=budget.task("conll_sample"))
+    run = C.Run("single", "conll_sample", "p-tuning-v2", budget=budget.task("conll_sample"))
     manifests = {"conll_sample": FAKE_MANIFEST}
-    rec = Q.execute_single(run, run.key(budget, "tiny"), "tiny", tiny_backbone, manifests)
+    rec = R.execute_single(run, run.key(budget, "tiny"), "tiny", tiny_backbone, manifests)
     for field in (
         "score",
         "metrics",
@@ -257,15 +267,15 @@ def test_execute_and_ship_on_a_tiny_backbone(tmp_path, monkeypatch, tiny_backbon
     assert rec["stored_params"] <= rec["num_trainable"]
     assert (tmp_path / rec["checkpoint"]).is_file()
     # CoNLL is never shipped, even when it is the only run
-    assert Q.ship([rec], budget, tiny_backbone, manifests, "cmd", store_root=tmp_path / "store") == []
+    assert ship.ship([rec], budget, tiny_backbone, manifests, "cmd", store_root=tmp_path / "store") == []
 
     # ship a record that pretends to be BANKING77 (the shipping code path, metadata, verification)
-    monkeypatch.setitem(Q.SAMPLE_INPUTS, "banking77", [{"tokens": ["EU", "rejects"]}])
+    monkeypatch.setitem(ship.SAMPLE_INPUTS, "banking77", [{"tokens": ["EU", "rejects"]}])
     fake = {**rec, "task": "banking77"}
     bank_manifest = {**manifests["conll_sample"], "redistributable": True, "license": "CC BY 4.0"}
     monkeypatch.setattr(C, "SHIP_TASKS", {"banking77": "banking77"})
     budget2 = replace(budget, tasks={**budget.tasks, "banking77": budget.task("conll_sample")})
-    shipped = Q.ship(
+    shipped = ship.ship(
         [fake], budget2, tiny_backbone, {"banking77": bank_manifest}, "cmd", store_root=tmp_path / "store"
     )
     assert [s["task"] for s in shipped] == ["banking77"]
@@ -334,9 +344,9 @@ def test_majority_class_floor(monkeypatch):
     from app.engine.data import ClassificationExample
 
     ev = [ClassificationExample("x", label=lab) for lab in ("true", "true", "false")]
-    monkeypatch.setattr(Q, "load_task_data", lambda tb: ([], ev))
-    assert Q.majority_share(C.FULL.task("boolq")) == pytest.approx(200 / 3)
-    assert Q.majority_share(C.FULL.task("brown_pos")) is None  # not a classification task
+    monkeypatch.setattr(D, "load_task_data", lambda tb: ([], ev))
+    assert D.majority_share(C.FULL.task("boolq")) == pytest.approx(200 / 3)
+    assert D.majority_share(C.FULL.task("brown_pos")) is None  # not a classification task
 
 
 def test_multitask_run_continues_each_task_at_a_scaled_lr(tmp_path, monkeypatch, tiny_backbone):
@@ -345,22 +355,32 @@ def test_multitask_run_continues_each_task_at_a_scaled_lr(tmp_path, monkeypatch,
     from app.engine import train as T
     from app.engine.data import parse_records
 
-    monkeypatch.setattr(Q, "CKPT_DIR", tmp_path / "ckpt")
-    monkeypatch.setattr(Q, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(C, "CKPT_DIR", tmp_path / "ckpt")
+    monkeypatch.setattr(C, "REPO_ROOT", tmp_path)
     words = ["good", "bad", "fine", "awful"]
-    cls = [{"text": f"{w} movie {i}", "label": "pos" if w in ("good", "fine") else "neg"} for i, w in enumerate(words * 3)]
+    cls = [
+        {"text": f"{w} movie {i}", "label": "pos" if w in ("good", "fine") else "neg"}
+        for i, w in enumerate(words * 3)
+    ]
     tok = [{"tokens": [w, "movie"], "tags": ["ADJ", "NOUN"]} for w in words * 2]
     data = {
-        "classification": (parse_records(cls[:8], "classification"), parse_records(cls[8:], "classification")),
+        "classification": (
+            parse_records(cls[:8], "classification"),
+            parse_records(cls[8:], "classification"),
+        ),
         "token-classification": (
             parse_records(tok[:6], "token-classification"),
             parse_records(tok[6:], "token-classification"),
         ),
     }
-    monkeypatch.setattr(Q, "load_task_data", lambda tb: data[tb.task_type])
+    monkeypatch.setattr(D, "load_task_data", lambda tb: data[tb.task_type])
     a = C.TaskBudget("a", "classification", "accuracy", "train", "test", 8, 4, 1, 4, 16, prefix_length=2)
-    b = C.TaskBudget("b", "token-classification", "token_accuracy", "train", "test", 6, 2, 1, 4, 16, prefix_length=2)
-    budget = C.Budget(name="tiny", tasks={"a": a, "b": b}, mt_epochs=1, mt_batch_size=4, mt_per_task_lr_scale=0.25)
+    b = C.TaskBudget(
+        "b", "token-classification", "token_accuracy", "train", "test", 6, 2, 1, 4, 16, prefix_length=2
+    )
+    budget = C.Budget(
+        name="tiny", tasks={"a": a, "b": b}, mt_epochs=1, mt_batch_size=4, mt_per_task_lr_scale=0.25
+    )
     lrs: list[float] = []
     real = T.train_task
 
@@ -370,10 +390,10 @@ def test_multitask_run_continues_each_task_at_a_scaled_lr(tmp_path, monkeypatch,
         return real(backbone, spec, train, ev, config, **kw)
 
     monkeypatch.setattr(T, "train_task", spy)
-    run = Q.Run("multitask", "a+b", C.MULTITASK)
-    doc = Q.execute_multitask(run, run.key(budget, "tiny"), budget, tiny_backbone, {})
+    run = C.Run("multitask", "a+b", C.MULTITASK)
+    doc = R.execute_multitask(run, run.key(budget, "tiny"), budget, tiny_backbone, {})
     assert lrs == [C.METHOD_HP["p-tuning-v2"].lr * 0.25] * 2
-    recs = Q.expand(doc)
+    recs = R.expand(doc)
     assert [(r["task"], r["method"]) for r in recs] == [
         ("a", "mpt-shared"),
         ("a", "mpt-per-task"),
@@ -383,3 +403,18 @@ def test_multitask_run_continues_each_task_at_a_scaled_lr(tmp_path, monkeypatch,
     assert all(r["hyperparameters"] for r in recs)
     # the scale is part of the run's identity: changing it re-runs the multi-task run
     assert run.key(budget, "tiny") != run.key(replace(budget, mt_per_task_lr_scale=1.0), "tiny")
+
+
+@pytest.mark.parametrize("budget", list(C.BUDGETS.values()), ids=list(C.BUDGETS))
+def test_every_planned_run_is_found_in_the_committed_cache(budget):
+    """Run keys are file names of bench/results/runs: a refactor that changes one loses the run."""
+    runs = C.plan_runs(budget, list(C.TASK_ORDER), list(C.ALL_METHODS), list(C.ABLATIONS))
+    missing = [r.label for r in runs if R.load_cached(C.DEFAULT_OUT, r.key(budget, "minilm")) is None]
+    assert missing == []
+
+
+def test_build_training_names_unknown_hyperparameters():
+    spec, config = R.build_training("classification", {"prefix_length": 4, "epochs": 2}, ["a", "b"])
+    assert (spec.prefix_length, spec.labels, config.epochs) == (4, ["a", "b"], 2)
+    with pytest.raises(ValueError, match="nope"):
+        R.build_training("classification", {"nope": 1}, ["a"])

@@ -1,0 +1,107 @@
+"""``python -m bench.quality``: plan the runs, do (or resume) them, write the tables, ship."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from bench.quality import __doc__ as QUALITY_DOC
+from bench.quality import data, log, report, run, ship
+from bench.quality import plan as C
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.quality", description=QUALITY_DOC.split("\n\n")[0])
+    p.add_argument(
+        "--quick", action="store_true", help="the small smoke-test budget (~15 min on 2 CPU cores)"
+    )
+    p.add_argument("--tasks", default=",".join(C.TASK_ORDER))
+    p.add_argument("--methods", default=",".join(C.ALL_METHODS))
+    p.add_argument("--ablations", default=",".join(C.ABLATIONS), help="comma list, or 'none'")
+    p.add_argument("--backbone", default="minilm")
+    p.add_argument("--out", default=str(C.DEFAULT_OUT))
+    p.add_argument(
+        "--time-budget-min",
+        type=float,
+        default=None,
+        help="start no new run after this many minutes (finished runs stay cached)",
+    )
+    p.add_argument(
+        "--report-only", action="store_true", help="rebuild the tables from cached runs; train nothing"
+    )
+    p.add_argument(
+        "--ship", action="store_true", help="publish the best P-Tuning v2 prefixes into prompts_store/"
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the CPU is shared)")
+    args = p.parse_args(argv)
+    args.tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    args.ablations = [] if args.ablations in ("", "none") else [a.strip() for a in args.ablations.split(",")]
+    for t in args.tasks:
+        if t not in C.TASK_ORDER:
+            p.error(f"unknown task {t!r}; known: {', '.join(C.TASK_ORDER)}")
+    for m in args.methods:
+        if m not in C.ALL_METHODS:
+            p.error(f"unknown method {m!r}; known: {', '.join(C.ALL_METHODS)}")
+    for a in args.ablations:
+        if a not in C.ABLATIONS:
+            p.error(f"unknown ablation {a!r}; known: {', '.join(C.ABLATIONS)}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    import torch
+
+    torch.set_num_threads(args.threads)
+    budget = C.BUDGETS["quick" if args.quick else "full"]
+    out = Path(args.out)
+    argv_used = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--report-only", "--ship")]
+    command = " ".join(["python -m bench.quality", *argv_used])  # how to reproduce (resume) the table
+    t_start = time.monotonic()
+
+    manifests = data.prepare_datasets(
+        list(dict.fromkeys([*args.tasks, *C.SHIP_TASKS])) if args.ship else args.tasks
+    )
+    from app.engine.backbone import load_backbone
+
+    backbone = load_backbone(args.backbone)
+    runs = C.plan_runs(budget, args.tasks, args.methods, args.ablations)
+    records: list[dict] = []
+    pending: list[str] = []
+    docs: dict[str, dict] = {}
+    for i, r in enumerate(runs, 1):
+        key = r.key(budget, args.backbone)
+        doc = docs.get(key) or run.load_cached(out, key)
+        if doc is not None:
+            log(f"[{i}/{len(runs)}] cached {r.label} ({key})")
+        elif args.report_only:
+            pending.append(r.label)
+            continue
+        elif args.time_budget_min is not None and time.monotonic() - t_start > 60 * args.time_budget_min:
+            log(f"[{i}/{len(runs)}] not started (time budget): {r.label}")
+            pending.append(r.label)
+            continue
+        else:
+            log(f"[{i}/{len(runs)}] run {r.label} ({key})")
+            doc = run.execute(r, key, budget, backbone, manifests)
+            run.store_cached(out, key, doc)
+        docs[key] = doc
+        for rec in run.expand(doc):
+            records.append({**rec, "variant": r.variant} if r.kind == "single" else dict(rec))
+        # refresh the tables after every run, so an interrupted invocation still leaves them
+        meta = report.run_meta(command, backbone, budget, manifests)
+        report.write_results(out, budget, report.dedupe(records), meta, [])
+    meta = report.run_meta(command, backbone, budget, manifests)
+    jpath, mpath = report.write_results(out, budget, report.dedupe(records), meta, pending)
+    log(f"wrote {jpath} and {mpath} ({len(records)} records, {len(pending)} pending)")
+    if args.ship:
+        shipped = ship.ship(report.dedupe(records), budget, backbone, manifests, f"{command} --ship")
+        log(f"shipped {len(shipped)} task(s): {', '.join(s['task'] for s in shipped)}")
+    print(mpath.read_text())
+    return 0
