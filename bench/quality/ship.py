@@ -87,21 +87,21 @@ def ship(
             "command": command,
         }
         data = checkpoint_bytes(task, backbone, meta)
-        stored = publish(store_root, name, data, meta)
-        loaded = load_checkpoint(stored.path, backbone, expected_sha256=stored.sha256)
+        path, sha256, size_bytes = publish(store_root, name, data)
+        loaded = load_checkpoint(path, backbone, expected_sha256=sha256)
         sample = SAMPLE_INPUTS[dataset]
         preds = predict(backbone, loaded, sample)
         log(
-            f"ship: {name} v1 <- {rec['method']} ({rec['metric']} {rec['score']:.2f}), {stored.size_bytes / 1e6:.2f} MB; "
+            f"ship: {name} v1 <- {rec['method']} ({rec['metric']} {rec['score']:.2f}), {size_bytes / 1e6:.2f} MB; "
             f"sample prediction: {json.dumps(_short(preds[0]))[:200]}"
         )
         shipped.append(
             {
                 "task": name,
                 "dataset": dataset,
-                "path": str(stored.path),
-                "sha256": stored.sha256,
-                "size_bytes": stored.size_bytes,
+                "path": str(path),
+                "sha256": sha256,
+                "size_bytes": size_bytes,
                 "score": rec["score"],
                 "method": rec["method"],
             }
@@ -135,9 +135,23 @@ SAMPLE_INPUTS = {
 }
 
 
-def publish(store_root: Path, name: str, blob: bytes, meta: dict):
-    """Write a shipped task's checkpoint into the store as version 1 (replacing it): the one place
-    the quality bench publishes. Returns the stored version (path, sha256, size_bytes)."""
-    from app.serving.store import PromptStore
+def publish(store_root: Path, name: str, blob: bytes):
+    """Publish a shipped task into the store as its only version (v1): the task's old files go, then
+    app.versions.publish (the path every trained version takes) writes the file and the sidecar and
+    registers it, here in a scratch registry. The repository's prompts_store/ is registered into a
+    server's own database by its start-up sync. Returns (path, sha256, size_bytes)."""
+    import tempfile
 
-    return PromptStore(root=store_root).write_version(name, 1, blob, meta, overwrite=True)
+    from app import versions
+    from app.db.session import dispose_engines, get_sessionmaker, run_migrations
+    from app.store import PromptStore
+
+    store = PromptStore(store_root)
+    store.delete_task(name)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'ship.db'}"
+        run_migrations(url)
+        with get_sessionmaker(url)() as s:
+            published = versions.publish(s, store, name, blob, source="bench.quality")
+        dispose_engines()
+    return store.path(name, published.version), published.sha256, published.size_bytes

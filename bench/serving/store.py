@@ -3,7 +3,6 @@ task and a few cold ones, written to a store folder and registered in a SQLite d
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -20,13 +19,15 @@ def build_store(root: Path, backbone, n_tasks: int, n_cold: int, prefix_length: 
     """Synthetic tasks written straight into a store folder and registered in a SQLite DB.
 
     Each task has its own random K/V and head (no shared files: the disk and memory figures are
-    real). Files are written without the store's per-file fsync (bounded set-up time)."""
+    real). Each is published the way the worker publishes a trained task (app.versions.publish)."""
     import torch
 
+    from app import versions
     from app.db.session import get_sessionmaker, run_migrations
     from app.engine.checkpoint import checkpoint_bytes
     from app.engine.heads import build_head
     from app.engine.model import ServingTask, TaskSpec
+    from app.store import PromptStore
 
     store = root / "store"
     url = f"sqlite:///{root / 'hub.db'}"
@@ -43,7 +44,7 @@ def build_store(root: Path, backbone, n_tasks: int, n_cold: int, prefix_length: 
     sizes: dict[str, int] = {}
     t0 = time.perf_counter()
     with maker() as s:
-        for k, name in enumerate(names):
+        for name in names:
             with torch.no_grad():
                 head.classifier.weight.normal_(0, 0.05, generator=g)
                 head.classifier.bias.zero_()
@@ -52,11 +53,8 @@ def build_store(root: Path, backbone, n_tasks: int, n_cold: int, prefix_length: 
                 kv = torch.randn(backbone.num_layers, 2, prefix_length, backbone.kv_size, generator=g) * 0.5
             task = ServingTask(spec=spec, head=head, kv=kv, layer_mask=layer_mask if kv is not None else None)
             data = checkpoint_bytes(task, backbone, {"source": "bench", "metrics": {}, "training": {}})
-            publish(s, store, name, data, spec)
+            versions.publish(s, PromptStore(store), name, data, source="bench")
             sizes[name] = len(data)
-            if k % 500 == 499:
-                s.commit()
-        s.commit()
     disk = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
     return {
         "url": url,
@@ -67,42 +65,6 @@ def build_store(root: Path, backbone, n_tasks: int, n_cold: int, prefix_length: 
         "bare_checkpoint_bytes": sizes["bare"],
         "store_disk_bytes": disk,
     }
-
-
-def publish(session, store: Path, name: str, blob: bytes, spec) -> None:
-    """Version 1 of a synthetic task: checkpoint and sidecar in the store folder, then its active
-    database row (the caller commits). The one place the serving bench publishes a task."""
-    from app.db import repo
-    from app.engine.checkpoint import sha256_bytes
-
-    digest = sha256_bytes(blob)
-    d = store / name
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "v0001.safetensors").write_bytes(blob)  # no per-file fsync: bounded set-up time
-    sidecar = {
-        "task": name,
-        "version": 1,
-        "file": "v0001.safetensors",
-        "sha256": digest,
-        "size_bytes": len(blob),
-        "metadata": {"source": "bench"},
-    }
-    (d / "v0001.json").write_text(json.dumps(sidecar) + "\n")
-    repo.add_version(
-        session,
-        name=name,
-        task_type=spec.task_type,
-        labels=spec.labels,
-        file=f"{name}/v0001.safetensors",
-        sha256=digest,
-        size_bytes=len(blob),
-        spec=spec.to_dict(),
-        metrics={},
-        training={},
-        source="bench",
-        activate=True,
-        version=1,
-    )
 
 
 def device_bytes(backbone, store: Path, name: str) -> dict:
