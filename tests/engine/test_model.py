@@ -55,8 +55,9 @@ def test_parse_layers_errors(spec):
 
 
 def test_spec_validation_messages():
-    with pytest.raises(SpecError, match="task_type"):
-        TaskSpec("regression", labels=["a"]).validate()
+    with pytest.raises(SpecError, match="task_type") as info:
+        TaskSpec("multiple-choice", labels=["a"]).validate()
+    assert info.value.field == "task_type" and "regression" in str(info.value)
     with pytest.raises(SpecError, match="labels"):
         TaskSpec("classification").validate()
     with pytest.raises(SpecError, match="verbalizer"):
@@ -233,8 +234,9 @@ def test_prefix_init_tokens_starts_from_the_encoders_kv(tiny_bert):
         TaskSpec("classification", labels=["good", "bad"], head="verbalizer"),
         TaskSpec("token-classification", labels=["X", "Y"]),
         TaskSpec("question-answering"),
+        TaskSpec("regression"),
     ],
-    ids=["cls", "verbalizer", "tokens", "qa"],
+    ids=["cls", "verbalizer", "tokens", "qa", "regression"],
 )
 def test_frozen_head_equals_the_module_head(tiny_bert, tokenizer, spec):
     from app.engine.heads import FrozenHead
@@ -246,6 +248,10 @@ def test_frozen_head_equals_the_module_head(tiny_bert, tokenizer, spec):
     assert isinstance(frozen.head, FrozenHead) and not isinstance(module.head, FrozenHead)
     hidden = torch.randn(3, 7, tiny_bert.hidden_size)
     torch.testing.assert_close(frozen.head(hidden), module.head(hidden), rtol=0, atol=0)
+    # built straight from the tensors, it is what converting the module gives
+    converted = FrozenHead.from_module(module.head)
+    assert frozen.head.position == converted.position and frozen.head.names == converted.names
+    assert torch.equal(frozen.head.weight, converted.weight) and torch.equal(frozen.head.bias, converted.bias)
     assert frozen.nbytes() == module.nbytes()
     assert frozen.head.state_dict().keys() == module.head.state_dict().keys()
     # a frozen task round-trips through a checkpoint like a module one
