@@ -66,7 +66,9 @@ def test_spec_validation_messages():
 
 @pytest.mark.parametrize("layers", ["all", "upper-half", "0,2"])
 def test_mlp_fold_gives_the_same_outputs(tiny_bert, tokenizer, layers):
-    spec = TaskSpec("classification", labels=["a", "b"], reparameterize=True, reparam_hidden=24, layers=layers)
+    spec = TaskSpec(
+        "classification", labels=["a", "b"], reparameterize=True, reparam_hidden=24, layers=layers
+    )
     model = TaskModel(spec, tiny_bert).eval()
     batch = _batch(tokenizer, ["first text", "a second, longer text here"])
     with torch.no_grad():
@@ -119,26 +121,37 @@ def test_heads_shapes(tiny_bert, tokenizer):
 
 
 def test_verbalizer_inits_from_label_words_and_reads_the_mask(tiny_bert, tokenizer):
-    spec = TaskSpec("classification", labels=["positive", "negative"], head="verbalizer", label_words=["great", "terrible"])
+    spec = TaskSpec(
+        "classification",
+        labels=["positive", "negative"],
+        head="verbalizer",
+        label_words=["great", "terrible"],
+    )
     model = TaskModel(spec, tiny_bert)
     expected = label_word_embeddings(tiny_bert, ["great", "terrible"])
     assert torch.equal(model.head.label_matrix.detach(), expected)
     from app.engine.data import ClassificationExample
 
-    feats = encode_examples(spec, tokenizer, [ClassificationExample("it was fine", label="positive")], with_labels=True)
+    feats = encode_examples(
+        spec, tokenizer, [ClassificationExample("it was fine", label="positive")], with_labels=True
+    )
     assert feats[0]["input_ids"][VERBALIZER_MASK_POSITION] == tokenizer.mask_token_id
     assert feats[0]["input_ids"][0] == tokenizer.cls_token_id
 
 
 @pytest.mark.parametrize("method", ["p-tuning-v2", "prompt-tuning", "fine-tuning"])
 def test_checkpoint_round_trip(tiny_bert, tokenizer, tmp_path, method):
-    spec = TaskSpec("classification", labels=["a", "b", "c"], method=method, prefix_length=5, layers="lower-half")
+    spec = TaskSpec(
+        "classification", labels=["a", "b", "c"], method=method, prefix_length=5, layers="lower-half"
+    )
     served = TaskModel(spec, tiny_bert).eval().to_serving()
     path = tmp_path / "v1.safetensors"
     sha = save_checkpoint(served, path, tiny_bert, {"metrics": {"accuracy": 0.5}, "source": "unit test"})
     loaded = load_checkpoint(path, tiny_bert, expected_sha256=sha)
     batch = _batch(tokenizer, ["round trip", "of a checkpoint"])
-    assert torch.allclose(task_forward(served, tiny_bert, batch), task_forward(loaded, tiny_bert, batch), atol=1e-6)
+    assert torch.allclose(
+        task_forward(served, tiny_bert, batch), task_forward(loaded, tiny_bert, batch), atol=1e-6
+    )
     meta = read_metadata(path)
     assert meta["spec"]["method"] == method
     assert meta["metrics"] == {"accuracy": 0.5}
