@@ -49,16 +49,16 @@ def _fail(msg: str) -> int:
     return 2
 
 
-def _read(path: str | None, task_type: str, **kw) -> list:
-    """Examples of one file; errors name that file."""
+class _InputError(Exception):
+    """A data file cannot be read; the message names the file."""
+
+
+def _read(path: str, task_type: str) -> list:
+    """Examples of one file; errors name that file (not another one of the command's files)."""
     try:
-        return D.read_examples(path, task_type, **kw)
+        return D.read_examples(path, task_type)
     except (D.DataError, OSError) as e:
         raise _InputError(f"{path}: {e}") from None
-
-
-class _InputError(Exception):
-    pass
 
 
 def training_hyperparameters(args) -> dict:

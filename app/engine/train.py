@@ -224,9 +224,11 @@ def train_task(
 def _same_head(task: ServingTask, spec: TaskSpec) -> bool:
     """Whether a trained task's head can start a new training of `spec`: same task type, head
     kind, labels in the same order and label words (on one backbone these fix the head's shapes)."""
-    old = task.spec
-    key = lambda s: (s.task_type, s.head, list(s.labels), s.label_words or None)  # noqa: E731
-    return key(old) == key(spec)
+
+    def shape(s: TaskSpec) -> tuple:
+        return (s.task_type, s.head, list(s.labels), s.label_words or None)
+
+    return shape(task.spec) == shape(spec)
 
 
 def _fit(
