@@ -63,25 +63,18 @@ def test_a_task_method_exception_sets_its_own_batch_and_epochs():
     """A (task, method) exception may carry its own batch size / epochs: they reach the training
     config and the run key; an exception without them keys exactly like the plain method."""
     tb = C.FULL.task("brown_pos")
-    hp = C.MethodHP(
-        "p-tuning-v2", lr=3e-2, batch_size=tb.batch_size + 3, epochs=tb.epochs + 2, prefix_length=7
-    )
+    hp = C.MethodHP("p-tuning-v2", lr=3e-2, batch_size=tb.batch_size + 3, epochs=tb.epochs + 2, prefix_length=7)
     config = Q.make_config(tb, "p-tuning-v2", hp=hp)
     assert (config.batch_size, config.epochs, config.lr) == (tb.batch_size + 3, tb.epochs + 2, 3e-2)
     assert Q.make_spec(tb, "p-tuning-v2", ["x", "y"], hp=hp).prefix_length == 7
-    assert (
-        Q.make_spec(tb, "p-tuning-v2", ["x", "y"], hp=C.METHOD_HP["p-tuning-v2"]).prefix_length
-        == tb.prefix_length
-    )
+    assert Q.make_spec(tb, "p-tuning-v2", ["x", "y"], hp=C.METHOD_HP["p-tuning-v2"]).prefix_length == tb.prefix_length
     plain = C.MethodHP("p-tuning-v2", lr=3e-2)
     assert (Q.make_config(tb, "p-tuning-v2", hp=plain).batch_size, plain.key_dict().get("batch_size")) == (
         tb.batch_size,
         None,
     )
     base = Q.Run("single", "brown_pos", "p-tuning-v2", budget=tb, hp=plain)
-    assert base.key(C.FULL, "minilm") == replace(base, hp=C.MethodHP("p-tuning-v2", lr=3e-2)).key(
-        C.FULL, "minilm"
-    )
+    assert base.key(C.FULL, "minilm") == replace(base, hp=C.MethodHP("p-tuning-v2", lr=3e-2)).key(C.FULL, "minilm")
     assert replace(base, hp=hp).key(C.FULL, "minilm") != base.key(C.FULL, "minilm")
 
 
@@ -102,9 +95,7 @@ def test_plan_orders_priorities_and_reuses_the_layers_all_run():
     runs_full = Q.plan_runs(C.FULL, ["banking77"], ["p-tuning-v2"], ["layers-all"])
     assert runs_full[0].key(C.FULL, "minilm") != runs_full[1].key(C.FULL, "minilm")
     assert not any(r.kind == "multitask" for r in runs_full)
-    assert (
-        runs_full[1].method_hp == C.FULL.ablation_hp and runs_full[0].method_hp == C.METHOD_HP["p-tuning-v2"]
-    )
+    assert runs_full[1].method_hp == C.FULL.ablation_hp and runs_full[0].method_hp == C.METHOD_HP["p-tuning-v2"]
     # per-task exceptions are carried by the run
     squad = Q.plan_runs(C.FULL, ["squad"], ["p-tuning-v2"], [])[0]
     assert squad.method_hp == C.TASK_METHOD_HP[("squad", "p-tuning-v2")]
@@ -357,16 +348,10 @@ def test_multitask_run_continues_each_task_at_a_scaled_lr(tmp_path, monkeypatch,
     monkeypatch.setattr(Q, "CKPT_DIR", tmp_path / "ckpt")
     monkeypatch.setattr(Q, "REPO_ROOT", tmp_path)
     words = ["good", "bad", "fine", "awful"]
-    cls = [
-        {"text": f"{w} movie {i}", "label": "pos" if w in ("good", "fine") else "neg"}
-        for i, w in enumerate(words * 3)
-    ]
+    cls = [{"text": f"{w} movie {i}", "label": "pos" if w in ("good", "fine") else "neg"} for i, w in enumerate(words * 3)]
     tok = [{"tokens": [w, "movie"], "tags": ["ADJ", "NOUN"]} for w in words * 2]
     data = {
-        "classification": (
-            parse_records(cls[:8], "classification"),
-            parse_records(cls[8:], "classification"),
-        ),
+        "classification": (parse_records(cls[:8], "classification"), parse_records(cls[8:], "classification")),
         "token-classification": (
             parse_records(tok[:6], "token-classification"),
             parse_records(tok[6:], "token-classification"),
@@ -374,12 +359,8 @@ def test_multitask_run_continues_each_task_at_a_scaled_lr(tmp_path, monkeypatch,
     }
     monkeypatch.setattr(Q, "load_task_data", lambda tb: data[tb.task_type])
     a = C.TaskBudget("a", "classification", "accuracy", "train", "test", 8, 4, 1, 4, 16, prefix_length=2)
-    b = C.TaskBudget(
-        "b", "token-classification", "token_accuracy", "train", "test", 6, 2, 1, 4, 16, prefix_length=2
-    )
-    budget = C.Budget(
-        name="tiny", tasks={"a": a, "b": b}, mt_epochs=1, mt_batch_size=4, mt_per_task_lr_scale=0.25
-    )
+    b = C.TaskBudget("b", "token-classification", "token_accuracy", "train", "test", 6, 2, 1, 4, 16, prefix_length=2)
+    budget = C.Budget(name="tiny", tasks={"a": a, "b": b}, mt_epochs=1, mt_batch_size=4, mt_per_task_lr_scale=0.25)
     lrs: list[float] = []
     real = T.train_task
 
