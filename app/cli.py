@@ -9,41 +9,50 @@ import argparse
 import sys
 
 
+def _comma_list(value: str) -> list[str]:
+    return [w.strip() for w in value.split(",") if w.strip()]
+
+
+def add_training_options(p: argparse.ArgumentParser) -> None:
+    """One flag per row of the engine's options table (types, choices, defaults, help)."""
+    from app.engine.options import OPTIONS
+
+    types = {"int": int, "float": float, "str": str, "layers": str, "words": _comma_list}
+    for o in OPTIONS:
+        flags = [o.flag, *o.cli_aliases]
+        if o.kind == "bool":
+            p.add_argument(*flags, dest=o.name, action="store_true", default=None, help=o.help)
+            continue
+        default = None if o.method_defaults else o.default
+        help_ = o.help
+        if o.method_defaults:
+            per = ", ".join(f"{v:g} for {m}" for m, v in o.method_defaults.items())
+            help_ += f" (default {o.default:g}; {per})"
+        elif o.default is not None:
+            help_ += " (default %(default)s)"
+        if o.kind == "words":
+            help_ += ", comma-separated"
+        p.add_argument(
+            *flags, dest=o.name, type=types[o.kind], choices=o.choices, default=default, help=help_
+        )
+
+
 def _add_train(sub: argparse._SubParsersAction) -> None:
+    from app.engine.tasks import TASK_TYPES
+
     p = sub.add_parser("train", help="train a task from a labelled file (no server needed)")
+    p.add_argument("--task-type", required=True, choices=TASK_TYPES)
     p.add_argument(
-        "--task-type", required=True, choices=["classification", "token-classification", "question-answering"]
-    )
-    p.add_argument(
-        "--train", required=True, help="training data: JSONL, CSV/TSV (classification) or SQuAD JSON"
+        "--train",
+        required=True,
+        help="training data: JSONL, SQuAD JSON, or CSV/TSV for text-column task types",
     )
     p.add_argument("--eval", help="held-out data for evaluation and best-epoch selection")
     p.add_argument("--out", required=True, help="output folder for checkpoint.safetensors and metrics.json")
     p.add_argument(
         "--backbone", default=None, help="backbone name or local directory (default all-MiniLM-L6-v2)"
     )
-    p.add_argument("--method", default="p-tuning-v2", choices=["p-tuning-v2", "prompt-tuning", "fine-tuning"])
-    p.add_argument("--prefix-length", type=int, default=16)
-    p.add_argument("--reparameterize", action="store_true", help="MLP reparameterisation of the prefix")
-    p.add_argument(
-        "--prefix-init",
-        default="random",
-        choices=["random", "tokens"],
-        help="flat prefix start: random (default) or the keys/values of real tokens through the frozen encoder",
-    )
-    p.add_argument(
-        "--layers", default="all", help="'all', 'lower-half', 'upper-half', 'first:N', 'last:N', '0-2,5'"
-    )
-    p.add_argument("--head", default="linear", choices=["linear", "verbalizer"])
-    p.add_argument("--label-words", default=None, help="comma-separated verbalizer words, one per label")
-    p.add_argument("--epochs", type=int, default=None)
-    p.add_argument("--lr", type=float, default=None, help="default 1e-2 for prompts, 5e-5 for fine-tuning")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--max-length", type=int, default=128)
-    p.add_argument("--doc-stride", type=int, default=64)
-    p.add_argument("--max-steps", type=int, default=None)
-    p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--holdout", type=float, default=0.1, help="without --eval: share of --train held out for metrics")
+    add_training_options(p)
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 

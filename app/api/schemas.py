@@ -5,9 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
-TaskType = Literal["classification", "token-classification", "question-answering"]
+from app.engine.options import OPTIONS, Option
+from app.engine.tasks import TASK_TYPES
+
+TaskType = Literal[TASK_TYPES]  # type: ignore[valid-type]
 
 
 # ---------------------------------------------------------------------- predict
@@ -42,39 +45,36 @@ class DatasetSource(BaseModel):
 DataSource = RecordsSource | DatasetSource
 
 
-class Hyperparameters(BaseModel):
+class _HyperparametersBase(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    method: Literal["p-tuning-v2", "prompt-tuning"] = "p-tuning-v2"
-    prefix_length: int = Field(16, ge=1, le=512)
-    reparameterize: bool = False
-    prefix_init: Literal["random", "tokens"] = Field(
-        "random",
-        description="P-Tuning v2 flat prefix start: 'tokens' (each layer's keys/values of real tokens "
-        "through the frozen encoder) or 'random'",
-    )
-    layers: str | list[int] | None = Field(None, description="'all', 'lower-half', 'last:N', '0-2,5', [0, 1]")
-    head: Literal["linear", "verbalizer"] = "linear"
-    label_words: list[str] | None = Field(None, min_length=1)
-    lr: float = Field(1e-2, gt=0, le=1.0)
-    epochs: int = Field(3, ge=1, le=100)
-    batch_size: int = Field(16, ge=1, le=512)
-    max_length: int = Field(128, ge=8, le=4096)
-    doc_stride: int = Field(64, ge=1, le=4095)
-    seed: int = Field(42, ge=0, le=2**31 - 1)
-    max_steps: int | None = Field(None, ge=1, le=10_000_000)
-    holdout_fraction: float = Field(
-        0.1,
-        ge=0.0,
-        le=0.5,
-        description="with no eval data, this seeded share of train is held out for metrics",
-    )
-
     @model_validator(mode="after")
-    def _check(self) -> Hyperparameters:
-        if isinstance(self.layers, list) and (not self.layers or any(i < 0 for i in self.layers)):
+    def _check(self) -> _HyperparametersBase:
+        layers = getattr(self, "layers", None)
+        if isinstance(layers, list) and (not layers or any(i < 0 for i in layers)):
             raise ValueError("layers: give non-negative layer indices")
         return self
+
+
+def _hyperparameter_field(o: Option) -> tuple[Any, Any]:
+    """(annotation, Field) of one row of the engine's options table."""
+    kinds: dict[str, Any] = {"int": int, "float": float, "bool": bool, "str": str, "layers": str | list[int]}
+    if o.kind == "words":
+        return list[str] | None, Field(o.default, min_length=1, description=o.help)
+    choices = o.api_choices or o.choices
+    annotation = Literal[choices] if choices else kinds[o.kind]  # type: ignore[valid-type]
+    if o.nullable:
+        annotation = annotation | None
+    return annotation, Field(o.default, ge=o.ge, gt=o.gt, le=o.le, description=o.help)
+
+
+#: training hyperparameters, one field per row of app.engine.options.OPTIONS
+Hyperparameters = create_model(
+    "Hyperparameters",
+    __base__=_HyperparametersBase,
+    __module__=__name__,
+    **{o.name: _hyperparameter_field(o) for o in OPTIONS},
+)
 
 
 class TrainTask(BaseModel):

@@ -17,11 +17,10 @@ from torch import Tensor
 from app.engine.backbone import Backbone, PrefixBatch
 from app.engine.model import ServingTask
 
-LABEL_PAD = -100
-
 
 def collate(features: Sequence[dict], pad_id: int, device: str | torch.device = "cpu") -> dict[str, Tensor]:
-    """Pad a list of encoded features (lists of ints) into tensors."""
+    """Pad a list of encoded features (lists of ints) into input tensors; training targets are
+    the task type's (tasks.get(...).targets)."""
     n = len(features)
     length = max(len(f["input_ids"]) for f in features)
     input_ids = torch.full((n, length), pad_id, dtype=torch.long)
@@ -34,17 +33,6 @@ def collate(features: Sequence[dict], pad_id: int, device: str | torch.device = 
             token_type_ids[i, :m] = torch.tensor(f["token_type_ids"], dtype=torch.long)
         attention_mask[i, :m] = 1
     out = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
-    first = features[0]
-    if "label" in first:
-        out["label"] = torch.tensor([f["label"] for f in features], dtype=torch.long)
-    if "labels" in first:
-        labels = torch.full((n, length), LABEL_PAD, dtype=torch.long)
-        for i, f in enumerate(features):
-            labels[i, : len(f["labels"])] = torch.tensor(f["labels"], dtype=torch.long)
-        out["labels"] = labels
-    if "start_position" in first:
-        out["start_position"] = torch.tensor([f["start_position"] for f in features], dtype=torch.long)
-        out["end_position"] = torch.tensor([f["end_position"] for f in features], dtype=torch.long)
     return {k: v.to(device) for k, v in out.items()}
 
 
@@ -123,7 +111,7 @@ def _group(tasks: Sequence[ServingTask]) -> dict[int, list[int]]:
 def mixed_forward(backbone: Backbone, tasks: Sequence[ServingTask], batch: dict[str, Tensor]) -> list[Tensor]:
     """One backbone forward for rows of any tasks; row i goes through tasks[i]'s head.
 
-    Returns one logits tensor per row ([C], [L, C] or [L, 2], over the row's padded length).
+    Returns one logits tensor per row (its head's output: [C] or [L, C] over the row's padded length).
     """
     if len(tasks) != batch["input_ids"].shape[0]:
         raise ValueError("one task per row is needed")

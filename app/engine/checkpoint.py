@@ -25,8 +25,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from app.engine import tasks
 from app.engine.backbone import Backbone
-from app.engine.heads import FrozenHead, build_head
 from app.engine.model import ServingTask, TaskSpec, spread_layers
 
 FORMAT = "prompthub-checkpoint"
@@ -181,18 +181,23 @@ def load_checkpoint_bytes(
     except Exception as e:  # safetensors raises its own error types
         raise CheckpointError(f"{where}: unreadable tensors: {e}") from e
     spec = TaskSpec.from_dict(doc["spec"])
-    head = build_head(spec, backbone)
+    try:
+        task_type = tasks.get(spec.task_type)
+    except ValueError as e:
+        raise CheckpointError(f"{where}: {e}") from None
     head_state = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
     try:
-        head.load_state_dict(head_state, strict=True)
-    except RuntimeError as e:
+        if frozen_head:  # bare tensors straight from the file: no nn.Module built only to be dropped
+            head = task_type.frozen_head(spec, backbone, head_state)
+        else:
+            head = task_type.build_head(spec, backbone)
+            head.load_state_dict(head_state, strict=True)
+            head.eval()
+            for p in head.parameters():
+                p.requires_grad_(False)
+    except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"{where}: head weights do not fit the spec: {e}") from e
-    head.eval()
-    for p in head.parameters():
-        p.requires_grad_(False)
-    task = ServingTask(
-        spec=spec, head=FrozenHead.from_module(head) if frozen_head else head, meta=doc if keep_meta else {}
-    )
+    task = ServingTask(spec=spec, head=head, meta=doc if keep_meta else {})
     if "prefix.kv" in tensors:
         flat = tensors["prefix.kv"]
         if flat.shape[0] != len(spec.layers) or flat.shape[3] != backbone.kv_size:

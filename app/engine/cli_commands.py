@@ -49,47 +49,48 @@ def _fail(msg: str) -> int:
     return 2
 
 
+class _InputError(Exception):
+    """A data file cannot be read; the message names the file."""
+
+
+def _read(path: str, task_type: str) -> list:
+    """Examples of one file; errors name that file (not another one of the command's files)."""
+    try:
+        return D.read_examples(path, task_type)
+    except (D.DataError, OSError) as e:
+        raise _InputError(f"{path}: {e}") from None
+
+
+def training_hyperparameters(args) -> dict:
+    """The options-table values given on the command line (None: the table's default)."""
+    from app.engine.options import OPTIONS
+
+    return {o.name: getattr(args, o.name, None) for o in OPTIONS}
+
+
 def train_command(args) -> int:
     import torch
 
     from app.engine.backbone import BackboneError, load_backbone
     from app.engine.checkpoint import save_checkpoint
-    from app.engine.model import SpecError, TaskSpec
+    from app.engine.model import SpecError
+    from app.engine.options import build_training
     from app.engine.prefix import LayerSpecError
-    from app.engine.train import TrainConfig, train_task
+    from app.engine.train import train_task
 
     try:
-        train = D.read_examples(args.train, args.task_type)
-        evals = D.read_examples(args.eval, args.task_type) if args.eval else None
-    except (D.DataError, OSError) as e:
-        return _fail(f"{getattr(e, 'filename', None) or args.train}: {e}")
+        train = _read(args.train, args.task_type)
+        evals = _read(args.eval, args.task_type) if args.eval else None
+    except _InputError as e:
+        return _fail(str(e))
+    try:
+        spec, config = build_training(args.task_type, training_hyperparameters(args))
+    except SpecError as e:
+        return _fail(str(e))
     try:
         backbone = load_backbone(args.backbone, device=args.device)
     except BackboneError as e:
         return _fail(str(e))
-    fine_tuning = args.method == "fine-tuning"
-    lr = args.lr if args.lr is not None else (5e-5 if fine_tuning else 1e-2)
-    spec = TaskSpec(
-        task_type=args.task_type,
-        method=args.method,
-        prefix_length=args.prefix_length,
-        layers=args.layers,
-        reparameterize=args.reparameterize,
-        prefix_init=args.prefix_init,
-        head=args.head,
-        label_words=args.label_words.split(",") if args.label_words else None,
-        max_length=args.max_length,
-        doc_stride=args.doc_stride,
-    )
-    config = TrainConfig(
-        epochs=args.epochs or (3 if fine_tuning else 5),
-        lr=lr,
-        backbone_lr=lr,
-        batch_size=args.batch_size,
-        seed=args.seed,
-        max_steps=args.max_steps,
-        holdout_fraction=args.holdout,
-    )
     bar = _Bar(not args.no_progress)
     t0 = time.time()
     try:
@@ -101,7 +102,12 @@ def train_command(args) -> int:
         bar.close()
     out = Path(args.out)
     meta = {
-        "training": {**config.to_dict(), "method": args.method, "device": str(args.device), "torch": torch.__version__},
+        "training": {
+            **config.to_dict(),
+            "method": spec.method,
+            "device": str(args.device),
+            "torch": torch.__version__,
+        },
         "metrics": result.metrics,
         "history": result.history,
         "source": {"train": str(args.train), "eval": str(args.eval) if args.eval else None},
@@ -153,13 +159,7 @@ def predict_command(args) -> int:
 
 def _read_raw(path: str, task_type: str) -> list[dict]:
     """Input records as dicts (labels optional), validated by the same parser as training data."""
-    examples = D.read_examples(path, task_type, require_labels=False)
-    out: list[dict] = []
-    for ex in examples:
-        if isinstance(ex, D.ClassificationExample):
-            out.append({"text": ex.text, "text_pair": ex.text_pair})
-        elif isinstance(ex, D.TokenExample):
-            out.append({"text": ex.text} if ex.text is not None and ex.tokens is None else {"tokens": ex.tokens})
-        else:
-            out.append({"id": ex.id, "question": ex.question, "context": ex.context})
-    return out
+    from app.engine import tasks
+
+    task = tasks.get(task_type)
+    return [task.to_input(ex) for ex in D.read_examples(path, task_type, require_labels=False)]

@@ -1,12 +1,15 @@
 """Task heads on top of the encoder's last hidden states.
 
 All heads take hidden states [B, L, H] and return logits:
-- ClassificationHead: [B, C] from the first ([CLS]) position.
+- ClassificationHead: [B, C] from the first ([CLS]) position (C = 1 for regression).
 - VerbalizerHead: [B, C] from the [MASK] position (index 1: the input is "[CLS] [MASK] text ..."),
   scored against a trainable label matrix initialised from the label words' input embeddings
   (the backbones here ship no masked-LM head, so the matrix stands in for the decoder rows).
 - TokenClassificationHead: [B, L, C].
 - QuestionAnsweringHead: [B, L, 2] (start, end).
+
+Which head a task gets is its task type's choice (app.engine.tasks); FrozenHead is the form a
+server holds.
 """
 
 from __future__ import annotations
@@ -130,15 +133,7 @@ def label_word_embeddings(backbone, label_words: list[str]) -> Tensor:
 
 
 def build_head(spec, backbone) -> nn.Module:
-    """A freshly initialised head for a TaskSpec."""
-    h = backbone.hidden_size
-    if spec.task_type == "classification":
-        if spec.head == "verbalizer":
-            words = spec.label_words or [lab.replace("_", " ") for lab in spec.labels]
-            return VerbalizerHead(label_word_embeddings(backbone, words), dropout=spec.head_dropout)
-        return ClassificationHead(h, len(spec.labels), dropout=spec.head_dropout)
-    if spec.task_type == "token-classification":
-        return TokenClassificationHead(h, len(spec.labels), dropout=spec.head_dropout)
-    if spec.task_type == "question-answering":
-        return QuestionAnsweringHead(h)
-    raise ValueError(f"unknown task type {spec.task_type!r}")
+    """A freshly initialised head for a TaskSpec (built by its task type)."""
+    from app.engine import tasks
+
+    return tasks.get(spec.task_type).build_head(spec, backbone)

@@ -1,10 +1,11 @@
-"""Evaluation metrics for the three task types; every function returns plain Python floats.
+"""Evaluation metrics of the task types; every function returns plain Python floats.
 
 * classification: :func:`accuracy` and :func:`macro_f1`, values in ``[0, 1]``;
 * token classification: :func:`entity_f1` (seqeval's default entity-level micro scores, in ``[0, 1]``)
   and :func:`token_accuracy` (in ``[0, 1]``);
 * question answering: :func:`squad_em_f1`, exact match and F1 in **percent** (``0..100``) like the
-  official SQuAD evaluation script.
+  official SQuAD evaluation script;
+* regression: :func:`pearson` and :func:`spearman` correlations (in ``[-1, 1]``) and :func:`mse`.
 """
 
 from __future__ import annotations
@@ -15,14 +16,19 @@ from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from typing import Any
 
-from app.engine.data import decode_bio
+import numpy as np
+
+from app.engine.tasks.spans import decode_bio
 
 __all__ = [
     "accuracy",
     "compute_metrics",
     "entity_f1",
     "macro_f1",
+    "mse",
     "normalize_answer",
+    "pearson",
+    "spearman",
     "squad_em_f1",
     "token_accuracy",
 ]
@@ -74,7 +80,7 @@ def entity_f1(
     """Entity-level micro ``{"precision", "recall", "f1"}`` in ``[0, 1]``.
 
     Matches seqeval's default mode (conlleval-style, non-strict chunking via
-    :func:`app.engine.data.decode_bio`): an entity counts as correct when its type and its first and
+    :func:`app.engine.tasks.spans.decode_bio`): an entity counts as correct when its type and its first and
     last word agree exactly.  Scores with a zero denominator are 0.0.
     """
     _check_lengths(pred_tag_seqs, gold_tag_seqs)
@@ -167,22 +173,56 @@ def squad_em_f1(predictions: Mapping[str, str], references: Mapping[str, Sequenc
     return {"exact_match": float(100.0 * em_total / n), "f1": float(100.0 * f1_total / n)}
 
 
-def compute_metrics(task_type: str, predictions: Any, references: Any) -> dict[str, float]:
-    """Convenience dispatcher.
+# --------------------------------------------------------------------------------------------------
+# Regression
+# --------------------------------------------------------------------------------------------------
 
-    * ``"classification"``: label sequences -> ``{"accuracy", "macro_f1"}`` in ``[0, 1]``;
-    * ``"token-classification"``: tag sequences -> ``{"precision", "recall", "f1", "token_accuracy"}``
-      in ``[0, 1]``;
-    * ``"question-answering"``: ``{id: text}`` and ``{id: [texts]}`` -> ``{"exact_match", "f1"}`` in
-      percent.
-    """
-    if task_type == "classification":
-        return {"accuracy": accuracy(predictions, references), "macro_f1": macro_f1(predictions, references)}
-    if task_type == "token-classification":
-        return {
-            **entity_f1(predictions, references),
-            "token_accuracy": token_accuracy(predictions, references),
-        }
-    if task_type == "question-answering":
-        return squad_em_f1(predictions, references)
-    raise ValueError(f"unknown task type {task_type!r}")
+
+def _floats(preds: Sequence[float], golds: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    _check_lengths(preds, golds)
+    return np.asarray(preds, dtype=np.float64), np.asarray(golds, dtype=np.float64)
+
+
+def pearson(preds: Sequence[float], golds: Sequence[float]) -> float:
+    """Pearson correlation in ``[-1, 1]``; 0.0 when it is undefined (fewer than two values, or a
+    constant side), so that a best-epoch comparison never meets NaN."""
+    x, y = _floats(preds, golds)
+    if len(x) < 2:
+        return 0.0
+    x, y = x - x.mean(), y - y.mean()
+    denom = float(np.sqrt((x * x).sum() * (y * y).sum()))
+    return float((x * y).sum() / denom) if denom > 0 else 0.0
+
+
+def _ranks(values: np.ndarray) -> np.ndarray:
+    """1-based ranks, ties sharing their average rank (as scipy.stats.rankdata)."""
+    order = np.argsort(values, kind="mergesort")
+    ranks = np.empty(len(values), dtype=np.float64)
+    sorted_vals = values[order]
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and sorted_vals[j + 1] == sorted_vals[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return ranks
+
+
+def spearman(preds: Sequence[float], golds: Sequence[float]) -> float:
+    """Spearman rank correlation: Pearson's of the (tie-averaged) ranks; 0.0 when undefined."""
+    x, y = _floats(preds, golds)
+    return pearson(_ranks(x).tolist(), _ranks(y).tolist())
+
+
+def mse(preds: Sequence[float], golds: Sequence[float]) -> float:
+    """Mean squared error (0.0 for no examples)."""
+    x, y = _floats(preds, golds)
+    return float(((x - y) ** 2).mean()) if len(x) else 0.0
+
+
+def compute_metrics(task_type: str, predictions: Any, references: Any) -> dict[str, float]:
+    """The metrics of a task type (see each type's ``metrics``); ValueError for an unknown type."""
+    from app.engine import tasks
+
+    return tasks.get(task_type).metrics(predictions, references)

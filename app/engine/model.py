@@ -15,16 +15,31 @@ from torch import Tensor, nn
 
 from app.engine.backbone import Backbone, PrefixBatch
 from app.engine.heads import build_head
+from app.engine.options import HEADS, METHODS, PREFIX_INITS, default
 from app.engine.prefix import InputPrompt, PrefixEncoder, parse_layers
-
-TASK_TYPES = ("classification", "token-classification", "question-answering")
-METHODS = ("p-tuning-v2", "prompt-tuning", "fine-tuning")
-HEADS = ("linear", "verbalizer")
-PREFIX_INITS = ("random", "tokens")
 
 
 class SpecError(ValueError):
-    pass
+    """A TaskSpec or training option is invalid; ``field`` names it where known."""
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self):
+        return (_make_spec_error, (str(self), self.field))
+
+
+def _make_spec_error(message: str, field: str | None) -> SpecError:
+    return SpecError(message, field=field)
+
+
+def __getattr__(name: str):
+    if name == "TASK_TYPES":
+        from app.engine.tasks import TASK_TYPES
+
+        return TASK_TYPES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def spread_layers(kv: Tensor, layers: list[int], num_layers: int) -> Tensor:
@@ -39,45 +54,54 @@ class TaskSpec:
 
     task_type: str
     labels: list[str] = field(default_factory=list)
-    method: str = "p-tuning-v2"
-    prefix_length: int = 16
-    layers: list[int] | str | None = None
-    reparameterize: bool = False
+    method: str = default("method")
+    prefix_length: int = default("prefix_length")
+    layers: list[int] | str | None = default("layers")
+    reparameterize: bool = default("reparameterize")
     reparam_hidden: int = 512
     prefix_dropout: float = 0.1
     prefix_init_std: float = 0.5
     #: "random" (normal, prefix_init_std) or "tokens": each layer's keys/values of real
     #: vocabulary tokens run through the frozen encoder (flat prefixes only)
-    prefix_init: str = "random"
-    head: str = "linear"
-    label_words: list[str] | None = None
+    prefix_init: str = default("prefix_init")
+    head: str = default("head")
+    label_words: list[str] | None = default("label_words")
     head_dropout: float = 0.1
-    max_length: int = 128
-    doc_stride: int = 64
+    max_length: int = default("max_length")
+    doc_stride: int = default("doc_stride")
     max_answer_length: int = 30
     allow_no_answer: bool = False
 
     def validate(self, num_layers: int | None = None) -> TaskSpec:
-        if self.task_type not in TASK_TYPES:
-            raise SpecError(f"task_type {self.task_type!r}: expected one of {', '.join(TASK_TYPES)}")
+        """The general rules, then the task type's own (tasks.get(task_type).check_spec)."""
+        from app.engine import tasks
+
+        try:
+            task = tasks.get(self.task_type)
+        except ValueError:
+            raise SpecError(
+                f"task_type {self.task_type!r}: expected one of {', '.join(tasks.TASK_TYPES)}",
+                field="task_type",
+            ) from None
         if self.method not in METHODS:
-            raise SpecError(f"method {self.method!r}: expected one of {', '.join(METHODS)}")
+            raise SpecError(f"method {self.method!r}: expected one of {', '.join(METHODS)}", field="method")
         if self.head not in HEADS:
-            raise SpecError(f"head {self.head!r}: expected one of {', '.join(HEADS)}")
-        if self.head == "verbalizer" and self.task_type != "classification":
-            raise SpecError("head 'verbalizer' is for classification tasks only")
-        if self.task_type != "question-answering" and len(self.labels) < 1:
-            raise SpecError("labels: a classification or labelling task needs at least one label")
+            raise SpecError(f"head {self.head!r}: expected one of {', '.join(HEADS)}", field="head")
+        if self.head not in task.heads:
+            which = " or ".join(t for t in tasks.TASK_TYPES if self.head in tasks.get(t).heads)
+            raise SpecError(f"head {self.head!r} is for {which} tasks only", field="head")
+        task.check_spec(self)
         if self.label_words is not None and len(self.label_words) != len(self.labels):
-            raise SpecError("label_words: one word per label is needed")
+            raise SpecError("label_words: one word per label is needed", field="label_words")
         if self.prefix_init not in PREFIX_INITS:
-            raise SpecError(f"prefix_init {self.prefix_init!r}: expected one of {', '.join(PREFIX_INITS)}")
+            raise SpecError(
+                f"prefix_init {self.prefix_init!r}: expected one of {', '.join(PREFIX_INITS)}",
+                field="prefix_init",
+            )
         if not 1 <= self.prefix_length <= 512:
-            raise SpecError("prefix_length must be between 1 and 512")
+            raise SpecError("prefix_length must be between 1 and 512", field="prefix_length")
         if not 8 <= self.max_length <= 4096:
-            raise SpecError("max_length must be between 8 and 4096")
-        if self.task_type == "question-answering" and not 0 < self.doc_stride < self.max_length:
-            raise SpecError("doc_stride must be between 1 and max_length - 1")
+            raise SpecError("max_length must be between 8 and 4096", field="max_length")
         if num_layers is not None and self.method == "p-tuning-v2":
             self.layers = parse_layers(self.layers, num_layers)
         return self
@@ -254,7 +278,11 @@ class ServingTask:
         def mv(t: Tensor | None) -> Tensor | None:
             if t is None:
                 return None
-            return t.to(device=device, dtype=dtype) if dtype is not None and t.is_floating_point() else t.to(device)
+            return (
+                t.to(device=device, dtype=dtype)
+                if dtype is not None and t.is_floating_point()
+                else t.to(device)
+            )
 
         head = self.head.to(device=device, dtype=dtype) if dtype is not None else self.head.to(device)
         return ServingTask(

@@ -15,15 +15,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from app.engine import data as D
-from app.engine import metrics as M
+from app.engine import tasks as registry
 from app.engine.backbone import Backbone
-from app.engine.batch import LABEL_PAD, collate
+from app.engine.batch import collate
 from app.engine.model import ServingTask, TaskModel, TaskSpec, new_prefix_encoder
-from app.engine.predict import Prepared, encode_examples, finish, run_features, word_tags
+from app.engine.options import default
+from app.engine.predict import encode_examples, run_features
 from app.engine.prefix import PrefixEncoder
 
 
@@ -33,19 +33,23 @@ class Cancelled(Exception):
 
 @dataclass
 class TrainConfig:
-    epochs: int = 3
-    lr: float = 1e-2
-    batch_size: int = 16
+    """How a run trains. The options a user sets start from app.engine.options' table; build
+    TrainConfigs from user input with options.build_training."""
+
+    epochs: int = default("epochs")
+    lr: float = default("lr")
+    batch_size: int = default("batch_size")
     weight_decay: float = 0.01
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
-    seed: int = 42
+    seed: int = default("seed")
     early_stopping_patience: int = 2
-    max_steps: int | None = None
+    max_steps: int | None = default("max_steps")
     eval_batch_size: int = 64
+    #: learning rate of the encoder in full fine-tuning
     backbone_lr: float = 5e-5
-    max_train_examples: int | None = None
-    #: with no eval data, hold out this fraction of the training data (seeded) for evaluation
+    #: with no eval data, hold out this fraction of the training data (seeded) for evaluation; a
+    #: library call holds out nothing unless asked (the training surfaces default to the table's)
     holdout_fraction: float = 0.0
 
     def to_dict(self) -> dict:
@@ -85,13 +89,7 @@ def seed_everything(seed: int) -> None:
 
 
 def primary_metric(spec: TaskSpec) -> str:
-    if spec.task_type == "classification":
-        return "accuracy"
-    if spec.task_type == "question-answering":
-        return "f1"
-    if any(lab.startswith(("B-", "I-", "E-", "S-")) for lab in spec.labels):
-        return "f1"
-    return "token_accuracy"
+    return registry.get(spec.task_type).primary_metric(spec)
 
 
 MIN_HOLDOUT_EXAMPLES = 20
@@ -112,27 +110,16 @@ def split_holdout(
 
 
 def infer_labels(spec: TaskSpec, examples: Sequence) -> TaskSpec:
-    if spec.task_type != "question-answering" and not spec.labels:
-        spec.labels = D.label_list(examples)
+    if not spec.labels:
+        spec.labels = registry.get(spec.task_type).infer_labels(examples)
     return spec
 
 
-# ------------------------------------------------------------------------------------ loss
+# ------------------------------------------------------------------------------------ loss, evaluation
 
 
 def task_loss(spec: TaskSpec, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
-    if spec.task_type == "classification":
-        return F.cross_entropy(logits, batch["label"])
-    if spec.task_type == "token-classification":
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch["labels"].reshape(-1), ignore_index=LABEL_PAD)
-    start, end = logits[..., 0], logits[..., 1]
-    pad = batch["attention_mask"] == 0
-    start = start.masked_fill(pad, -1e4)
-    end = end.masked_fill(pad, -1e4)
-    return (F.cross_entropy(start, batch["start_position"]) + F.cross_entropy(end, batch["end_position"])) / 2
-
-
-# ------------------------------------------------------------------------------------ evaluation
+    return registry.get(spec.task_type).loss(spec, logits, batch)
 
 
 def evaluate(backbone: Backbone, task: ServingTask, examples: Sequence, batch_size: int = 64) -> dict:
@@ -140,22 +127,16 @@ def evaluate(backbone: Backbone, task: ServingTask, examples: Sequence, batch_si
     spec = task.spec
     features = encode_examples(spec, backbone.tokenizer, examples, with_labels=False)
     logits = run_features(backbone, task, features, batch_size)
-    if spec.task_type == "classification":
-        preds = [spec.labels[int(r.argmax())] for r in logits]
-        golds = [ex.label for ex in examples]
-        return {"accuracy": M.accuracy(preds, golds), "macro_f1": M.macro_f1(preds, golds), "n": len(golds)}
-    if spec.task_type == "token-classification":
-        pred_seqs = [word_tags(spec, f, r) for f, r in zip(features, logits, strict=True)]
-        gold_seqs = [list(ex.tags) for ex in examples]
-        out = {"token_accuracy": M.token_accuracy(pred_seqs, gold_seqs), "n": len(gold_seqs)}
-        out.update(M.entity_f1(pred_seqs, gold_seqs))
-        return out
-    preds = finish(task, Prepared(spec.task_type, list(examples), features), logits)
-    predictions = {p["id"]: p["answer"] for p in preds}
-    references = {ex.id: list(ex.answers) or [""] for ex in examples}
-    out = M.squad_em_f1(predictions, references)
-    out["n"] = len(references)
-    return out
+    return registry.get(spec.task_type).evaluate(spec, list(examples), features, logits)
+
+
+def training_batch(
+    spec: TaskSpec, features: Sequence[dict], pad_id: int, device: str | torch.device
+) -> dict[str, Tensor]:
+    """Padded inputs and the task type's targets."""
+    batch = collate(features, pad_id)
+    batch.update(registry.get(spec.task_type).targets(features, batch["input_ids"].shape[1]))
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 # ------------------------------------------------------------------------------------ optimisation
@@ -175,7 +156,9 @@ def _param_groups(model: TaskModel, config: TrainConfig) -> list[dict]:
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
-def _scheduler(opt: torch.optim.Optimizer, total: int, warmup_ratio: float) -> torch.optim.lr_scheduler.LambdaLR:
+def _scheduler(
+    opt: torch.optim.Optimizer, total: int, warmup_ratio: float
+) -> torch.optim.lr_scheduler.LambdaLR:
     warmup = int(total * warmup_ratio)
 
     def factor(step: int) -> float:
@@ -215,7 +198,9 @@ def train_task(
     if not train_examples:
         raise D.DataError("training data is empty", field="train")
     infer_labels(spec, train_examples)
-    train_examples, eval_examples = split_holdout(train_examples, eval_examples, config.holdout_fraction, config.seed)
+    train_examples, eval_examples = split_holdout(
+        train_examples, eval_examples, config.holdout_fraction, config.seed
+    )
     if init_kv is not None:
         spec.reparameterize = False  # the flat K/V of the init prefix are the parameters
         spec.layers = list(init_kv.spec.layers)
@@ -230,25 +215,20 @@ def train_task(
         # the same task (a multi-task run's per-task stage, or a new version of a task): its
         # trained head is the start too, not only its prefix
         model.head.load_state_dict(init_kv.head.state_dict())
-    train_examples = list(train_examples)
-    if config.max_train_examples:
-        train_examples = train_examples[: config.max_train_examples]
     features = encode_examples(spec, backbone.tokenizer, train_examples, with_labels=True)
-    return _fit(backbone, {task_name or "task": (model, features, eval_examples)}, config, progress, should_stop)[
-        task_name or "task"
-    ]
+    return _fit(
+        backbone, {task_name or "task": (model, features, eval_examples)}, config, progress, should_stop
+    )[task_name or "task"]
 
 
 def _same_head(task: ServingTask, spec: TaskSpec) -> bool:
     """Whether a trained task's head can start a new training of `spec`: same task type, head
     kind, labels in the same order and label words (on one backbone these fix the head's shapes)."""
-    old = task.spec
-    return (
-        old.task_type == spec.task_type
-        and old.head == spec.head
-        and list(old.labels) == list(spec.labels)
-        and (old.label_words or None) == (spec.label_words or None)
-    )
+
+    def shape(s: TaskSpec) -> tuple:
+        return (s.task_type, s.head, list(s.labels), s.label_words or None)
+
+    return shape(task.spec) == shape(spec)
 
 
 def _fit(
@@ -294,7 +274,7 @@ def _fit(
                 raise Cancelled(f"cancelled at step {step} of {total}")
             name, idx = plan[k]
             model, feats, _ = tasks[name]
-            batch = collate([feats[i] for i in idx], pad, device)
+            batch = training_batch(model.spec, [feats[i] for i in idx], pad, device)
             loss = task_loss(model.spec, model(batch), batch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -304,7 +284,14 @@ def _fit(
             step += 1
             running += loss.item()
             count += 1
-            _emit(progress, step=step, total=total, epoch=epoch - 1 + count / max(1, len(plan)), loss=running / count, task=name if len(names) > 1 else None)
+            _emit(
+                progress,
+                step=step,
+                total=total,
+                epoch=epoch - 1 + count / max(1, len(plan)),
+                loss=running / count,
+                task=name if len(names) > 1 else None,
+            )
         joint.eval()
         record = {"epoch": epoch, "step": step, "loss": running / max(1, count), "metrics": {}}
         scores = []
@@ -323,14 +310,31 @@ def _fit(
         history.append(record)
         # one selection for all tasks: with a shared prefix they must come from the same epoch
         mean = sum(scores) / len(scores)
-        _emit(progress, step=step, total=total, epoch=float(epoch), loss=record["loss"], metrics=record["metrics"], message=f"epoch {epoch} done")
+        _emit(
+            progress,
+            step=step,
+            total=total,
+            epoch=float(epoch),
+            loss=record["loss"],
+            metrics=record["metrics"],
+            message=f"epoch {epoch} done",
+        )
         if mean > best_score:
             best_score, bad_epochs = mean, 0
-            best = {name: (scores[i], snapshot[name][0], snapshot[name][1], epoch) for i, name in enumerate(names)}
+            best = {
+                name: (scores[i], snapshot[name][0], snapshot[name][1], epoch) for i, name in enumerate(names)
+            }
         else:
             bad_epochs += 1
             if config.early_stopping_patience and bad_epochs >= config.early_stopping_patience:
-                _emit(progress, step=step, total=total, epoch=float(epoch), loss=record["loss"], message="early stopping")
+                _emit(
+                    progress,
+                    step=step,
+                    total=total,
+                    epoch=float(epoch),
+                    loss=record["loss"],
+                    message="early stopping",
+                )
                 break
     seconds = time.monotonic() - start_time
     backbone_params = backbone.num_parameters()
@@ -387,7 +391,11 @@ def train_multitask(
     first = next(iter(tasks.values()))[0]
     first.validate(backbone.num_layers)
     for spec, _, _ in tasks.values():
-        spec.prefix_length, spec.layers, spec.reparameterize = first.prefix_length, list(first.layers), first.reparameterize
+        spec.prefix_length, spec.layers, spec.reparameterize = (
+            first.prefix_length,
+            list(first.layers),
+            first.reparameterize,
+        )
         spec.validate(backbone.num_layers)
     seed_everything(config.seed)
     shared = new_prefix_encoder(first, backbone).to(backbone.device)
@@ -409,7 +417,15 @@ def train_multitask(
         spec_cont = TaskSpec.from_dict(spec.to_dict())
         spec_cont.prefix_dropout = spec.prefix_dropout
         result = train_task(
-            backbone, spec_cont, train, ev, cont, progress, should_stop, init_kv=results[name].task, task_name=name
+            backbone,
+            spec_cont,
+            train,
+            ev,
+            cont,
+            progress,
+            should_stop,
+            init_kv=results[name].task,
+            task_name=name,
         )
         result.history = results[name].history + result.history
         out[name] = result

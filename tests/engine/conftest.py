@@ -60,3 +60,29 @@ def minilm():
     from app.engine.backbone import load_backbone
 
     return load_backbone()
+
+
+def jsonl(*records: object) -> bytes:
+    """JSONL bytes of records (dicts) and raw lines (strings)."""
+    import json
+
+    return ("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n").encode()
+
+
+def raises_at(data: bytes, filename: str, task: str, *, line: int | None, field: str | None, **kw):
+    """The DataError reading `data` raises, checked to name `line` and `field`."""
+    from app.engine.data import DataError, read_examples_bytes
+
+    with pytest.raises(DataError) as info:
+        read_examples_bytes(data, filename, task, **kw)
+    err = info.value
+    assert err.line == line, str(err)
+    assert err.field == field, str(err)
+    return err
+
+
+def bad_record_at_line_4(task: str, good: dict, record: object, field: str, needle: str) -> None:
+    """A bad record between good ones (and a blank line) is reported at its line and field."""
+    err = raises_at(jsonl(good, "", good, record, good), "d.jsonl", task, line=4, field=field)
+    assert needle in str(err)
+    assert str(err).startswith(f"line 4: field '{field}': ")

@@ -7,7 +7,10 @@ from app.engine.metrics import (
     compute_metrics,
     entity_f1,
     macro_f1,
+    mse,
     normalize_answer,
+    pearson,
+    spearman,
     squad_em_f1,
     token_accuracy,
 )
@@ -104,5 +107,28 @@ def test_compute_metrics():
         "exact_match": 100.0,
         "f1": 100.0,
     }
-    with pytest.raises(ValueError):
-        compute_metrics("regression", [], [])
+    assert compute_metrics("regression", [1.0, 2.0, 3.0], [1.0, 2.0, 3.0]) == {
+        "pearson": pytest.approx(1.0),
+        "spearman": pytest.approx(1.0),
+        "mse": 0.0,
+    }
+    with pytest.raises(ValueError, match="expected one of"):
+        compute_metrics("multiple-choice", [], [])
+
+
+def test_pearson_spearman_mse_by_hand():
+    # x = [1, 2, 3, 4], y = [2, 4, 5, 4]: sum dx*dy = 3.5, sum dx^2 = 5, sum dy^2 = 4.75
+    x, y = [1.0, 2.0, 3.0, 4.0], [2.0, 4.0, 5.0, 4.0]
+    assert pearson(x, y) == pytest.approx(3.5 / (5.0 * 4.75) ** 0.5)
+    # ranks of y with the tie averaged: [1, 2.5, 4, 2.5]; Pearson of [1, 2, 3, 4] with them
+    assert spearman(x, y) == pytest.approx(pearson([1, 2, 3, 4], [1, 2.5, 4, 2.5]))
+    assert spearman([1, 5, 9], [10, 20, 1000]) == pytest.approx(1.0)  # monotone, not linear
+    assert spearman([3, 2, 1], [1, 2, 3]) == pytest.approx(-1.0)
+    assert mse(x, y) == pytest.approx((1 + 4 + 4 + 0) / 4)
+    # undefined correlations are 0.0, never NaN (best-epoch selection compares them)
+    assert pearson([1.0, 1.0], [1.0, 2.0]) == 0.0 and pearson([1.0], [2.0]) == 0.0
+    assert spearman([], []) == 0.0 and mse([], []) == 0.0
+    for f in (pearson, spearman, mse):
+        assert isinstance(f(x, y), float)
+        with pytest.raises(ValueError):
+            f([1.0], [1.0, 2.0])

@@ -55,8 +55,9 @@ def test_parse_layers_errors(spec):
 
 
 def test_spec_validation_messages():
-    with pytest.raises(SpecError, match="task_type"):
-        TaskSpec("regression", labels=["a"]).validate()
+    with pytest.raises(SpecError, match="task_type") as info:
+        TaskSpec("multiple-choice", labels=["a"]).validate()
+    assert info.value.field == "task_type" and "regression" in str(info.value)
     with pytest.raises(SpecError, match="labels"):
         TaskSpec("classification").validate()
     with pytest.raises(SpecError, match="verbalizer"):
@@ -65,7 +66,9 @@ def test_spec_validation_messages():
 
 @pytest.mark.parametrize("layers", ["all", "upper-half", "0,2"])
 def test_mlp_fold_gives_the_same_outputs(tiny_bert, tokenizer, layers):
-    spec = TaskSpec("classification", labels=["a", "b"], reparameterize=True, reparam_hidden=24, layers=layers)
+    spec = TaskSpec(
+        "classification", labels=["a", "b"], reparameterize=True, reparam_hidden=24, layers=layers
+    )
     model = TaskModel(spec, tiny_bert).eval()
     batch = _batch(tokenizer, ["first text", "a second, longer text here"])
     with torch.no_grad():
@@ -118,26 +121,37 @@ def test_heads_shapes(tiny_bert, tokenizer):
 
 
 def test_verbalizer_inits_from_label_words_and_reads_the_mask(tiny_bert, tokenizer):
-    spec = TaskSpec("classification", labels=["positive", "negative"], head="verbalizer", label_words=["great", "terrible"])
+    spec = TaskSpec(
+        "classification",
+        labels=["positive", "negative"],
+        head="verbalizer",
+        label_words=["great", "terrible"],
+    )
     model = TaskModel(spec, tiny_bert)
     expected = label_word_embeddings(tiny_bert, ["great", "terrible"])
     assert torch.equal(model.head.label_matrix.detach(), expected)
     from app.engine.data import ClassificationExample
 
-    feats = encode_examples(spec, tokenizer, [ClassificationExample("it was fine", label="positive")], with_labels=True)
+    feats = encode_examples(
+        spec, tokenizer, [ClassificationExample("it was fine", label="positive")], with_labels=True
+    )
     assert feats[0]["input_ids"][VERBALIZER_MASK_POSITION] == tokenizer.mask_token_id
     assert feats[0]["input_ids"][0] == tokenizer.cls_token_id
 
 
 @pytest.mark.parametrize("method", ["p-tuning-v2", "prompt-tuning", "fine-tuning"])
 def test_checkpoint_round_trip(tiny_bert, tokenizer, tmp_path, method):
-    spec = TaskSpec("classification", labels=["a", "b", "c"], method=method, prefix_length=5, layers="lower-half")
+    spec = TaskSpec(
+        "classification", labels=["a", "b", "c"], method=method, prefix_length=5, layers="lower-half"
+    )
     served = TaskModel(spec, tiny_bert).eval().to_serving()
     path = tmp_path / "v1.safetensors"
     sha = save_checkpoint(served, path, tiny_bert, {"metrics": {"accuracy": 0.5}, "source": "unit test"})
     loaded = load_checkpoint(path, tiny_bert, expected_sha256=sha)
     batch = _batch(tokenizer, ["round trip", "of a checkpoint"])
-    assert torch.allclose(task_forward(served, tiny_bert, batch), task_forward(loaded, tiny_bert, batch), atol=1e-6)
+    assert torch.allclose(
+        task_forward(served, tiny_bert, batch), task_forward(loaded, tiny_bert, batch), atol=1e-6
+    )
     meta = read_metadata(path)
     assert meta["spec"]["method"] == method
     assert meta["metrics"] == {"accuracy": 0.5}
@@ -233,8 +247,9 @@ def test_prefix_init_tokens_starts_from_the_encoders_kv(tiny_bert):
         TaskSpec("classification", labels=["good", "bad"], head="verbalizer"),
         TaskSpec("token-classification", labels=["X", "Y"]),
         TaskSpec("question-answering"),
+        TaskSpec("regression"),
     ],
-    ids=["cls", "verbalizer", "tokens", "qa"],
+    ids=["cls", "verbalizer", "tokens", "qa", "regression"],
 )
 def test_frozen_head_equals_the_module_head(tiny_bert, tokenizer, spec):
     from app.engine.heads import FrozenHead
@@ -246,6 +261,10 @@ def test_frozen_head_equals_the_module_head(tiny_bert, tokenizer, spec):
     assert isinstance(frozen.head, FrozenHead) and not isinstance(module.head, FrozenHead)
     hidden = torch.randn(3, 7, tiny_bert.hidden_size)
     torch.testing.assert_close(frozen.head(hidden), module.head(hidden), rtol=0, atol=0)
+    # built straight from the tensors, it is what converting the module gives
+    converted = FrozenHead.from_module(module.head)
+    assert frozen.head.position == converted.position and frozen.head.names == converted.names
+    assert torch.equal(frozen.head.weight, converted.weight) and torch.equal(frozen.head.bias, converted.bias)
     assert frozen.nbytes() == module.nbytes()
     assert frozen.head.state_dict().keys() == module.head.state_dict().keys()
     # a frozen task round-trips through a checkpoint like a module one

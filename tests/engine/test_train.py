@@ -83,7 +83,14 @@ def test_cancellation_between_steps(tiny_bert):
         return len(calls) > 3
 
     with pytest.raises(Cancelled, match="step 3"):
-        train_task(tiny_bert, TaskSpec("classification"), sentiment(64, 0), None, TrainConfig(batch_size=8), should_stop=stop)
+        train_task(
+            tiny_bert,
+            TaskSpec("classification"),
+            sentiment(64, 0),
+            None,
+            TrainConfig(batch_size=8),
+            should_stop=stop,
+        )
 
 
 def test_early_stopping_and_best_epoch(tiny_bert):
@@ -94,13 +101,24 @@ def test_early_stopping_and_best_epoch(tiny_bert):
 
 
 def test_token_classification_and_qa_train_and_predict(tiny_bert):
-    r = train_task(tiny_bert, TaskSpec("token-classification", prefix_length=4), tagging(120, 0), tagging(40, 1), FAST)
+    r = train_task(
+        tiny_bert, TaskSpec("token-classification", prefix_length=4), tagging(120, 0), tagging(40, 1), FAST
+    )
     assert r.metrics["token_accuracy"] >= 0.75
     preds = predict(tiny_bert, r.task, [{"tokens": ["the", "good", "day"]}, {"text": "a lovely film"}])
     assert len(preds[0]["tags"]) == 3 and len(preds[1]["tags"]) == 3
     ctx = "The cat sat on the mat while the dog slept."
-    qa = [QAExample(f"q{i}", "Where did the cat sit?", ctx, ["the mat"], [ctx.index("the mat")]) for i in range(16)]
-    r = train_task(tiny_bert, TaskSpec("question-answering", prefix_length=4, max_length=32, doc_stride=8), qa, qa[:4], FAST)
+    qa = [
+        QAExample(f"q{i}", "Where did the cat sit?", ctx, ["the mat"], [ctx.index("the mat")])
+        for i in range(16)
+    ]
+    r = train_task(
+        tiny_bert,
+        TaskSpec("question-answering", prefix_length=4, max_length=32, doc_stride=8),
+        qa,
+        qa[:4],
+        FAST,
+    )
     assert set(r.metrics) >= {"exact_match", "f1"}
     (p,) = predict(tiny_bert, r.task, [{"question": "Where did the cat sit?", "context": ctx}])
     assert ctx[p["start"] : p["end"]] == p["answer"]
@@ -108,8 +126,16 @@ def test_token_classification_and_qa_train_and_predict(tiny_bert):
 
 @pytest.mark.parametrize("method", ["prompt-tuning", "fine-tuning"])
 def test_baselines_train_through_the_same_loop(tiny_bert, method):
-    cfg = TrainConfig(epochs=2, lr=3e-2 if method == "prompt-tuning" else 1e-3, backbone_lr=1e-3, batch_size=16)
-    r = train_task(tiny_bert, TaskSpec("classification", method=method, prefix_length=4), sentiment(64, 0), sentiment(32, 1), cfg)
+    cfg = TrainConfig(
+        epochs=2, lr=3e-2 if method == "prompt-tuning" else 1e-3, backbone_lr=1e-3, batch_size=16
+    )
+    r = train_task(
+        tiny_bert,
+        TaskSpec("classification", method=method, prefix_length=4),
+        sentiment(64, 0),
+        sentiment(32, 1),
+        cfg,
+    )
     assert 0.0 <= r.metrics["accuracy"] <= 1.0
     assert (r.trainable_fraction > 0.9) == (method == "fine-tuning")
 
@@ -123,7 +149,9 @@ def test_multitask_shared_prefix_then_per_task(tiny_bert):
     assert torch.equal(joint["sent"].task.kv, joint["tags"].task.kv)  # one shared prefix
     assert set(joint["sent"].history[0]["metrics"]) == {"sent", "tags"}
     tasks2 = {k: (TaskSpec(v[0].task_type, prefix_length=6), v[1], v[2]) for k, v in tasks.items()}
-    cont = train_multitask(tiny_bert, tasks2, TrainConfig(epochs=1, lr=3e-2, batch_size=16), per_task_epochs=1)
+    cont = train_multitask(
+        tiny_bert, tasks2, TrainConfig(epochs=1, lr=3e-2, batch_size=16), per_task_epochs=1
+    )
     assert not torch.equal(cont["sent"].task.kv, cont["tags"].task.kv)  # each continued alone
 
 
@@ -132,19 +160,30 @@ def test_continuation_starts_from_the_prefix_and_the_head_of_the_same_task(tiny_
     still = TrainConfig(epochs=1, lr=1e-12, batch_size=16, seed=3, early_stopping_patience=0)
     # same task (labels neg/pos): prefix and head both carry over (lr ~0 -> unchanged)
     cont = train_task(
-        tiny_bert, TaskSpec("classification", prefix_length=6), sentiment(32, 2), None, still, init_kv=first.task
+        tiny_bert,
+        TaskSpec("classification", prefix_length=6),
+        sentiment(32, 2),
+        None,
+        still,
+        init_kv=first.task,
     )
     torch.testing.assert_close(cont.task.kv, first.task.kv)
     for a, b in zip(cont.task.head.state_dict().values(), first.task.head.state_dict().values(), strict=True):
         torch.testing.assert_close(a, b)
     # other labels: only the prefix is a start; the head is new
-    other = [ClassificationExample(e.text, label={"pos": "yes", "neg": "no"}[e.label]) for e in sentiment(32, 2)]
-    fresh = train_task(tiny_bert, TaskSpec("classification", prefix_length=6), other, None, still, init_kv=first.task)
+    other = [
+        ClassificationExample(e.text, label={"pos": "yes", "neg": "no"}[e.label]) for e in sentiment(32, 2)
+    ]
+    fresh = train_task(
+        tiny_bert, TaskSpec("classification", prefix_length=6), other, None, still, init_kv=first.task
+    )
     torch.testing.assert_close(fresh.task.kv, first.task.kv)
     assert fresh.task.spec.labels == ["no", "yes"]
     assert any(
         not torch.allclose(a, b)
-        for a, b in zip(fresh.task.head.state_dict().values(), first.task.head.state_dict().values(), strict=True)
+        for a, b in zip(
+            fresh.task.head.state_dict().values(), first.task.head.state_dict().values(), strict=True
+        )
     )
 
 
@@ -156,14 +195,34 @@ def test_cli_train_and_predict(tiny_bert, tmp_path, capsys):
     tiny_bert.tokenizer.save_pretrained(bb_dir)
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in sentiment(64, 0)))
-    rc = main(["train", "--task-type", "classification", "--train", str(train), "--eval", str(train), "--out",
-               str(tmp_path / "out"), "--backbone", str(bb_dir), "--epochs", "1", "--batch-size", "16", "--no-progress"])
+    rc = main(
+        [
+            "train",
+            "--task-type",
+            "classification",
+            "--train",
+            str(train),
+            "--eval",
+            str(train),
+            "--out",
+            str(tmp_path / "out"),
+            "--backbone",
+            str(bb_dir),
+            "--epochs",
+            "1",
+            "--batch-size",
+            "16",
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 <= summary["metrics"]["accuracy"] <= 1 and summary["trainable_fraction"] < 0.2
     inputs = tmp_path / "in.jsonl"
     inputs.write_text('{"text": "a good day"}\n{"text": "an awful day"}\n')
-    rc = main(["predict", "--checkpoint", str(tmp_path / "out"), "--input", str(inputs), "--backbone", str(bb_dir)])
+    rc = main(
+        ["predict", "--checkpoint", str(tmp_path / "out"), "--input", str(inputs), "--backbone", str(bb_dir)]
+    )
     assert rc == 0
     lines = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert len(lines) == 2 and all(x["label"] in {"pos", "neg"} for x in lines)
@@ -178,6 +237,19 @@ def test_cli_reports_bad_records_with_line_and_field(tmp_path, capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "line 2" in err and "label" in err
+
+
+def test_cli_names_the_file_that_holds_the_bad_record(tmp_path, capsys):
+    from app.cli import main
+
+    good = tmp_path / "a.jsonl"
+    good.write_text('{"text": "ok", "label": "a"}\n{"text": "fine", "label": "b"}\n')
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"text": "ok", "label": "a"}\n{"text": "missing label"}\n')
+    argv = ["train", "--task-type", "classification", "--train", str(good), "--eval", str(bad)]
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{bad}: line 2: field 'label'" in err and str(good) not in err
 
 
 @pytest.mark.slow

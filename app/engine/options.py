@@ -1,0 +1,236 @@
+"""The training options: one table, read by the CLI, the API's Hyperparameters model and the
+job payload mapping, and the one mapping from flat hyperparameters to (TaskSpec, TrainConfig).
+
+Each option declares its type, default, range or choices, help, and whether it shapes the task
+(TaskSpec) or the run (TrainConfig). `validate_training` is every rule a training request must
+pass before it is queued: the table's ranges, the task type's spec rules, and the labels of the
+given examples against the given labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from app.engine.data import Example
+    from app.engine.model import TaskSpec
+    from app.engine.train import TrainConfig
+
+METHODS = ("p-tuning-v2", "prompt-tuning", "fine-tuning")
+#: the methods a server trains (full fine-tuning carries a whole encoder copy: CLI only)
+SERVED_METHODS = ("p-tuning-v2", "prompt-tuning")
+HEADS = ("linear", "verbalizer")
+PREFIX_INITS = ("random", "tokens")
+
+
+@dataclass(frozen=True)
+class Option:
+    name: str
+    #: "int", "float", "bool", "str", "layers" (a layer spec string or a list of indices) or "words"
+    kind: str
+    default: Any
+    target: Literal["spec", "config"]
+    help: str
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    choices: tuple[str, ...] | None = None
+    #: the choices the API accepts, when fewer than `choices`
+    api_choices: tuple[str, ...] | None = None
+    #: a default that depends on the method, e.g. the learning rate of full fine-tuning
+    method_defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: extra CLI spellings of the flag
+    cli_aliases: tuple[str, ...] = ()
+
+    @property
+    def nullable(self) -> bool:
+        return self.default is None
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    def default_for(self, method: str) -> Any:
+        return self.method_defaults.get(method, self.default)
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "method",
+        "str",
+        "p-tuning-v2",
+        "spec",
+        "how the task is tuned",
+        choices=METHODS,
+        api_choices=SERVED_METHODS,
+    ),
+    Option(
+        "prefix_length", "int", 16, "spec", "prompt length in slots (per layer for P-Tuning v2)", ge=1, le=512
+    ),
+    Option("reparameterize", "bool", False, "spec", "MLP reparameterisation of the prefix"),
+    Option(
+        "prefix_init",
+        "str",
+        "random",
+        "spec",
+        "P-Tuning v2 flat prefix start: 'tokens' (each layer's keys/values of real tokens through the "
+        "frozen encoder) or 'random'",
+        choices=PREFIX_INITS,
+    ),
+    Option(
+        "layers",
+        "layers",
+        None,
+        "spec",
+        "layers with a prefix: 'all' (default), 'lower-half', 'upper-half', "
+        "'first:N', 'last:N', '0-2,5' or a list of indices",
+    ),
+    Option("head", "str", "linear", "spec", "task head ('verbalizer': classification only)", choices=HEADS),
+    Option("label_words", "words", None, "spec", "verbalizer words, one per label"),
+    Option(
+        "lr", "float", 1e-2, "config", "learning rate", gt=0, le=1.0, method_defaults={"fine-tuning": 5e-5}
+    ),
+    Option("epochs", "int", 3, "config", "training epochs", ge=1, le=100),
+    Option("batch_size", "int", 16, "config", "training batch size", ge=1, le=512),
+    Option("max_length", "int", 128, "spec", "longest input in tokens", ge=8, le=4096),
+    Option(
+        "doc_stride",
+        "int",
+        64,
+        "spec",
+        "question answering: tokens shared by consecutive context windows",
+        ge=1,
+        le=4095,
+    ),
+    Option("seed", "int", 42, "config", "random seed", ge=0, le=2**31 - 1),
+    Option("max_steps", "int", None, "config", "stop after this many optimiser steps", ge=1, le=10_000_000),
+    Option(
+        "holdout_fraction",
+        "float",
+        0.1,
+        "config",
+        "with no eval data, this seeded share of train is held out for metrics",
+        ge=0.0,
+        le=0.5,
+        cli_aliases=("--holdout",),
+    ),
+)
+BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
+
+
+def default(name: str) -> Any:
+    """The table's default of an option (what TaskSpec / TrainConfig fields start from)."""
+    return BY_NAME[name].default
+
+
+def _spec_error(message: str, name: str) -> Exception:
+    from app.engine.model import SpecError
+
+    return SpecError(f"{name}: {message}", field=f"hyperparameters.{name}")
+
+
+def _check(opt: Option, value: Any) -> Any:
+    """The value if it fits the option's type and range; SpecError naming the field otherwise."""
+    kind = opt.kind
+    if kind == "bool":
+        if not isinstance(value, bool):
+            raise _spec_error("must be true or false", opt.name)
+        return value
+    if kind in ("int", "float"):
+        ok = isinstance(value, int) if kind == "int" else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok:
+            raise _spec_error(f"must be {'an integer' if kind == 'int' else 'a number'}", opt.name)
+        if opt.ge is not None and value < opt.ge:
+            raise _spec_error(f"must be at least {opt.ge:g}", opt.name)
+        if opt.gt is not None and value <= opt.gt:
+            raise _spec_error(f"must be greater than {opt.gt:g}", opt.name)
+        if opt.le is not None and value > opt.le:
+            raise _spec_error(f"must be at most {opt.le:g}", opt.name)
+        return float(value) if kind == "float" else value
+    if kind == "str":
+        if opt.choices is not None and value not in opt.choices:
+            raise _spec_error(f"{value!r}: expected one of {', '.join(opt.choices)}", opt.name)
+        return value
+    if kind == "layers":
+        if isinstance(value, str):
+            return value
+        if (
+            isinstance(value, (list, tuple))
+            and value
+            and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value)
+        ):
+            return list(value)
+        raise _spec_error("give a layer spec such as 'last:4' or non-negative layer indices", opt.name)
+    if not isinstance(value, (list, tuple)) or not value or not all(isinstance(w, str) for w in value):
+        raise _spec_error("give a non-empty list of words", opt.name)
+    return list(value)
+
+
+def build_training(
+    task_type: str, hp: Mapping[str, Any] | None, labels: Sequence[str] | None = None
+) -> tuple[TaskSpec, TrainConfig]:
+    """The TaskSpec and TrainConfig of flat hyperparameters (the table's names; None or absent
+    means the default, which for `lr` depends on the method). Checks types and ranges only; the
+    task type's rules are TaskSpec.validate's (see validate_training)."""
+    from app.engine.model import TaskSpec
+    from app.engine.train import TrainConfig
+
+    hp = dict(hp or {})
+    unknown = sorted(set(hp) - set(BY_NAME))
+    if unknown:
+        raise _spec_error("unknown hyperparameter", unknown[0])
+    method = hp.get("method") or BY_NAME["method"].default
+    values = {"spec": {}, "config": {}}
+    for opt in OPTIONS:
+        value = hp.get(opt.name)
+        value = opt.default_for(method) if value is None else _check(opt, value)
+        values[opt.target][opt.name] = value
+    config = TrainConfig(**values["config"])
+    if method == "fine-tuning":
+        config.backbone_lr = config.lr  # the encoder is what fine-tuning trains
+    return TaskSpec(task_type=task_type, labels=list(labels or []), **values["spec"]), config
+
+
+def validate_training(
+    task_type: str,
+    hp: Mapping[str, Any] | None,
+    labels: Sequence[str] | None,
+    splits: Mapping[str, Sequence[Example]],
+) -> None:
+    """Every rule a training request must pass: SpecError naming the field ('task_type',
+    'labels', 'hyperparameters.doc_stride', ...) or DataError naming the split, line and field of
+    an example whose label is not among the given labels."""
+    from app.engine import tasks
+    from app.engine.data import DataError
+    from app.engine.model import SpecError
+
+    try:
+        task = tasks.get(task_type)
+    except ValueError as e:
+        raise SpecError(str(e), field="task_type") from None
+    spec, _ = build_training(task_type, hp, labels)
+    if not spec.labels:
+        spec.labels = task.infer_labels(splits.get("train") or ())
+    try:
+        spec.validate()
+    except SpecError as e:
+        name = e.field or ""
+        raise SpecError(
+            str(e), field=f"hyperparameters.{name}" if name in BY_NAME else name or None
+        ) from None
+    if labels is None:
+        return
+    known = set(labels)
+    noun = "tag" if task.label_field == "tags" else "label"
+    for split, examples in splits.items():
+        for i, ex in enumerate(examples or ()):
+            bad = next((lab for lab in task.labels_of(ex) if lab not in known), None)
+            if bad is not None:
+                raise DataError(
+                    f"{noun} {bad!r} is not one of the task's labels",
+                    line=i + 1,
+                    field=task.label_field,
+                    split=split,
+                )
