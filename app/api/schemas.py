@@ -73,7 +73,7 @@ Hyperparameters = create_model(
     "Hyperparameters",
     __base__=_HyperparametersBase,
     __module__=__name__,
-    **{o.name: _hyperparameter_field(o) for o in OPTIONS},
+    **{o.name: _hyperparameter_field(o) for o in OPTIONS if o.api},
 )
 
 

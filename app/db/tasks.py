@@ -62,6 +62,12 @@ def max_version(s: Session, name: str) -> int:
     return s.scalar(select(func.max(TaskVersion.version)).where(TaskVersion.task_name == name)) or 0
 
 
+def check_task_type(task: Task | None, task_type: str) -> None:
+    """A task keeps the task type it was made with: Conflict when `task` exists with another."""
+    if task is not None and task.task_type != task_type:
+        raise Conflict(f"task {task.name!r} is a {task.task_type} task; it cannot take a {task_type} version")
+
+
 def add_version(
     s: Session,
     *,
@@ -85,10 +91,7 @@ def add_version(
     when the version exists or the task has another task type.
     """
     task = get_task(s, name) or _create_task(s, name, task_type, labels, description, source)
-    if task.task_type != task_type:
-        raise Conflict(
-            f"task {name!r} is a {task.task_type} task; a {task_type} version cannot be added to it"
-        )
+    check_task_type(task, task_type)
     if version is None:
         version = max_version(s, name) + 1
     elif version < 1:

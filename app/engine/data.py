@@ -20,33 +20,6 @@ from typing import Any
 
 _TEXT_SUFFIXES = {".jsonl", ".ndjson", ".json", ".csv", ".tsv"}
 
-#: names that moved to app.engine.tasks, still importable from here
-_MOVED = {
-    "TASK_TYPES": "app.engine.tasks",
-    "check_task_type": "app.engine.tasks",
-    "ClassificationExample": "app.engine.tasks.classification",
-    "encode_classification": "app.engine.tasks.classification",
-    "TokenExample": "app.engine.tasks.token_classification",
-    "encode_tokens": "app.engine.tasks.token_classification",
-    "IGNORE_INDEX": "app.engine.tasks.token_classification",
-    "QAExample": "app.engine.tasks.question_answering",
-    "encode_qa": "app.engine.tasks.question_answering",
-    "postprocess_qa": "app.engine.tasks.question_answering",
-    "RegressionExample": "app.engine.tasks.regression",
-    "split_words": "app.engine.tasks.spans",
-    "decode_bio": "app.engine.tasks.spans",
-    "spans_with_offsets": "app.engine.tasks.spans",
-}
-
-
-def __getattr__(name: str) -> Any:
-    if name in _MOVED:
-        import importlib
-
-        return getattr(importlib.import_module(_MOVED[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 class DataError(ValueError):
     """A data problem, located by 1-based ``line`` and ``field`` where known, and by ``split``
     ("train", "eval") when the check saw several.

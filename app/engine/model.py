@@ -58,9 +58,9 @@ class TaskSpec:
     prefix_length: int = default("prefix_length")
     layers: list[int] | str | None = default("layers")
     reparameterize: bool = default("reparameterize")
-    reparam_hidden: int = 512
-    prefix_dropout: float = 0.1
-    prefix_init_std: float = 0.5
+    reparam_hidden: int = default("reparam_hidden")
+    prefix_dropout: float = default("prefix_dropout")
+    prefix_init_std: float = default("prefix_init_std")
     #: "random" (normal, prefix_init_std) or "tokens": each layer's keys/values of real
     #: vocabulary tokens run through the frozen encoder (flat prefixes only)
     prefix_init: str = default("prefix_init")

@@ -43,6 +43,8 @@ class Option:
     method_defaults: Mapping[str, Any] = field(default_factory=dict)
     #: extra CLI spellings of the flag
     cli_aliases: tuple[str, ...] = ()
+    #: offered by POST /train (False: CLI and library only, e.g. what only full fine-tuning uses)
+    api: bool = True
 
     @property
     def nullable(self) -> bool:
@@ -70,6 +72,7 @@ OPTIONS: tuple[Option, ...] = (
         "prefix_length", "int", 16, "spec", "prompt length in slots (per layer for P-Tuning v2)", ge=1, le=512
     ),
     Option("reparameterize", "bool", False, "spec", "MLP reparameterisation of the prefix"),
+    Option("reparam_hidden", "int", 512, "spec", "hidden width of the reparameterisation MLP", ge=1, le=8192),
     Option(
         "prefix_init",
         "str",
@@ -79,6 +82,16 @@ OPTIONS: tuple[Option, ...] = (
         "frozen encoder) or 'random'",
         choices=PREFIX_INITS,
     ),
+    Option(
+        "prefix_init_std",
+        "float",
+        0.5,
+        "spec",
+        "standard deviation of a random flat prefix start",
+        gt=0.0,
+        le=10.0,
+    ),
+    Option("prefix_dropout", "float", 0.1, "spec", "dropout on the prefix while training", ge=0.0, le=0.9),
     Option(
         "layers",
         "layers",
@@ -91,6 +104,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("label_words", "words", None, "spec", "verbalizer words, one per label"),
     Option(
         "lr", "float", 1e-2, "config", "learning rate", gt=0, le=1.0, method_defaults={"fine-tuning": 5e-5}
+    ),
+    Option(
+        "backbone_lr",
+        "float",
+        5e-5,
+        "config",
+        "full fine-tuning: learning rate of the encoder (unset: lr)",
+        gt=0,
+        le=1.0,
+        api=False,
     ),
     Option("epochs", "int", 3, "config", "training epochs", ge=1, le=100),
     Option("batch_size", "int", 16, "config", "training batch size", ge=1, le=512),
@@ -105,6 +128,16 @@ OPTIONS: tuple[Option, ...] = (
         le=4095,
     ),
     Option("seed", "int", 42, "config", "random seed", ge=0, le=2**31 - 1),
+    Option(
+        "early_stopping_patience",
+        "int",
+        2,
+        "config",
+        "stop after this many epochs without a better eval score (0: never)",
+        ge=0,
+        le=100,
+    ),
+    Option("eval_batch_size", "int", 64, "config", "evaluation batch size", ge=1, le=1024),
     Option("max_steps", "int", None, "config", "stop after this many optimiser steps", ge=1, le=10_000_000),
     Option(
         "holdout_fraction",
@@ -187,9 +220,9 @@ def build_training(
         value = hp.get(opt.name)
         value = opt.default_for(method) if value is None else _check(opt, value)
         values[opt.target][opt.name] = value
+    if method == "fine-tuning" and hp.get("backbone_lr") is None:
+        values["config"]["backbone_lr"] = values["config"]["lr"]  # the encoder is what it trains
     config = TrainConfig(**values["config"])
-    if method == "fine-tuning":
-        config.backbone_lr = config.lr  # the encoder is what fine-tuning trains
     return TaskSpec(task_type=task_type, labels=list(labels or []), **values["spec"]), config
 
 
@@ -212,7 +245,13 @@ def validate_training(
         raise SpecError(str(e), field="task_type") from None
     spec, _ = build_training(task_type, hp, labels)
     if not spec.labels:
-        spec.labels = task.infer_labels(splits.get("train") or ())
+        if "train" in splits:
+            spec.labels = task.infer_labels(splits["train"])
+        elif task.label_field is not None:
+            # labels come with data not read here (an uploaded file): stand-ins, one per label
+            # word if any, so the rules that do not depend on them are checked now; the worker
+            # checks the rest when it reads the data
+            spec.labels = [f"label-{i}" for i in range(len(spec.label_words or [None]))]
     try:
         spec.validate()
     except SpecError as e:

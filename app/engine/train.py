@@ -43,11 +43,11 @@ class TrainConfig:
     warmup_ratio: float = 0.06
     max_grad_norm: float = 1.0
     seed: int = default("seed")
-    early_stopping_patience: int = 2
+    early_stopping_patience: int = default("early_stopping_patience")
     max_steps: int | None = default("max_steps")
-    eval_batch_size: int = 64
+    eval_batch_size: int = default("eval_batch_size")
     #: learning rate of the encoder in full fine-tuning
-    backbone_lr: float = 5e-5
+    backbone_lr: float = default("backbone_lr")
     #: with no eval data, hold out this fraction of the training data (seeded) for evaluation; a
     #: library call holds out nothing unless asked (the training surfaces default to the table's)
     holdout_fraction: float = 0.0

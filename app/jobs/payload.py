@@ -1,35 +1,25 @@
 """Turning a stored job payload (the API's validated request, `model_dump()`ed) into engine inputs.
 
-Single:    {"task", "task_type", "train": {"records": [...]} | {"dataset_id": str}, "eval": same | None,
-            "hyperparameters": {...}, "init_from": str | None, "labels": [...] | None}
+Single:    {"task", "task_type", "train": split, "eval": split | None, "hyperparameters": {...},
+            "init_from": str | None, "labels": [...] | None}
 Multitask: {"tasks": [{"task", "task_type", "train", "eval", "labels"?}, ...], "hyperparameters": {...},
             "per_task_epochs": int}
+
+A split is {"examples": [...]} (inline records the API has already parsed and validated, stored in
+their parsed form so the worker does not parse them again), {"dataset_id": str} (an uploaded file,
+read by the worker), or {"records": [...]} (raw records, parsed here; jobs queued by older versions).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from app.engine import tasks
 from app.engine.data import DataError, Example, parse_records, read_examples
-from app.engine.model import TaskSpec
 from app.engine.train import TrainConfig
-
-#: hyperparameter keys that go to the TaskSpec; the TrainConfig takes its own field names
-SPEC_KEYS = (
-    "method",
-    "prefix_length",
-    "reparameterize",
-    "prefix_init",
-    "layers",
-    "head",
-    "label_words",
-    "max_length",
-    "doc_stride",
-)
-_TRAIN_KEYS = {f.name for f in fields(TrainConfig)}
 
 
 @dataclass
@@ -53,6 +43,11 @@ class DataRef:
 DatasetLookup = Callable[[str], "tuple[Path, str, str] | None"]
 
 
+def examples_split(examples: Sequence[Example]) -> dict[str, Any]:
+    """The stored form of a split the API has parsed: the examples as plain JSON."""
+    return {"examples": [asdict(ex) for ex in examples]}
+
+
 def load_split(
     split: dict[str, Any] | None,
     task_type: str,
@@ -61,9 +56,13 @@ def load_split(
     what: str,
     max_rows: int | None = None,
 ) -> tuple[list[Example] | None, DataRef | None]:
-    """Examples of one split ({"records": [...]} or {"dataset_id": ...}); (None, None) when absent."""
+    """Examples of one split (see the module docstring); (None, None) when absent."""
     if not split:
         return None, None
+    if split.get("examples") is not None:  # parsed and validated by the API: trusted as they are
+        example_type = tasks.get(task_type).example_type
+        examples = [example_type(**doc) for doc in split["examples"]]
+        return examples, DataRef("records", len(examples))
     records = split.get("records")
     dataset_id = split.get("dataset_id")
     if records is not None and (records or not dataset_id):
@@ -84,16 +83,6 @@ def load_split(
         examples = read_examples(path, task_type, max_rows=max_rows)
         return examples, DataRef("dataset", len(examples), str(dataset_id), filename, sha)
     raise DataError(f"{what}: give either 'records' or 'dataset_id'")
-
-
-def train_config(hp: dict[str, Any] | None) -> TrainConfig:
-    values = {k: v for k, v in (hp or {}).items() if k in _TRAIN_KEYS and v is not None}
-    return TrainConfig(**values)
-
-
-def task_spec(task_type: str, hp: dict[str, Any] | None, labels: Sequence[str] | None) -> TaskSpec:
-    values = {k: v for k, v in (hp or {}).items() if k in SPEC_KEYS and v is not None}
-    return TaskSpec(task_type=task_type, labels=list(labels or []), **values)
 
 
 def training_doc(hp: dict[str, Any] | None, config: TrainConfig, **extra: Any) -> dict[str, Any]:

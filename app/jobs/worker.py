@@ -27,16 +27,15 @@ from app.config import Settings, get_settings
 from app.db import datasets as db_datasets
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
-from app.db.errors import Conflict
 from app.db.models import CANCELLED, FAILED, SUCCEEDED
 from app.db.session import REPO_ROOT, get_sessionmaker, run_migrations
 from app.engine.backbone import Backbone, load_backbone
 from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes
-from app.engine.data import DataError, label_list
+from app.engine.data import DataError
 from app.engine.model import ServingTask
+from app.engine.options import build_training
 from app.engine.train import Cancelled, Progress, TrainConfig, TrainResult, train_multitask, train_task
-from app.jobs.payload import DataRef, load_split, task_spec, train_config, training_doc
-from app.names import validate_task_name
+from app.jobs.payload import DataRef, load_split, training_doc
 from app.store import PromptStore, StoreError
 
 log = logging.getLogger(__name__)
@@ -256,12 +255,6 @@ class Worker:
         data = {"train": _ref(train_ref), "eval": _ref(ev_ref)}
         return train, ev, data
 
-    def _check_task_type(self, name: str, task_type: str) -> None:
-        with self.sessionmaker() as s:
-            task = db_tasks.get_task(s, name)
-            if task is not None and task.task_type != task_type:
-                raise Conflict(f"task {name!r} is a {task.task_type} task, not {task_type}")
-
     def _init_from(self, name: str | None, backbone: Backbone) -> ServingTask | None:
         if not name:
             return None
@@ -279,13 +272,12 @@ class Worker:
     def _train_single(
         self, job_id: str, payload: dict[str, Any], backbone: Backbone, run: _JobRun
     ) -> tuple[dict[str, int], dict[str, Any]]:
-        name = validate_task_name(payload.get("task", ""))
-        task_type = payload["task_type"]
-        self._check_task_type(name, task_type)
+        # the API validated the request (name, task type, hyperparameters, records) when it queued
+        # it; a task made meanwhile with another task type makes publish() refuse the version
+        name, task_type = payload["task"], payload["task_type"]
         hp = payload.get("hyperparameters") or {}
         train, ev, data = self._splits(payload, task_type, "")
-        spec = task_spec(task_type, hp, payload.get("labels"))
-        config = train_config(hp)
+        spec, config = build_training(task_type, hp, payload.get("labels"))
         init_kv = self._init_from(payload.get("init_from"), backbone)
         result = train_task(
             backbone,
@@ -306,18 +298,12 @@ class Worker:
         self, job_id: str, payload: dict[str, Any], backbone: Backbone, run: _JobRun
     ) -> tuple[dict[str, int], dict[str, Any]]:
         hp = payload.get("hyperparameters") or {}
-        config = train_config(hp)
         tasks: dict[str, tuple[Any, Any, Any]] = {}
         datas: dict[str, dict[str, Any]] = {}
         for i, t in enumerate(payload.get("tasks") or []):
-            name = validate_task_name(t.get("task", ""))
-            if name in tasks:
-                raise ValueError(f"tasks[{i}]: task {name!r} is listed twice")
-            self._check_task_type(name, t["task_type"])
+            name = t["task"]
             train, ev, data = self._splits(t, t["task_type"], f"tasks[{i}].")
-            spec = task_spec(t["task_type"], hp, t.get("labels"))
-            if spec.task_type != "question-answering" and not spec.labels:
-                spec.labels = label_list(train)  # train_multitask validates the first spec before inferring
+            spec, config = build_training(t["task_type"], hp, t.get("labels"))
             tasks[name] = (spec, train, ev)
             datas[name] = data
         results = train_multitask(

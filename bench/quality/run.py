@@ -6,34 +6,21 @@ import copy
 import json
 import os
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import fields, replace
+from dataclasses import replace
 from pathlib import Path
 
 from bench.quality import data, log, plan
 from bench.quality.plan import METHOD_HP, Budget, MethodHP, Run, TaskBudget, run_hyperparameters
 
 
-def build_training(task_type: str, hp: Mapping, labels: Sequence[str] | None = None):
-    """Flat hyperparameters -> the engine's (TaskSpec, TrainConfig): the one place the bench maps
-    them (its own keys that are neither, e.g. ``epochs`` vs ``method``, go to the one that has them)."""
-    from app.engine.model import TaskSpec
-    from app.engine.train import TrainConfig
-
-    spec_keys = {f.name for f in fields(TaskSpec)} - {"task_type", "labels"}
-    config_keys = {f.name for f in fields(TrainConfig)}
-    unknown = set(hp) - spec_keys - config_keys
-    if unknown:
-        raise ValueError(f"unknown hyperparameters: {', '.join(sorted(unknown))}")
-    spec = TaskSpec(
-        task_type=task_type, labels=list(labels or []), **{k: v for k, v in hp.items() if k in spec_keys}
-    )
-    return spec, TrainConfig(**{k: v for k, v in hp.items() if k in config_keys})
-
-
 def training_for(tb: TaskBudget, hp: MethodHP, labels: list[str] | None, **kw):
-    """(TaskSpec, TrainConfig) of a run on ``tb`` (``kw``: layers, head, epochs, batch_size)."""
-    return build_training(tb.task_type, run_hyperparameters(tb, hp, labels, **kw), labels)
+    """(TaskSpec, TrainConfig) of a run on ``tb`` (``kw``: layers, head, epochs, batch_size), mapped
+    by the engine's options table as every training surface is. Every run has eval data; no
+    holdout is asked for (a library default, not the table's)."""
+    from app.engine.options import build_training
+
+    flat = {**run_hyperparameters(tb, hp, labels, **kw), "holdout_fraction": 0.0}
+    return build_training(tb.task_type, flat, labels)
 
 
 def score_of(metrics: dict, metric: str) -> float:

@@ -21,7 +21,7 @@ def _train_body(**kw):
 def test_health_and_ready(client):
     assert client.get("/healthz").json() == {"status": "ok"}
     r = client.get("/readyz")
-    assert r.status_code == 200 and r.json()["backbone"] == "tiny-random"
+    assert r.status_code == 200 and r.json()["backbone"] == "tiny-bert"
 
 
 def test_readyz_is_503_until_the_backbone_is_loaded(settings):
@@ -114,7 +114,9 @@ def test_train_payload_is_what_the_worker_reads(client, hub):
     r = client.post("/train", json=_train_body(labels=["neg", "pos"], init_from=None))
     with session_for(hub.settings) as s:
         payload = db_jobs.get_job(s, r.json()["job_id"]).payload
-    assert payload["task"] == "sentiment" and payload["train"] == {"records": CLS_RECORDS}
+    # inline records are stored parsed: the worker rebuilds the examples without parsing them again
+    parsed = [{"text": r["text"], "text_pair": None, "label": r["label"]} for r in CLS_RECORDS]
+    assert payload["task"] == "sentiment" and payload["train"] == {"examples": parsed}
     assert payload["eval"] is None and payload["labels"] == ["neg", "pos"]
     assert set(payload["hyperparameters"]) >= {
         "method",

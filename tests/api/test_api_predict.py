@@ -245,7 +245,7 @@ def test_checkpoint_of_another_backbone_is_409(client, hub, tokenizer):
     publish_task(hub.settings, other, "foreign")  # the other backbone, the same store and database
     r = client.post("/predict/foreign", json={"inputs": ["x"]})
     assert r.status_code == 409
-    assert "other-random" in r.json()["detail"] and "tiny-random" in r.json()["detail"]
+    assert "other-random" in r.json()["detail"] and "tiny-bert" in r.json()["detail"]
 
 
 def test_corrupt_store_file_is_500_with_a_clear_message(client, hub, publish):

@@ -155,14 +155,14 @@ def test_max_running_jobs_holds_under_racing_workers(db_url):
     assert len(claimed) == len(set(claimed)) == 3
 
 
-def test_worker_respects_max_running_jobs(settings_factory, svc_backbone, sqlite_url, tmp_path):
+def test_worker_respects_max_running_jobs(settings_factory, tiny_backbone, sqlite_url, tmp_path):
     from app.jobs.worker import Worker
 
     settings = settings_factory(database_url=sqlite_url, max_running_jobs=1)
     ids = _queue(sqlite_url, 2)
     with get_sessionmaker(sqlite_url)() as s:
         db_jobs.claim_next_job(s, "elsewhere")  # another worker is busy with the first job
-    w = Worker(settings, worker_id="w", backbone=svc_backbone)
+    w = Worker(settings, worker_id="w", backbone=tiny_backbone)
     assert w.run_once() is False  # the fleet is at its limit: nothing is claimed
     with get_sessionmaker(sqlite_url)() as s:
         assert db_jobs.get_job(s, ids[1]).state == "queued"

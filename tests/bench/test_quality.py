@@ -341,7 +341,7 @@ def test_shipped_task_loads_and_predicts_on_minilm(path):
 
 
 def test_majority_class_floor(monkeypatch):
-    from app.engine.data import ClassificationExample
+    from app.engine.tasks.classification import ClassificationExample
 
     ev = [ClassificationExample("x", label=lab) for lab in ("true", "true", "false")]
     monkeypatch.setattr(D, "load_task_data", lambda tb: ([], ev))
@@ -413,8 +413,13 @@ def test_every_planned_run_is_found_in_the_committed_cache(budget):
     assert missing == []
 
 
-def test_build_training_names_unknown_hyperparameters():
-    spec, config = R.build_training("classification", {"prefix_length": 4, "epochs": 2}, ["a", "b"])
-    assert (spec.prefix_length, spec.labels, config.epochs) == (4, ["a", "b"], 2)
-    with pytest.raises(ValueError, match="nope"):
-        R.build_training("classification", {"nope": 1}, ["a"])
+def test_runs_are_mapped_by_the_engine_options_table():
+    from app.engine.options import build_training
+
+    tb = C.BUDGETS["full"].task("banking77")
+    hp = C.METHOD_HP["fine-tuning"]
+    spec, config = R.training_for(tb, hp, ["a", "b"])
+    flat = C.run_hyperparameters(tb, hp, ["a", "b"])
+    assert (spec, config) == build_training(tb.task_type, {**flat, "holdout_fraction": 0.0}, ["a", "b"])
+    assert (config.lr, config.backbone_lr) == (hp.lr, hp.backbone_lr)  # its own encoder LR is kept
+    assert config.early_stopping_patience == 0 and spec.method == "fine-tuning"

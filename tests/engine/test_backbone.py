@@ -8,8 +8,7 @@ import torch
 from app.engine.backbone import BackboneError, PrefixBatch, backbone_from_config, resolve_backbone
 from app.engine.batch import collate, mixed_forward, task_forward
 from app.engine.model import TaskModel, TaskSpec
-
-from .conftest import tiny_config
+from tests.helpers import tiny_config
 
 ARCHS = ["bert", "roberta", "electra", "xlm-roberta", "mpnet", "deberta-v2", "deberta-v2-conv"]
 
@@ -95,11 +94,11 @@ def test_mixed_batch_equals_single_task(arch, tokenizer):
         assert (a - b).abs().max() <= 1e-4
 
 
-def test_prefix_and_batch_shape_checks(tiny_bert):
+def test_prefix_and_batch_shape_checks(tiny_backbone):
     ids, mask = _inputs()
-    bad = PrefixBatch(torch.zeros(2, 2, 3, 1, tiny_bert.kv_size), torch.ones(2, 3, 1))
+    bad = PrefixBatch(torch.zeros(2, 2, 3, 1, tiny_backbone.kv_size), torch.ones(2, 3, 1))
     with pytest.raises(BackboneError, match="layers"):
-        tiny_bert(ids, mask, prefix=bad)
+        tiny_backbone(ids, mask, prefix=bad)
 
 
 def test_unknown_backbone_name_is_a_clear_error(tmp_path):
@@ -114,13 +113,13 @@ def test_identity_changes_with_weights(tokenizer):
     assert a.identity.weights_sha256 != b.identity.weights_sha256
 
 
-def test_pickled_backbone_weights_are_refused(tiny_bert, tmp_path):
+def test_pickled_backbone_weights_are_refused(tiny_backbone, tmp_path):
     """Only safetensors weights are loaded: a folder with pytorch_model.bin alone is an error."""
     from app.engine.backbone import load_backbone
 
-    tiny_bert.model.save_pretrained(tmp_path)
-    tiny_bert.tokenizer.save_pretrained(tmp_path)
+    tiny_backbone.model.save_pretrained(tmp_path)
+    tiny_backbone.tokenizer.save_pretrained(tmp_path)
     (tmp_path / "model.safetensors").unlink()
-    torch.save(tiny_bert.model.state_dict(), tmp_path / "pytorch_model.bin")
+    torch.save(tiny_backbone.model.state_dict(), tmp_path / "pytorch_model.bin")
     with pytest.raises((BackboneError, OSError, ValueError, EnvironmentError)):
         load_backbone(str(tmp_path))

@@ -18,8 +18,7 @@ from app.engine.data import (
 from app.engine.tasks.classification import ClassificationExample
 from app.engine.tasks.question_answering import QAExample
 from app.engine.tasks.token_classification import TokenExample
-
-from .conftest import jsonl, raises_at
+from tests.helpers import jsonl, raises_at
 
 CLS, TOK, QA, REG = "classification", "token-classification", "question-answering", "regression"
 
@@ -235,14 +234,3 @@ def test_data_error_names_the_split():
     assert str(err) == "eval: line 2: field 'label': bad"
     back = pickle.loads(pickle.dumps(err))
     assert (back.split, str(back)) == ("eval", str(err))
-
-
-def test_moved_names_stay_importable():
-    from app.engine import data as D
-    from app.engine.tasks import TASK_TYPES
-    from app.engine.tasks.question_answering import postprocess_qa
-
-    assert D.TASK_TYPES == TASK_TYPES and D.postprocess_qa is postprocess_qa
-    assert D.ClassificationExample is ClassificationExample
-    with pytest.raises(AttributeError):
-        D.no_such_name  # noqa: B018

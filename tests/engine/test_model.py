@@ -20,8 +20,7 @@ from app.engine.heads import VERBALIZER_MASK_POSITION, label_word_embeddings
 from app.engine.model import SpecError, TaskModel, TaskSpec
 from app.engine.predict import encode_examples, prepare
 from app.engine.prefix import LayerSpecError, parse_layers
-
-from .conftest import tiny_config
+from tests.helpers import tiny_config
 
 
 def _batch(tokenizer, texts):
@@ -65,48 +64,48 @@ def test_spec_validation_messages():
 
 
 @pytest.mark.parametrize("layers", ["all", "upper-half", "0,2"])
-def test_mlp_fold_gives_the_same_outputs(tiny_bert, tokenizer, layers):
+def test_mlp_fold_gives_the_same_outputs(tiny_backbone, tokenizer, layers):
     spec = TaskSpec(
         "classification", labels=["a", "b"], reparameterize=True, reparam_hidden=24, layers=layers
     )
-    model = TaskModel(spec, tiny_bert).eval()
+    model = TaskModel(spec, tiny_backbone).eval()
     batch = _batch(tokenizer, ["first text", "a second, longer text here"])
     with torch.no_grad():
         before = model(batch)
     served = model.to_serving()
-    after = task_forward(served, tiny_bert, batch)
+    after = task_forward(served, tiny_backbone, batch)
     assert (before - after).abs().max() <= 1e-5
     # what is served holds no MLP: flat K/V only, zero at layers without a prefix
-    assert served.kv.shape == (tiny_bert.num_layers, 2, spec.prefix_length, tiny_bert.kv_size)
+    assert served.kv.shape == (tiny_backbone.num_layers, 2, spec.prefix_length, tiny_backbone.kv_size)
     off = ~served.layer_mask
     assert torch.count_nonzero(served.kv[off]) == 0
 
 
 @pytest.mark.parametrize("method", ["p-tuning-v2", "prompt-tuning", "fine-tuning"])
-def test_gradients_reach_only_trainable_parameters(tiny_bert, tokenizer, method):
+def test_gradients_reach_only_trainable_parameters(tiny_backbone, tokenizer, method):
     spec = TaskSpec("classification", labels=["a", "b"], method=method, prefix_length=4)
-    model = TaskModel(spec, tiny_bert).train()
+    model = TaskModel(spec, tiny_backbone).train()
     batch = _batch(tokenizer, ["one", "two three"])
     loss = model(batch).logsumexp(-1).sum()
     loss.backward()
-    assert all(p.grad is None for p in tiny_bert.model.parameters()), "the shared backbone must stay frozen"
+    assert all(p.grad is None for p in tiny_backbone.model.parameters()), "the shared backbone must stay frozen"
     trainable = model.trainable_parameters()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert trainable and not missing, missing
-    n_backbone = tiny_bert.num_parameters()
+    n_backbone = tiny_backbone.num_parameters()
     if method == "fine-tuning":
         assert model.num_trainable() > 0.9 * n_backbone
     else:
         assert model.num_trainable() < 0.2 * n_backbone
 
 
-def test_prefix_parameter_count_matches_the_paper_formula(tiny_bert):
+def test_prefix_parameter_count_matches_the_paper_formula(tiny_backbone):
     spec = TaskSpec("classification", labels=["a", "b"], prefix_length=8, layers="0,1")
-    model = TaskModel(spec, tiny_bert)
-    assert sum(p.numel() for p in model.prefix.parameters()) == 2 * 2 * 8 * tiny_bert.kv_size
+    model = TaskModel(spec, tiny_backbone)
+    assert sum(p.numel() for p in model.prefix.parameters()) == 2 * 2 * 8 * tiny_backbone.kv_size
 
 
-def test_heads_shapes(tiny_bert, tokenizer):
+def test_heads_shapes(tiny_backbone, tokenizer):
     batch = _batch(tokenizer, ["a b c", "d e"])
     L = batch["input_ids"].shape[1]
     cases = [
@@ -117,20 +116,20 @@ def test_heads_shapes(tiny_bert, tokenizer):
     ]
     for spec, shape in cases:
         with torch.no_grad():
-            assert tuple(TaskModel(spec, tiny_bert).eval()(batch).shape) == shape
+            assert tuple(TaskModel(spec, tiny_backbone).eval()(batch).shape) == shape
 
 
-def test_verbalizer_inits_from_label_words_and_reads_the_mask(tiny_bert, tokenizer):
+def test_verbalizer_inits_from_label_words_and_reads_the_mask(tiny_backbone, tokenizer):
     spec = TaskSpec(
         "classification",
         labels=["positive", "negative"],
         head="verbalizer",
         label_words=["great", "terrible"],
     )
-    model = TaskModel(spec, tiny_bert)
-    expected = label_word_embeddings(tiny_bert, ["great", "terrible"])
+    model = TaskModel(spec, tiny_backbone)
+    expected = label_word_embeddings(tiny_backbone, ["great", "terrible"])
     assert torch.equal(model.head.label_matrix.detach(), expected)
-    from app.engine.data import ClassificationExample
+    from app.engine.tasks.classification import ClassificationExample
 
     feats = encode_examples(
         spec, tokenizer, [ClassificationExample("it was fine", label="positive")], with_labels=True
@@ -140,27 +139,27 @@ def test_verbalizer_inits_from_label_words_and_reads_the_mask(tiny_bert, tokeniz
 
 
 @pytest.mark.parametrize("method", ["p-tuning-v2", "prompt-tuning", "fine-tuning"])
-def test_checkpoint_round_trip(tiny_bert, tokenizer, tmp_path, method):
+def test_checkpoint_round_trip(tiny_backbone, tokenizer, tmp_path, method):
     spec = TaskSpec(
         "classification", labels=["a", "b", "c"], method=method, prefix_length=5, layers="lower-half"
     )
-    served = TaskModel(spec, tiny_bert).eval().to_serving()
+    served = TaskModel(spec, tiny_backbone).eval().to_serving()
     path = tmp_path / "v1.safetensors"
-    sha = save_checkpoint(served, path, tiny_bert, {"metrics": {"accuracy": 0.5}, "source": "unit test"})
-    loaded = load_checkpoint(path, tiny_bert, expected_sha256=sha)
+    sha = save_checkpoint(served, path, tiny_backbone, {"metrics": {"accuracy": 0.5}, "source": "unit test"})
+    loaded = load_checkpoint(path, tiny_backbone, expected_sha256=sha)
     batch = _batch(tokenizer, ["round trip", "of a checkpoint"])
     assert torch.allclose(
-        task_forward(served, tiny_bert, batch), task_forward(loaded, tiny_bert, batch), atol=1e-6
+        task_forward(served, tiny_backbone, batch), task_forward(loaded, tiny_backbone, batch), atol=1e-6
     )
     meta = read_metadata(path)
     assert meta["spec"]["method"] == method
     assert meta["metrics"] == {"accuracy": 0.5}
-    assert meta["backbone"]["weights_sha256"] == tiny_bert.identity.weights_sha256
+    assert meta["backbone"]["weights_sha256"] == tiny_backbone.identity.weights_sha256
     assert loaded.meta["metrics"] == {"accuracy": 0.5}
     # the server's cache keeps no metadata document (it lives in the DB and the sidecar)
-    lean = load_checkpoint_bytes(path.read_bytes(), tiny_bert, keep_meta=False)
+    lean = load_checkpoint_bytes(path.read_bytes(), tiny_backbone, keep_meta=False)
     assert lean.meta == {}
-    assert torch.allclose(task_forward(lean, tiny_bert, batch), task_forward(loaded, tiny_bert, batch))
+    assert torch.allclose(task_forward(lean, tiny_backbone, batch), task_forward(loaded, tiny_backbone, batch))
     # the file holds only the prefix layers that carry one
     if method == "p-tuning-v2":
         from safetensors import safe_open
@@ -169,33 +168,33 @@ def test_checkpoint_round_trip(tiny_bert, tokenizer, tmp_path, method):
             assert f.get_slice("prefix.kv").get_shape()[0] == 2
 
 
-def test_checkpoint_refuses_another_backbone(tiny_bert, tokenizer):
+def test_checkpoint_refuses_another_backbone(tiny_backbone, tokenizer):
     other = backbone_from_config(tiny_config("bert"), tokenizer, name="other", seed=7)
-    served = TaskModel(TaskSpec("classification", labels=["a", "b"]), tiny_bert).to_serving()
-    data = checkpoint_bytes(served, tiny_bert)
+    served = TaskModel(TaskSpec("classification", labels=["a", "b"]), tiny_backbone).to_serving()
+    data = checkpoint_bytes(served, tiny_backbone)
     with pytest.raises(BackboneMismatchError, match="trained on backbone"):
         load_checkpoint_bytes(data, other)
 
 
-def test_checkpoint_refuses_corrupt_or_foreign_files(tiny_bert, tmp_path):
-    served = TaskModel(TaskSpec("classification", labels=["a", "b"]), tiny_bert).to_serving()
-    data = checkpoint_bytes(served, tiny_bert)
+def test_checkpoint_refuses_corrupt_or_foreign_files(tiny_backbone, tmp_path):
+    served = TaskModel(TaskSpec("classification", labels=["a", "b"]), tiny_backbone).to_serving()
+    data = checkpoint_bytes(served, tiny_backbone)
     with pytest.raises(CheckpointError, match="sha256"):
-        load_checkpoint_bytes(data, tiny_bert, expected_sha256="0" * 64)
+        load_checkpoint_bytes(data, tiny_backbone, expected_sha256="0" * 64)
     with pytest.raises(CheckpointError):
-        load_checkpoint_bytes(b"\x80\x04K\x01.", tiny_bert)  # a pickle is never loaded
+        load_checkpoint_bytes(b"\x80\x04K\x01.", tiny_backbone)  # a pickle is never loaded
     from safetensors.torch import save
 
     with pytest.raises(CheckpointError, match="not a PromptHub checkpoint"):
-        load_checkpoint_bytes(save({"x": torch.zeros(1)}), tiny_bert)
+        load_checkpoint_bytes(save({"x": torch.zeros(1)}), tiny_backbone)
     with pytest.raises(CheckpointError, match="no such checkpoint"):
-        load_checkpoint(tmp_path / "missing.safetensors", tiny_bert)
+        load_checkpoint(tmp_path / "missing.safetensors", tiny_backbone)
 
 
-def test_prepare_refuses_long_text_in_refuse_mode(tiny_bert, tokenizer):
+def test_prepare_refuses_long_text_in_refuse_mode(tiny_backbone, tokenizer):
     from app.engine.data import DataError
 
-    served = TaskModel(TaskSpec("classification", labels=["a", "b"], max_length=16), tiny_bert).to_serving()
+    served = TaskModel(TaskSpec("classification", labels=["a", "b"], max_length=16), tiny_backbone).to_serving()
     long = " ".join(["word"] * 40)
     prepared = prepare(served, tokenizer, [{"text": long}])
     assert len(prepared.features[0]["input_ids"]) == 16
@@ -219,22 +218,22 @@ def test_token_kv_is_each_layers_key_value_of_real_tokens(tokenizer, model_type)
     assert not torch.allclose(kv[1, 0], kv[0, 0])
 
 
-def test_prefix_init_tokens_starts_from_the_encoders_kv(tiny_bert):
+def test_prefix_init_tokens_starts_from_the_encoders_kv(tiny_backbone):
     spec = TaskSpec(task_type="classification", labels=["a", "b"], prefix_init="tokens", layers="upper-half")
-    model = TaskModel(spec, tiny_bert)
+    model = TaskModel(spec, tiny_backbone)
     raw = model.prefix.raw().detach()
-    upper = list(range(tiny_bert.num_layers // 2, tiny_bert.num_layers))
+    upper = list(range(tiny_backbone.num_layers // 2, tiny_backbone.num_layers))
     assert spec.layers == upper
-    assert raw.shape == (len(upper), 2, 16, tiny_bert.kv_size)
+    assert raw.shape == (len(upper), 2, 16, tiny_backbone.kv_size)
     from app.engine.model import token_kv_init
 
-    torch.testing.assert_close(raw, token_kv_init(tiny_bert, 16, upper))
-    full = tiny_bert.token_kv(torch.zeros(1, dtype=torch.long))  # shape sanity of the helper
-    assert full.shape[0] == tiny_bert.num_layers
+    torch.testing.assert_close(raw, token_kv_init(tiny_backbone, 16, upper))
+    full = tiny_backbone.token_kv(torch.zeros(1, dtype=torch.long))  # shape sanity of the helper
+    assert full.shape[0] == tiny_backbone.num_layers
     # the same seed gives the same init; random init is the default and differs
-    again = TaskModel(TaskSpec.from_dict(spec.to_dict()), tiny_bert).prefix.raw().detach()
+    again = TaskModel(TaskSpec.from_dict(spec.to_dict()), tiny_backbone).prefix.raw().detach()
     torch.testing.assert_close(raw, again)
-    rand = TaskModel(TaskSpec(task_type="classification", labels=["a", "b"]), tiny_bert).prefix.raw().detach()
+    rand = TaskModel(TaskSpec(task_type="classification", labels=["a", "b"]), tiny_backbone).prefix.raw().detach()
     assert not torch.allclose(rand[upper[0] :], raw)
     with pytest.raises(SpecError, match="prefix_init"):
         TaskSpec(task_type="classification", labels=["a"], prefix_init="zeros").validate()
@@ -251,15 +250,15 @@ def test_prefix_init_tokens_starts_from_the_encoders_kv(tiny_bert):
     ],
     ids=["cls", "verbalizer", "tokens", "qa", "regression"],
 )
-def test_frozen_head_equals_the_module_head(tiny_bert, tokenizer, spec):
+def test_frozen_head_equals_the_module_head(tiny_backbone, tokenizer, spec):
     from app.engine.heads import FrozenHead
 
-    served = TaskModel(spec, tiny_bert).eval().to_serving()
-    data = checkpoint_bytes(served, tiny_bert, {"source": "unit test"})
-    module = load_checkpoint_bytes(data, tiny_bert)
-    frozen = load_checkpoint_bytes(data, tiny_bert, keep_meta=False, frozen_head=True)
+    served = TaskModel(spec, tiny_backbone).eval().to_serving()
+    data = checkpoint_bytes(served, tiny_backbone, {"source": "unit test"})
+    module = load_checkpoint_bytes(data, tiny_backbone)
+    frozen = load_checkpoint_bytes(data, tiny_backbone, keep_meta=False, frozen_head=True)
     assert isinstance(frozen.head, FrozenHead) and not isinstance(module.head, FrozenHead)
-    hidden = torch.randn(3, 7, tiny_bert.hidden_size)
+    hidden = torch.randn(3, 7, tiny_backbone.hidden_size)
     torch.testing.assert_close(frozen.head(hidden), module.head(hidden), rtol=0, atol=0)
     # built straight from the tensors, it is what converting the module gives
     converted = FrozenHead.from_module(module.head)
@@ -268,7 +267,7 @@ def test_frozen_head_equals_the_module_head(tiny_bert, tokenizer, spec):
     assert frozen.nbytes() == module.nbytes()
     assert frozen.head.state_dict().keys() == module.head.state_dict().keys()
     # a frozen task round-trips through a checkpoint like a module one
-    again = load_checkpoint_bytes(checkpoint_bytes(frozen, tiny_bert), tiny_bert)
+    again = load_checkpoint_bytes(checkpoint_bytes(frozen, tiny_backbone), tiny_backbone)
     torch.testing.assert_close(again.head(hidden), module.head(hidden), rtol=0, atol=0)
     moved = frozen.to("cpu", torch.float64)
     assert moved.head.weight.dtype == torch.float64

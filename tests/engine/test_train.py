@@ -8,9 +8,11 @@ import random
 import pytest
 import torch
 
-from app.engine.data import ClassificationExample, QAExample, TokenExample
 from app.engine.model import TaskSpec
 from app.engine.predict import predict
+from app.engine.tasks.classification import ClassificationExample
+from app.engine.tasks.question_answering import QAExample
+from app.engine.tasks.token_classification import TokenExample
 from app.engine.train import Cancelled, TrainConfig, evaluate, train_multitask, train_task
 
 POS = ["good", "great", "fine", "nice", "lovely", "superb"]
@@ -41,12 +43,12 @@ def tagging(n: int, seed: int) -> list[TokenExample]:
 FAST = TrainConfig(epochs=6, lr=3e-2, batch_size=16, seed=3, early_stopping_patience=0)
 
 
-def test_prefix_training_reduces_loss_and_reports_progress(tiny_bert):
+def test_prefix_training_reduces_loss_and_reports_progress(tiny_backbone):
     """A random tiny encoder cannot show real learning (the slow MiniLM test does); here the
     loop must lower the loss and report progress and per-epoch evaluation."""
     progress = []
     spec = TaskSpec("classification", prefix_length=8)
-    result = train_task(tiny_bert, spec, sentiment(160, 0), sentiment(80, 1), FAST, progress=progress.append)
+    result = train_task(tiny_backbone, spec, sentiment(160, 0), sentiment(80, 1), FAST, progress=progress.append)
     assert spec.labels == ["neg", "pos"]
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     steps = [p.step for p in progress]
@@ -56,14 +58,14 @@ def test_prefix_training_reduces_loss_and_reports_progress(tiny_bert):
     assert result.trainable_fraction < 0.2
 
 
-def test_training_is_reproducible(tiny_bert):
+def test_training_is_reproducible(tiny_backbone):
     cfg = TrainConfig(epochs=1, lr=1e-2, batch_size=8, seed=11, max_steps=5)
-    a = train_task(tiny_bert, TaskSpec("classification", prefix_length=4), sentiment(40, 0), None, cfg)
-    b = train_task(tiny_bert, TaskSpec("classification", prefix_length=4), sentiment(40, 0), None, cfg)
+    a = train_task(tiny_backbone, TaskSpec("classification", prefix_length=4), sentiment(40, 0), None, cfg)
+    b = train_task(tiny_backbone, TaskSpec("classification", prefix_length=4), sentiment(40, 0), None, cfg)
     assert torch.equal(a.task.kv, b.task.kv)
 
 
-def test_holdout_when_no_eval_data(tiny_bert):
+def test_holdout_when_no_eval_data(tiny_backbone):
     from app.engine.train import split_holdout
 
     train, held = split_holdout(sentiment(100, 0), None, 0.1, seed=1)
@@ -71,11 +73,11 @@ def test_holdout_when_no_eval_data(tiny_bert):
     assert split_holdout(sentiment(100, 0), None, 0.1, seed=1)[1] == held  # seeded
     assert split_holdout(sentiment(10, 0), None, 0.1, seed=1)[1] is None  # too few to hold out
     cfg = TrainConfig(epochs=1, batch_size=16, holdout_fraction=0.2)
-    result = train_task(tiny_bert, TaskSpec("classification"), sentiment(60, 0), None, cfg)
+    result = train_task(tiny_backbone, TaskSpec("classification"), sentiment(60, 0), None, cfg)
     assert result.metrics["n"] == 12
 
 
-def test_cancellation_between_steps(tiny_bert):
+def test_cancellation_between_steps(tiny_backbone):
     calls = []
 
     def stop() -> bool:
@@ -84,7 +86,7 @@ def test_cancellation_between_steps(tiny_bert):
 
     with pytest.raises(Cancelled, match="step 3"):
         train_task(
-            tiny_bert,
+            tiny_backbone,
             TaskSpec("classification"),
             sentiment(64, 0),
             None,
@@ -93,19 +95,19 @@ def test_cancellation_between_steps(tiny_bert):
         )
 
 
-def test_early_stopping_and_best_epoch(tiny_bert):
+def test_early_stopping_and_best_epoch(tiny_backbone):
     cfg = TrainConfig(epochs=8, lr=1e-6, batch_size=16, early_stopping_patience=1)
-    result = train_task(tiny_bert, TaskSpec("classification"), sentiment(48, 0), sentiment(32, 1), cfg)
+    result = train_task(tiny_backbone, TaskSpec("classification"), sentiment(48, 0), sentiment(32, 1), cfg)
     assert len(result.history) < 8  # nothing improves at this learning rate, so it stops early
     assert result.best_epoch is not None
 
 
-def test_token_classification_and_qa_train_and_predict(tiny_bert):
+def test_token_classification_and_qa_train_and_predict(tiny_backbone):
     r = train_task(
-        tiny_bert, TaskSpec("token-classification", prefix_length=4), tagging(120, 0), tagging(40, 1), FAST
+        tiny_backbone, TaskSpec("token-classification", prefix_length=4), tagging(120, 0), tagging(40, 1), FAST
     )
     assert r.metrics["token_accuracy"] >= 0.75
-    preds = predict(tiny_bert, r.task, [{"tokens": ["the", "good", "day"]}, {"text": "a lovely film"}])
+    preds = predict(tiny_backbone, r.task, [{"tokens": ["the", "good", "day"]}, {"text": "a lovely film"}])
     assert len(preds[0]["tags"]) == 3 and len(preds[1]["tags"]) == 3
     ctx = "The cat sat on the mat while the dog slept."
     qa = [
@@ -113,24 +115,24 @@ def test_token_classification_and_qa_train_and_predict(tiny_bert):
         for i in range(16)
     ]
     r = train_task(
-        tiny_bert,
+        tiny_backbone,
         TaskSpec("question-answering", prefix_length=4, max_length=32, doc_stride=8),
         qa,
         qa[:4],
         FAST,
     )
     assert set(r.metrics) >= {"exact_match", "f1"}
-    (p,) = predict(tiny_bert, r.task, [{"question": "Where did the cat sit?", "context": ctx}])
+    (p,) = predict(tiny_backbone, r.task, [{"question": "Where did the cat sit?", "context": ctx}])
     assert ctx[p["start"] : p["end"]] == p["answer"]
 
 
 @pytest.mark.parametrize("method", ["prompt-tuning", "fine-tuning"])
-def test_baselines_train_through_the_same_loop(tiny_bert, method):
+def test_baselines_train_through_the_same_loop(tiny_backbone, method):
     cfg = TrainConfig(
         epochs=2, lr=3e-2 if method == "prompt-tuning" else 1e-3, backbone_lr=1e-3, batch_size=16
     )
     r = train_task(
-        tiny_bert,
+        tiny_backbone,
         TaskSpec("classification", method=method, prefix_length=4),
         sentiment(64, 0),
         sentiment(32, 1),
@@ -140,27 +142,27 @@ def test_baselines_train_through_the_same_loop(tiny_bert, method):
     assert (r.trainable_fraction > 0.9) == (method == "fine-tuning")
 
 
-def test_multitask_shared_prefix_then_per_task(tiny_bert):
+def test_multitask_shared_prefix_then_per_task(tiny_backbone):
     tasks = {
         "sent": (TaskSpec("classification", prefix_length=6), sentiment(96, 0), sentiment(32, 1)),
         "tags": (TaskSpec("token-classification", prefix_length=6), tagging(96, 0), tagging(32, 1)),
     }
-    joint = train_multitask(tiny_bert, tasks, TrainConfig(epochs=2, lr=3e-2, batch_size=16))
+    joint = train_multitask(tiny_backbone, tasks, TrainConfig(epochs=2, lr=3e-2, batch_size=16))
     assert torch.equal(joint["sent"].task.kv, joint["tags"].task.kv)  # one shared prefix
     assert set(joint["sent"].history[0]["metrics"]) == {"sent", "tags"}
     tasks2 = {k: (TaskSpec(v[0].task_type, prefix_length=6), v[1], v[2]) for k, v in tasks.items()}
     cont = train_multitask(
-        tiny_bert, tasks2, TrainConfig(epochs=1, lr=3e-2, batch_size=16), per_task_epochs=1
+        tiny_backbone, tasks2, TrainConfig(epochs=1, lr=3e-2, batch_size=16), per_task_epochs=1
     )
     assert not torch.equal(cont["sent"].task.kv, cont["tags"].task.kv)  # each continued alone
 
 
-def test_continuation_starts_from_the_prefix_and_the_head_of_the_same_task(tiny_bert):
-    first = train_task(tiny_bert, TaskSpec("classification", prefix_length=6), sentiment(64, 0), None, FAST)
+def test_continuation_starts_from_the_prefix_and_the_head_of_the_same_task(tiny_backbone):
+    first = train_task(tiny_backbone, TaskSpec("classification", prefix_length=6), sentiment(64, 0), None, FAST)
     still = TrainConfig(epochs=1, lr=1e-12, batch_size=16, seed=3, early_stopping_patience=0)
     # same task (labels neg/pos): prefix and head both carry over (lr ~0 -> unchanged)
     cont = train_task(
-        tiny_bert,
+        tiny_backbone,
         TaskSpec("classification", prefix_length=6),
         sentiment(32, 2),
         None,
@@ -175,7 +177,7 @@ def test_continuation_starts_from_the_prefix_and_the_head_of_the_same_task(tiny_
         ClassificationExample(e.text, label={"pos": "yes", "neg": "no"}[e.label]) for e in sentiment(32, 2)
     ]
     fresh = train_task(
-        tiny_bert, TaskSpec("classification", prefix_length=6), other, None, still, init_kv=first.task
+        tiny_backbone, TaskSpec("classification", prefix_length=6), other, None, still, init_kv=first.task
     )
     torch.testing.assert_close(fresh.task.kv, first.task.kv)
     assert fresh.task.spec.labels == ["no", "yes"]
@@ -187,12 +189,12 @@ def test_continuation_starts_from_the_prefix_and_the_head_of_the_same_task(tiny_
     )
 
 
-def test_cli_train_and_predict(tiny_bert, tmp_path, capsys):
+def test_cli_train_and_predict(tiny_backbone, tmp_path, capsys):
     from app.cli import main
 
     bb_dir = tmp_path / "tiny"
-    tiny_bert.model.save_pretrained(bb_dir)
-    tiny_bert.tokenizer.save_pretrained(bb_dir)
+    tiny_backbone.model.save_pretrained(bb_dir)
+    tiny_backbone.tokenizer.save_pretrained(bb_dir)
     train = tmp_path / "train.jsonl"
     train.write_text("".join(json.dumps({"text": e.text, "label": e.label}) + "\n" for e in sentiment(64, 0)))
     rc = main(

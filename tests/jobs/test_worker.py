@@ -62,6 +62,12 @@ def single(task="sent", records=RECORDS, eval_records=RECORDS[:4], init_from=Non
     }
 
 
+def long_job(task="sent"):
+    """A job that trains for minutes (800 steps an epoch, 100 epochs, no early stopping) within
+    the hyperparameter ranges the worker accepts."""
+    return single(task, RECORDS * 100, None, epochs=100, batch_size=1, holdout_fraction=0.0)
+
+
 @pytest.fixture
 def settings(tmp_path, sqlite_url) -> Settings:
     return Settings(
@@ -76,12 +82,12 @@ def settings(tmp_path, sqlite_url) -> Settings:
 
 
 @pytest.fixture
-def worker(settings, svc_backbone, monkeypatch) -> Worker:
+def worker(settings, tiny_backbone, monkeypatch) -> Worker:
     calls: list[str] = []
 
     def fake_load(name, device="cpu"):
         calls.append(name)
-        return svc_backbone
+        return tiny_backbone
 
     monkeypatch.setattr(worker_mod, "load_backbone", fake_load)
     w = Worker(settings, worker_id="test-worker")
@@ -107,7 +113,7 @@ def test_run_once_without_jobs(worker):
     assert worker.run_once() is False
 
 
-def test_train_single_job_end_to_end(worker, settings, svc_backbone):
+def test_train_single_job_end_to_end(worker, settings, tiny_backbone):
     job_id = submit(settings, single())
     assert worker.run_once() is True
     j = job(settings, job_id)
@@ -126,7 +132,7 @@ def test_train_single_job_end_to_end(worker, settings, svc_backbone):
         assert ver.training["job_id"] == job_id and ver.training["data"]["train"]["rows"] == 8
         assert ver.spec["prefix_length"] == 4
     data = store.read_version("sent", 1, ver.sha256)
-    served = load_checkpoint_bytes(data, svc_backbone, expected_sha256=ver.sha256)
+    served = load_checkpoint_bytes(data, tiny_backbone, expected_sha256=ver.sha256)
     assert served.spec.labels == ["neg", "pos"] and served.prefix_length == 4
     doc = read_metadata(store.path("sent", 1))
     assert doc["source"] == f"job:{job_id}" and doc["data"]["train"]["kind"] == "records"
@@ -200,7 +206,8 @@ def test_task_type_conflict_fails(worker, settings):
     payload = single(epochs=1)
     payload["task_type"] = "token-classification"
     payload["train"] = {"records": [{"tokens": ["a", "b"], "tags": ["O", "B-X"]}]}
-    job_id = submit(settings, payload)
+    payload["eval"] = None
+    job_id = submit(settings, payload)  # queued past the API's check (the task changed type meanwhile)
     worker.run_once()
     j = job(settings, job_id)
     assert j.state == "failed" and "classification" in j.error
@@ -230,7 +237,7 @@ def test_multitask_job(worker, settings):
 
 
 def test_cancel_running_job(worker, settings):
-    job_id = submit(settings, single(epochs=100_000, eval_records=None))
+    job_id = submit(settings, long_job())
     t = threading.Thread(target=worker.run_once)
     t.start()
     try:
@@ -248,7 +255,7 @@ def test_cancel_running_job(worker, settings):
 
 
 def test_stop_event_requeues_current_job(worker, settings):
-    job_id = submit(settings, single(epochs=100_000, eval_records=None))
+    job_id = submit(settings, long_job())
     stop = threading.Event()
     t = threading.Thread(target=worker.run_forever, args=(stop,))
     t.start()
@@ -312,7 +319,7 @@ def test_killed_worker_job_is_recovered(proc_settings, tiny_backbone_dir):
     is gone, so there is no need to wait for the heartbeat to go stale) and trains it. The
     on_crash=fail path is covered in test_db.py."""
     settings = proc_settings
-    job_id = submit(settings, single(epochs=100_000, eval_records=None))
+    job_id = submit(settings, long_job())
     proc = _start_worker_process(settings)
     try:
         _running_job_with_steps(settings, job_id, proc)
@@ -347,7 +354,7 @@ def test_embedded_worker_trains_then_stops_cleanly(proc_settings, monkeypatch):
         wait_for(lambda: job(proc_settings, short).state not in ("queued", "running"), 120, "the first job")
         j = job(proc_settings, short)
         assert j.state == "succeeded", j.error
-        long = submit(proc_settings, single(task="other", epochs=100_000, eval_records=None))
+        long = submit(proc_settings, long_job(task="other"))
         _running_job_with_steps(proc_settings, long, proc)
     finally:
         code = stop_embedded_worker(proc, timeout=30)
@@ -358,8 +365,8 @@ def test_embedded_worker_trains_then_stops_cleanly(proc_settings, monkeypatch):
 
 
 @pytest.mark.postgres
-def test_train_job_on_postgres(pg_url, tmp_path, svc_backbone, monkeypatch):
-    monkeypatch.setattr(worker_mod, "load_backbone", lambda name, device="cpu": svc_backbone)
+def test_train_job_on_postgres(pg_url, tmp_path, tiny_backbone, monkeypatch):
+    monkeypatch.setattr(worker_mod, "load_backbone", lambda name, device="cpu": tiny_backbone)
     settings = Settings(database_url=pg_url, store_dir=str(tmp_path / "store"), job_heartbeat_s=0.1)
     job_id = submit(settings, single(epochs=1))
     w = Worker(settings)

@@ -16,7 +16,7 @@ def store(tmp_path) -> PromptStore:
     return PromptStore(tmp_path / "prompts_store")
 
 
-def test_sync_registers_shipped_versions(store, session_factory, svc_backbone, make_checkpoint):
+def test_sync_registers_shipped_versions(store, session_factory, tiny_backbone, make_checkpoint):
     v1 = make_checkpoint(meta={"source": "shipped", "metrics": {"accuracy": 0.7}})
     v2 = make_checkpoint(labels=("a", "b", "c"), meta={"metrics": {"accuracy": 0.8}})
     store.write_version("sent", 1, v1, {})
@@ -35,7 +35,7 @@ def test_sync_registers_shipped_versions(store, session_factory, svc_backbone, m
         assert row.metrics == {"accuracy": 0.7} and row.spec["labels"] == ["neg", "pos"]
         # what the DB records loads back through the store
         data = store.read_version("sent", 1, row.sha256)
-        assert load_checkpoint_bytes(data, svc_backbone, expected_sha256=row.sha256).spec.labels == [
+        assert load_checkpoint_bytes(data, tiny_backbone, expected_sha256=row.sha256).spec.labels == [
             "neg",
             "pos",
         ]
@@ -47,7 +47,7 @@ def test_sync_registers_shipped_versions(store, session_factory, svc_backbone, m
         assert db_tasks.get_task(s, "sent").active_version == 1
 
 
-def test_sync_skips_corrupt_and_foreign_files(store, session_factory, svc_backbone, make_checkpoint):
+def test_sync_skips_corrupt_and_foreign_files(store, session_factory, tiny_backbone, make_checkpoint):
     good = make_checkpoint()
     stored = store.write_version("sent", 1, good, {})
     stored.path.write_bytes(good[:-4] + b"XXXX")  # no longer matches its sidecar
@@ -57,7 +57,7 @@ def test_sync_skips_corrupt_and_foreign_files(store, session_factory, svc_backbo
         assert db_tasks.list_tasks(s) == []
 
 
-def test_sync_drops_versions_whose_file_is_gone(store, session_factory, svc_backbone, make_checkpoint):
+def test_sync_drops_versions_whose_file_is_gone(store, session_factory, tiny_backbone, make_checkpoint):
     with session_factory() as s:
         for v in (1, 2):
             data = make_checkpoint()

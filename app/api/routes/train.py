@@ -23,7 +23,11 @@ from app.api.schemas import (
 from app.db import datasets as db_datasets
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
-from app.engine import data as D
+from app.db.errors import Conflict
+from app.engine.data import DataError, parse_records
+from app.engine.model import SpecError
+from app.engine.options import validate_training
+from app.jobs.payload import examples_split
 from app.names import validate_task_name
 
 router = APIRouter(tags=["train"])
@@ -55,28 +59,26 @@ def _check_name(name: str, loc: Loc) -> None:
         raise InputError.at(loc, str(e)) from None
 
 
-def _check_labels(examples: list[D.Example], labels: list[str], loc: Loc) -> None:
-    known = set(labels)
-    for i, ex in enumerate(examples):
-        if isinstance(ex, D.ClassificationExample) and ex.label is not None and ex.label not in known:
-            err = D.DataError(
-                f"label {ex.label!r} is not one of the task's labels", line=i + 1, field="label"
-            )
-            raise data_error(err, loc)
-        if isinstance(ex, D.TokenExample) and ex.tags:
-            bad = next((t for t in ex.tags if t not in known), None)
-            if bad is not None:
-                err = D.DataError(f"tag {bad!r} is not one of the task's labels", line=i + 1, field="tags")
-                raise data_error(err, loc)
+def _spec_loc(err: SpecError, loc: Loc) -> list[str | int]:
+    """Where in the request a SpecError's field is: shared hyperparameters or the task's own."""
+    field = err.field or ""
+    if field.startswith("hyperparameters."):
+        return ["body", "hyperparameters", field.split(".", 1)[1]]
+    return [*loc, field] if field else list(loc)
 
 
-def _check_task(s: Session, t: TrainTask, hp: Hyperparameters, loc: list[str | int], max_rows: int) -> None:
+def _check_task(
+    s: Session, t: TrainTask, hp: Hyperparameters, loc: list[str | int], max_rows: int
+) -> dict[str, Any]:
+    """Validate one task of a training request with the engine's rules (the worker builds its spec
+    with the same table); returns its stored form, inline records as parsed examples."""
     _check_name(t.task, [*loc, "task"])
-    existing = db_tasks.get_task(s, t.task)
-    if existing is not None and existing.task_type != t.task_type:
-        raise ApiError(
-            409, f"task {t.task!r} is a {existing.task_type} task; it cannot be trained as {t.task_type}"
-        )
+    try:
+        db_tasks.check_task_type(db_tasks.get_task(s, t.task), t.task_type)
+    except Conflict as e:
+        raise ApiError(409, str(e)) from None
+    doc = t.model_dump(mode="json")
+    parsed: dict[str, list] = {}
     for part in ("train", "eval"):
         source = getattr(t, part)
         if source is None:
@@ -98,21 +100,17 @@ def _check_task(s: Session, t: TrainTask, hp: Hyperparameters, loc: list[str | i
                 "too_long",
             )
         try:
-            examples = D.parse_records(source.records, t.task_type)
-        except D.DataError as err:
+            parsed[part] = parse_records(source.records, t.task_type)
+        except DataError as err:
             raise data_error(err, [*loc, part, "records"]) from None
-        if t.labels:
-            _check_labels(examples, t.labels, [*loc, part, "records"])
-    if hp.head == "verbalizer" and t.task_type != "classification":
-        raise InputError.at(
-            ["body", "hyperparameters", "head"], "the verbalizer head is for classification only"
-        )
-    if t.task_type == "question-answering" and hp.doc_stride >= hp.max_length:
-        raise InputError.at(
-            ["body", "hyperparameters", "doc_stride"], "doc_stride must be smaller than max_length"
-        )
-    if hp.label_words is not None and t.labels is not None and len(hp.label_words) != len(t.labels):
-        raise InputError.at(["body", "hyperparameters", "label_words"], "give one label word per label")
+        doc[part] = examples_split(parsed[part])
+    try:
+        validate_training(t.task_type, hp.model_dump(), t.labels, parsed)
+    except SpecError as err:
+        raise InputError.at(_spec_loc(err, loc), str(err)) from None
+    except DataError as err:
+        raise data_error(err, [*loc, err.split or "train", "records"]) from None
+    return doc
 
 
 def _accepted(s: Session, settings: Any, kind: str, payload: dict, names: list[str]) -> JSONResponse:
@@ -137,14 +135,17 @@ def train(
         if len(set(names)) != len(names):
             raise InputError.at(["body", "tasks"], "each task may appear only once")
         check_tasks(principal, names)
-        for i, t in enumerate(multi.tasks):
+        payload = multi.model_dump(mode="json")
+        payload["tasks"] = [
             _check_task(s, t, multi.hyperparameters, ["body", "tasks", i], settings.max_dataset_rows)
-        return _accepted(s, settings, "multitask", multi.model_dump(mode="json"), names)
+            for i, t in enumerate(multi.tasks)
+        ]
+        return _accepted(s, settings, "multitask", payload, names)
     single: TrainRequest = _parse(TrainRequest, body)
     check_tasks(principal, [single.task] + ([single.init_from] if single.init_from else []))
-    _check_task(s, single, single.hyperparameters, ["body"], settings.max_dataset_rows)
+    payload = _check_task(s, single, single.hyperparameters, ["body"], settings.max_dataset_rows)
     if single.init_from is not None:
         _check_name(single.init_from, ["body", "init_from"])
         if db_tasks.get_task(s, single.init_from) is None:
             raise InputError.at(["body", "init_from"], f"no task named {single.init_from!r} to start from")
-    return _accepted(s, settings, "single", single.model_dump(mode="json"), [single.task])
+    return _accepted(s, settings, "single", payload, [single.task])

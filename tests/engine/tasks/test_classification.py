@@ -9,8 +9,7 @@ from app.engine import tasks
 from app.engine.data import DataError, parse_record
 from app.engine.model import SpecError, TaskSpec
 from app.engine.tasks.classification import ClassificationExample, encode_classification
-
-from ..conftest import bad_record_at_line_4
+from tests.helpers import bad_record_at_line_4
 
 CLS = "classification"
 TT = tasks.get(CLS)
@@ -83,10 +82,10 @@ def test_spec_rules():
     TaskSpec(CLS, labels=["a"], head="verbalizer").validate()
 
 
-def test_head_loss_decode_and_metrics(tiny_bert):
+def test_head_loss_decode_and_metrics(tiny_backbone):
     spec = TaskSpec(CLS, labels=["neg", "pos"])
-    head = TT.build_head(spec, tiny_bert).eval()
-    hidden = torch.randn(3, 5, tiny_bert.hidden_size)
+    head = TT.build_head(spec, tiny_backbone).eval()
+    hidden = torch.randn(3, 5, tiny_backbone.hidden_size)
     logits = head(hidden).detach()
     assert logits.shape == (3, 2)
     targets = TT.targets([{"label": 1}, {"label": 0}, {"label": 1}], 5)
@@ -101,5 +100,5 @@ def test_head_loss_decode_and_metrics(tiny_bert):
     examples = [ClassificationExample("x", label=r["label"]) for r in out]
     assert TT.evaluate(spec, examples, [{}] * 3, list(logits)) == {"accuracy": 1.0, "macro_f1": 1.0, "n": 3}
     assert TT.primary_metric(spec) == "accuracy"
-    lay = TT.head_layout(spec, tiny_bert)
+    lay = TT.head_layout(spec, tiny_backbone)
     assert (lay.weight, lay.outputs, lay.position) == ("classifier.weight", 2, 0)

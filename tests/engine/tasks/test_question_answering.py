@@ -9,8 +9,7 @@ import torch
 from app.engine import tasks
 from app.engine.model import SpecError, TaskSpec
 from app.engine.tasks.question_answering import QAExample, encode_qa, postprocess_qa
-
-from ..conftest import bad_record_at_line_4
+from tests.helpers import bad_record_at_line_4
 
 QA = "question-answering"
 TT = tasks.get(QA)
@@ -162,7 +161,7 @@ def test_spec_rules():
     assert info.value.field == "doc_stride"
 
 
-def test_head_loss_decode_and_metrics(tiny_bert, tokenizer):
+def test_head_loss_decode_and_metrics(tiny_backbone, tokenizer):
     spec = TaskSpec(QA, max_length=96, doc_stride=32)
     ex = _long_qa_example()
     feats = TT.encode(spec, tokenizer, [ex], None, 96)
@@ -170,8 +169,8 @@ def test_head_loss_decode_and_metrics(tiny_bert, tokenizer):
     length = max(len(f["input_ids"]) for f in feats)
     targets = TT.targets(feats, length)
     assert targets["start_position"].tolist() == [f["start_position"] for f in feats]
-    head = TT.build_head(spec, tiny_bert).eval()
-    logits = head(torch.randn(len(feats), length, tiny_bert.hidden_size))
+    head = TT.build_head(spec, tiny_backbone).eval()
+    logits = head(torch.randn(len(feats), length, tiny_backbone.hidden_size))
     assert logits.shape == (len(feats), length, 2)
     batch = {"attention_mask": torch.ones(len(feats), length, dtype=torch.long), **targets}
     assert TT.loss(spec, logits, batch).item() > 0

@@ -18,8 +18,7 @@ from app.engine.model import SpecError, TaskModel, TaskSpec
 from app.engine.predict import predict, prepare
 from app.engine.tasks.regression import RegressionExample
 from app.engine.train import TrainConfig, evaluate, train_task
-
-from ..conftest import bad_record_at_line_4, jsonl, raises_at
+from tests.helpers import bad_record_at_line_4, jsonl, raises_at
 
 REG = "regression"
 TT = tasks.get(REG)
@@ -71,7 +70,7 @@ def test_spec_rules():
         TaskSpec(REG, head="verbalizer").validate()
 
 
-def test_encode_head_loss_decode_metrics(tiny_bert, tokenizer):
+def test_encode_head_loss_decode_metrics(tiny_backbone, tokenizer):
     spec = TaskSpec(REG)
     examples = [RegressionExample("a cat", "a small cat", 4.5), RegressionExample("hello", None, 0.5)]
     feats = TT.encode(spec, tokenizer, examples, {}, 32)
@@ -80,10 +79,10 @@ def test_encode_head_loss_decode_metrics(tiny_bert, tokenizer):
     assert [f["score"] for f in TT.encode(spec, tokenizer, examples, None, 32)] == [None, None]
     targets = TT.targets(feats, 8)
     assert targets["score"].dtype == torch.float32 and targets["score"].tolist() == [4.5, 0.5]
-    head = TT.build_head(spec, tiny_bert).eval()
+    head = TT.build_head(spec, tiny_backbone).eval()
     assert isinstance(head, ClassificationHead) and head.classifier.out_features == 1
     with torch.no_grad():
-        logits = head(torch.randn(2, 6, tiny_bert.hidden_size))
+        logits = head(torch.randn(2, 6, tiny_backbone.hidden_size))
     assert logits.shape == (2, 1)
     loss = TT.loss(spec, logits, targets)
     assert loss.item() == pytest.approx(float(((logits.squeeze(-1) - targets["score"]) ** 2).mean()))
@@ -122,30 +121,30 @@ def similarity(n: int, seed: int) -> list[RegressionExample]:
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_bert):
+def trained(tiny_backbone):
     config = TrainConfig(epochs=2, lr=5e-2, batch_size=8, max_steps=12, seed=1)
-    return train_task(tiny_bert, TaskSpec(REG, prefix_length=4), similarity(48, 0), similarity(16, 1), config)
+    return train_task(tiny_backbone, TaskSpec(REG, prefix_length=4), similarity(48, 0), similarity(16, 1), config)
 
 
-def test_trains_evaluates_and_round_trips(tiny_bert, trained):
+def test_trains_evaluates_and_round_trips(tiny_backbone, trained):
     assert trained.steps == 12 and trained.task.spec.labels == []
     losses = [h["loss"] for h in trained.history]
     assert all(math.isfinite(x) for x in losses)
     assert set(trained.metrics) == {"pearson", "spearman", "mse", "n"}
-    again = evaluate(tiny_bert, trained.task, similarity(16, 1))
+    again = evaluate(tiny_backbone, trained.task, similarity(16, 1))
     assert again == pytest.approx(trained.metrics)
     records = [{"text": "good film", "text_pair": "good food"}, {"text": "bad"}]
-    preds = predict(tiny_bert, trained.task, records)
+    preds = predict(tiny_backbone, trained.task, records)
     assert [set(p) for p in preds] == [{"score"}, {"score"}]
-    data = checkpoint_bytes(trained.task, tiny_bert, {"source": "unit test"})
+    data = checkpoint_bytes(trained.task, tiny_backbone, {"source": "unit test"})
     for frozen in (False, True):
-        loaded = load_checkpoint_bytes(data, tiny_bert, frozen_head=frozen)
+        loaded = load_checkpoint_bytes(data, tiny_backbone, frozen_head=frozen)
         assert isinstance(loaded.head, FrozenHead) == frozen
         assert loaded.spec.task_type == REG and loaded.spec.labels == []
-        assert predict(tiny_bert, loaded, records) == preds
+        assert predict(tiny_backbone, loaded, records) == preds
 
 
-def test_mixed_batch_with_every_task_type_equals_single_task(tiny_bert, tokenizer, trained):
+def test_mixed_batch_with_every_task_type_equals_single_task(tiny_backbone, tokenizer, trained):
     torch.manual_seed(3)
     others = [
         TaskSpec("classification", labels=["a", "b"], prefix_length=6),
@@ -155,16 +154,16 @@ def test_mixed_batch_with_every_task_type_equals_single_task(tiny_bert, tokenize
     ]
     served = []
     for s in others:
-        m = TaskModel(s, tiny_bert)
+        m = TaskModel(s, tiny_backbone)
         if m.prefix is not None:
             with torch.no_grad():
                 m.prefix.weight.normal_()
         served.append(
             load_checkpoint_bytes(
-                checkpoint_bytes(m.eval().to_serving(), tiny_bert), tiny_bert, frozen_head=True
+                checkpoint_bytes(m.eval().to_serving(), tiny_backbone), tiny_backbone, frozen_head=True
             )
         )
-    reg = load_checkpoint_bytes(checkpoint_bytes(trained.task, tiny_bert), tiny_bert, frozen_head=True)
+    reg = load_checkpoint_bytes(checkpoint_bytes(trained.task, tiny_backbone), tiny_backbone, frozen_head=True)
     inputs = [
         (reg, {"text": "good film", "text_pair": "the film was good"}),
         (served[0], {"text": "a much longer sentence with several words"}),
@@ -174,9 +173,9 @@ def test_mixed_batch_with_every_task_type_equals_single_task(tiny_bert, tokenize
         (served[3], {"text": "short"}),
     ]
     feats = [prepare(t, tokenizer, [r]).features[0] for t, r in inputs]
-    rows = mixed_forward(tiny_bert, [t for t, _ in inputs], collate(feats, tokenizer.pad_token_id))
+    rows = mixed_forward(tiny_backbone, [t for t, _ in inputs], collate(feats, tokenizer.pad_token_id))
     for (task, _), f, row in zip(inputs, feats, rows, strict=True):
-        single = task_forward(task, tiny_bert, collate([f], tokenizer.pad_token_id))[0]
+        single = task_forward(task, tiny_backbone, collate([f], tokenizer.pad_token_id))[0]
         n = len(f["input_ids"])
         got = row[:n] if row.dim() == 2 else row
         torch.testing.assert_close(got, single, atol=1e-4, rtol=1e-4)

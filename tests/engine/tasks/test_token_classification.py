@@ -10,8 +10,7 @@ from app.engine.data import DataError, parse_record, parse_records, read_example
 from app.engine.model import SpecError, TaskSpec
 from app.engine.tasks.spans import decode_bio, spans_with_offsets, split_words
 from app.engine.tasks.token_classification import IGNORE_INDEX, TokenExample, encode_tokens
-
-from ..conftest import bad_record_at_line_4, jsonl, raises_at
+from tests.helpers import bad_record_at_line_4, jsonl, raises_at
 
 TOK = "token-classification"
 TT = tasks.get(TOK)
@@ -141,7 +140,7 @@ def test_spec_rules():
     assert info.value.field == "head"
 
 
-def test_head_loss_decode_and_metrics(tiny_bert, tokenizer):
+def test_head_loss_decode_and_metrics(tiny_backbone, tokenizer):
     spec = TaskSpec(TOK, labels=["B-PER", "I-PER", "O"])
     label2id = {lab: i for i, lab in enumerate(spec.labels)}
     examples = [TokenExample(["Ann", "Lee", "smiled"], ["B-PER", "I-PER", "O"]), TokenExample(["hi"], ["O"])]
@@ -149,8 +148,8 @@ def test_head_loss_decode_and_metrics(tiny_bert, tokenizer):
     length = max(len(f["input_ids"]) for f in feats)
     targets = TT.targets(feats, length)
     assert targets["labels"].shape == (2, length) and targets["labels"][1, -1] == IGNORE_INDEX
-    head = TT.build_head(spec, tiny_bert).eval()
-    logits = head(torch.randn(2, length, tiny_bert.hidden_size))
+    head = TT.build_head(spec, tiny_backbone).eval()
+    logits = head(torch.randn(2, length, tiny_backbone.hidden_size))
     assert logits.shape == (2, length, 3)
     loss = TT.loss(spec, logits, targets)
     mask = targets["labels"] != IGNORE_INDEX
