@@ -16,6 +16,7 @@ test-fast: setup
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 bench-quality: setup
 	$(PY) -m bench.quality --quick

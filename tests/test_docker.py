@@ -20,7 +20,10 @@ DOCKERFILE = ROOT / "docker" / "Dockerfile"
 def _compose_cli() -> list[str] | None:
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+    if (
+        shutil.which("docker")
+        and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
+    ):
         return ["docker", "compose"]
     return None
 
@@ -42,7 +45,7 @@ def test_entry_commands_parse_with_the_real_cli():
     yaml = pytest.importorskip("yaml")
     services = yaml.safe_load(COMPOSE.read_text())["services"]
     commands = [services["api"]["command"], services["worker"]["command"]]
-    cmd = re.search(r'^CMD \[(.*)\]', DOCKERFILE.read_text(), re.M).group(1)
+    cmd = re.search(r"^CMD \[(.*)\]", DOCKERFILE.read_text(), re.M).group(1)
     commands.append([c.strip().strip('"') for c in cmd.split(",")])
     for command in commands:
         assert command[0] == "prompthub"
@@ -62,8 +65,17 @@ def test_entrypoint_seeds_the_store_without_overwriting(tmp_path):
     store = tmp_path / "store"
     (store / "demo").mkdir(parents=True)
     (store / "demo" / "v0002.safetensors").write_bytes(b"trained")
-    env = {"PROMPTHUB_STORE_DIR": str(store), "PROMPTHUB_SHIPPED_DIR": str(tmp_path / "shipped"), "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(["sh", str(ROOT / "docker" / "entrypoint.sh"), "echo", "started"], env=env, capture_output=True, text=True)
+    env = {
+        "PROMPTHUB_STORE_DIR": str(store),
+        "PROMPTHUB_SHIPPED_DIR": str(tmp_path / "shipped"),
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run(
+        ["sh", str(ROOT / "docker" / "entrypoint.sh"), "echo", "started"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     assert out.returncode == 0 and out.stdout.strip() == "started"
     assert (store / "demo" / "v0001.safetensors").read_bytes() == b"shipped"
     (store / "demo" / "v0001.safetensors").write_bytes(b"changed")

@@ -195,7 +195,9 @@ class _BertFamily(_Adapter):
             v = torch.cat([kv[1], v], dim=1)
         k, v = _split_heads(k, heads), _split_heads(v, heads)
         p = sa.dropout.p if self.model.training else 0.0
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=_additive_mask(key_mask, q.dtype), dropout_p=p)
+        attn = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=_additive_mask(key_mask, q.dtype), dropout_p=p
+        )
         attn_out = layer.attention.output(_merge_heads(attn), hidden)
         return layer.output(layer.intermediate(attn_out), attn_out)
 

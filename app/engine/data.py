@@ -20,6 +20,7 @@ from typing import Any
 
 _TEXT_SUFFIXES = {".jsonl", ".ndjson", ".json", ".csv", ".tsv"}
 
+
 class DataError(ValueError):
     """A data problem, located by 1-based ``line`` and ``field`` where known, and by ``split``
     ("train", "eval") when the check saw several.

@@ -60,7 +60,9 @@ def parse_layers(spec: str | list[int] | None, num_layers: int) -> list[int]:
         raise LayerSpecError(f"layers {spec!r}: selects no layer")
     bad = [i for i in layers if not 0 <= i < num_layers]
     if bad:
-        raise LayerSpecError(f"layers {spec!r}: {bad} out of range, the backbone has layers 0-{num_layers - 1}")
+        raise LayerSpecError(
+            f"layers {spec!r}: {bad} out of range, the backbone has layers 0-{num_layers - 1}"
+        )
     return layers
 
 

@@ -69,12 +69,20 @@ def test_mixed_batch_equals_single_task(arch, tokenizer):
     bb = backbone_from_config(tiny_config(arch), tokenizer, name=arch)
     specs = [
         TaskSpec("classification", labels=["a", "b", "c"], prefix_length=4),
-        TaskSpec("classification", labels=["x", "y"], prefix_length=9, layers="upper-half", reparameterize=True),
+        TaskSpec(
+            "classification", labels=["x", "y"], prefix_length=9, layers="upper-half", reparameterize=True
+        ),
         TaskSpec("token-classification", labels=["O", "B-X", "I-X"], prefix_length=2, layers="0,2"),
         TaskSpec("question-answering", prefix_length=5, layers="lower-half"),
         TaskSpec("classification", labels=["p", "q"], method="prompt-tuning", prefix_length=3),
         TaskSpec("classification", labels=["p", "q"], method="prompt-tuning", prefix_length=6),
-        TaskSpec("classification", labels=["p", "q"], head="verbalizer", label_words=["yes", "no"], prefix_length=16),
+        TaskSpec(
+            "classification",
+            labels=["p", "q"],
+            head="verbalizer",
+            label_words=["yes", "no"],
+            prefix_length=16,
+        ),
     ]
     tasks = []
     torch.manual_seed(1)
@@ -84,7 +92,15 @@ def test_mixed_batch_equals_single_task(arch, tokenizer):
             with torch.no_grad():
                 m.prefix.weight.normal_()
         tasks.append(m.to_serving())
-    texts = ["hello world", "a much longer sentence with many words in it", "short", "what is it", "ok", "b c d", "yes"]
+    texts = [
+        "hello world",
+        "a much longer sentence with many words in it",
+        "short",
+        "what is it",
+        "ok",
+        "b c d",
+        "yes",
+    ]
     feats = [dict(tokenizer(t)) for t in texts]
     mixed = mixed_forward(bb, tasks, collate(feats, tokenizer.pad_token_id))
     for t, f, row in zip(tasks, feats, mixed, strict=True):

@@ -88,7 +88,9 @@ def test_gradients_reach_only_trainable_parameters(tiny_backbone, tokenizer, met
     batch = _batch(tokenizer, ["one", "two three"])
     loss = model(batch).logsumexp(-1).sum()
     loss.backward()
-    assert all(p.grad is None for p in tiny_backbone.model.parameters()), "the shared backbone must stay frozen"
+    assert all(p.grad is None for p in tiny_backbone.model.parameters()), (
+        "the shared backbone must stay frozen"
+    )
     trainable = model.trainable_parameters()
     missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert trainable and not missing, missing
@@ -159,7 +161,9 @@ def test_checkpoint_round_trip(tiny_backbone, tokenizer, tmp_path, method):
     # the server's cache keeps no metadata document (it lives in the DB and the sidecar)
     lean = load_checkpoint_bytes(path.read_bytes(), tiny_backbone, keep_meta=False)
     assert lean.meta == {}
-    assert torch.allclose(task_forward(lean, tiny_backbone, batch), task_forward(loaded, tiny_backbone, batch))
+    assert torch.allclose(
+        task_forward(lean, tiny_backbone, batch), task_forward(loaded, tiny_backbone, batch)
+    )
     # the file holds only the prefix layers that carry one
     if method == "p-tuning-v2":
         from safetensors import safe_open
@@ -194,7 +198,9 @@ def test_checkpoint_refuses_corrupt_or_foreign_files(tiny_backbone, tmp_path):
 def test_prepare_refuses_long_text_in_refuse_mode(tiny_backbone, tokenizer):
     from app.engine.data import DataError
 
-    served = TaskModel(TaskSpec("classification", labels=["a", "b"], max_length=16), tiny_backbone).to_serving()
+    served = TaskModel(
+        TaskSpec("classification", labels=["a", "b"], max_length=16), tiny_backbone
+    ).to_serving()
     long = " ".join(["word"] * 40)
     prepared = prepare(served, tokenizer, [{"text": long}])
     assert len(prepared.features[0]["input_ids"]) == 16
@@ -233,7 +239,11 @@ def test_prefix_init_tokens_starts_from_the_encoders_kv(tiny_backbone):
     # the same seed gives the same init; random init is the default and differs
     again = TaskModel(TaskSpec.from_dict(spec.to_dict()), tiny_backbone).prefix.raw().detach()
     torch.testing.assert_close(raw, again)
-    rand = TaskModel(TaskSpec(task_type="classification", labels=["a", "b"]), tiny_backbone).prefix.raw().detach()
+    rand = (
+        TaskModel(TaskSpec(task_type="classification", labels=["a", "b"]), tiny_backbone)
+        .prefix.raw()
+        .detach()
+    )
     assert not torch.allclose(rand[upper[0] :], raw)
     with pytest.raises(SpecError, match="prefix_init"):
         TaskSpec(task_type="classification", labels=["a"], prefix_init="zeros").validate()

@@ -48,7 +48,9 @@ def test_prefix_training_reduces_loss_and_reports_progress(tiny_backbone):
     loop must lower the loss and report progress and per-epoch evaluation."""
     progress = []
     spec = TaskSpec("classification", prefix_length=8)
-    result = train_task(tiny_backbone, spec, sentiment(160, 0), sentiment(80, 1), FAST, progress=progress.append)
+    result = train_task(
+        tiny_backbone, spec, sentiment(160, 0), sentiment(80, 1), FAST, progress=progress.append
+    )
     assert spec.labels == ["neg", "pos"]
     assert result.history[-1]["loss"] < result.history[0]["loss"]
     steps = [p.step for p in progress]
@@ -104,7 +106,11 @@ def test_early_stopping_and_best_epoch(tiny_backbone):
 
 def test_token_classification_and_qa_train_and_predict(tiny_backbone):
     r = train_task(
-        tiny_backbone, TaskSpec("token-classification", prefix_length=4), tagging(120, 0), tagging(40, 1), FAST
+        tiny_backbone,
+        TaskSpec("token-classification", prefix_length=4),
+        tagging(120, 0),
+        tagging(40, 1),
+        FAST,
     )
     assert r.metrics["token_accuracy"] >= 0.75
     preds = predict(tiny_backbone, r.task, [{"tokens": ["the", "good", "day"]}, {"text": "a lovely film"}])
@@ -158,7 +164,9 @@ def test_multitask_shared_prefix_then_per_task(tiny_backbone):
 
 
 def test_continuation_starts_from_the_prefix_and_the_head_of_the_same_task(tiny_backbone):
-    first = train_task(tiny_backbone, TaskSpec("classification", prefix_length=6), sentiment(64, 0), None, FAST)
+    first = train_task(
+        tiny_backbone, TaskSpec("classification", prefix_length=6), sentiment(64, 0), None, FAST
+    )
     still = TrainConfig(epochs=1, lr=1e-12, batch_size=16, seed=3, early_stopping_patience=0)
     # same task (labels neg/pos): prefix and head both carry over (lr ~0 -> unchanged)
     cont = train_task(

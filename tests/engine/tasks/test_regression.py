@@ -123,7 +123,9 @@ def similarity(n: int, seed: int) -> list[RegressionExample]:
 @pytest.fixture(scope="module")
 def trained(tiny_backbone):
     config = TrainConfig(epochs=2, lr=5e-2, batch_size=8, max_steps=12, seed=1)
-    return train_task(tiny_backbone, TaskSpec(REG, prefix_length=4), similarity(48, 0), similarity(16, 1), config)
+    return train_task(
+        tiny_backbone, TaskSpec(REG, prefix_length=4), similarity(48, 0), similarity(16, 1), config
+    )
 
 
 def test_trains_evaluates_and_round_trips(tiny_backbone, trained):
@@ -163,7 +165,9 @@ def test_mixed_batch_with_every_task_type_equals_single_task(tiny_backbone, toke
                 checkpoint_bytes(m.eval().to_serving(), tiny_backbone), tiny_backbone, frozen_head=True
             )
         )
-    reg = load_checkpoint_bytes(checkpoint_bytes(trained.task, tiny_backbone), tiny_backbone, frozen_head=True)
+    reg = load_checkpoint_bytes(
+        checkpoint_bytes(trained.task, tiny_backbone), tiny_backbone, frozen_head=True
+    )
     inputs = [
         (reg, {"text": "good film", "text_pair": "the film was good"}),
         (served[0], {"text": "a much longer sentence with several words"}),
