@@ -74,8 +74,9 @@ def checkpoint_bytes(task: ServingTask, backbone: Backbone, meta: dict | None = 
     return st_save(tensors, metadata=header)
 
 
-def atomic_write(path: str | Path, data: bytes) -> None:
-    """Write a file so that readers see the old file or the whole new one, never a part."""
+def write_temp(path: str | Path, data: bytes) -> Path:
+    """`data` in a new temp file beside `path` (same folder, so a rename or link is atomic), flushed
+    to disk; the caller moves it into place or removes it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -84,15 +85,31 @@ def atomic_write(path: str | Path, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
+    return Path(tmp)
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename or link in it) to disk."""
+    dir_fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_write(path: str | Path, data: bytes) -> None:
+    """Write a file so that readers see the old file or the whole new one, never a part."""
+    path = Path(path)
+    tmp = write_temp(path, data)
+    try:
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
 
 
 def save_checkpoint(task: ServingTask, path: str | Path, backbone: Backbone, meta: dict | None = None) -> str:

@@ -14,14 +14,20 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.engine.checkpoint import atomic_write, read_metadata, sha256_bytes, sha256_file
+from app.engine.checkpoint import (
+    atomic_write,
+    fsync_dir,
+    read_metadata,
+    sha256_bytes,
+    sha256_file,
+    write_temp,
+)
 from app.names import TASK_NAME_RE, validate_task_name
 from app.store.sidecar import read_sidecar, write_sidecar
 
@@ -171,16 +177,19 @@ class PromptStore:
             shutil.rmtree(d)
 
     # ------------------------------------------------------------------ scan / cleanup
+    def _task_dirs(self) -> Iterator[Path]:
+        """The folders of the store that are task folders (valid task names), sorted."""
+        if self.root.is_dir():
+            yield from (
+                d for d in sorted(self.root.iterdir()) if d.is_dir() and re.fullmatch(TASK_NAME_RE, d.name)
+            )
+
     def scan(self, *, verify: bool = True) -> list[ScannedVersion]:
         """What is on disk: every `<task>/vNNNN.safetensors` under a valid task folder (temp files and
         anything else ignored). With `verify`, sha256 is computed from the file; otherwise it is the
         sidecar's (or '' when there is none)."""
         found: list[ScannedVersion] = []
-        if not self.root.is_dir():
-            return found
-        for d in sorted(self.root.iterdir()):
-            if not d.is_dir() or not re.fullmatch(TASK_NAME_RE, d.name):
-                continue
+        for d in self._task_dirs():
             for p in sorted(d.iterdir()):
                 m = _VERSION_FILE.match(p.name)
                 if not m or not p.is_file():
@@ -203,11 +212,7 @@ class PromptStore:
     def orphan_sidecars(self) -> list[Path]:
         """Sidecars whose checkpoint is not there."""
         found: list[Path] = []
-        if not self.root.is_dir():
-            return found
-        for d in sorted(self.root.iterdir()):
-            if not d.is_dir() or not re.fullmatch(TASK_NAME_RE, d.name):
-                continue
+        for d in self._task_dirs():
             for p in sorted(d.iterdir()):
                 if _SIDECAR_FILE.match(p.name) and not p.with_suffix(".safetensors").exists():
                     found.append(p)
@@ -242,13 +247,8 @@ def _write_new(path: Path, data: bytes) -> bool:
     """Write `path` whole (temp file, fsync, then a hard link: never a partial file) only if it does
     not exist yet: two writers racing for one version number cannot replace each other's file.
     False when it exists."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = write_temp(path, data)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         try:
             os.link(tmp, path)  # atomic, and fails when the name is taken
         except FileExistsError:
@@ -258,12 +258,8 @@ def _write_new(path: Path, data: bytes) -> bool:
                 return False
             os.replace(tmp, path)
     finally:
-        Path(tmp).unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
     return True
 
 
