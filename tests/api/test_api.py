@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 
 import pytest
 
@@ -243,6 +244,16 @@ def test_upload_jsonl_and_train_from_it(client, settings):
         "/train", json=_train_body(task_type="question-answering", train={"dataset_id": ds["id"]})
     )
     assert r.status_code == 422
+
+
+def test_upload_jsonl_with_unicode_line_separators_inside_strings(client):
+    # U+2028, U+2029 and U+0085 are valid inside JSON strings; JSONL lines end at "\n" only
+    records = [{"text": f"one{sep}record", "label": "pos"} for sep in ("\u2028", "\u2029", "\u0085")]
+    data = "\n".join(json.dumps(r, ensure_ascii=False) for r in records).encode() + b"\n"
+    for task_type in (None, "classification"):
+        r = _upload(client, "seps.jsonl", data, task_type)
+        assert r.status_code == 201, r.text
+        assert r.json()["rows"] == 3
 
 
 def test_upload_csv_without_task_type(client):

@@ -37,7 +37,7 @@ def _count_rows(data: bytes, suffix: str, max_rows: int) -> int:
         raise D.DataError("not valid UTF-8 text", line=data[: e.start].count(b"\n") + 1) from None
     rows = 0
     if suffix in (".jsonl", ".ndjson"):
-        for line_no, raw in enumerate(text.splitlines(), start=1):
+        for line_no, raw in D.jsonl_lines(text):
             if not raw.strip():
                 continue
             try:
