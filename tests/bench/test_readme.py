@@ -10,7 +10,9 @@ from bench import readme
 def test_readme_tables_are_the_generated_ones():
     current = readme.README.read_text()
     assert readme.BLOCK.search(current), "README.md has no generated blocks"
-    assert readme.render(current) == current, "run `python -m bench.readme` to copy bench/results into README.md"
+    assert readme.render(current) == current, (
+        "run `python -m bench.readme` to copy bench/results into README.md"
+    )
 
 
 def test_a_block_takes_its_section_body(tmp_path):
