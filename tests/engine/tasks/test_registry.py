@@ -49,3 +49,16 @@ def test_no_task_type_dispatch_outside_the_task_modules():
             if needle in text:
                 offenders.append(f"{path.name}: {needle}")
     assert offenders == []
+
+
+def test_naming_the_task_types_imports_no_torch():
+    """The CLI's parser and the API's TaskType need the names only: `prompthub keys ...` and
+    `prompthub doctor` start without loading torch."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from app.cli import build_parser; from app.engine.tasks import TASK_TYPES; "
+        "build_parser(); assert 'regression' in TASK_TYPES; assert 'torch' not in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
