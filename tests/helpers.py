@@ -255,3 +255,17 @@ def bad_record_at_line_4(task: str, good: dict, record: object, field: str, need
     err = raises_at(jsonl(good, "", good, record, good), "d.jsonl", task, line=4, field=field)
     assert needle in str(err)
     assert str(err).startswith(f"line 4: field '{field}': ")
+
+
+# ------------------------------------------------------------------------------- API edge
+
+
+def local_client(app, **kw: Any):
+    """A TestClient whose connection is loopback at both ends (peer 127.0.0.1, socket 127.0.0.1:8000),
+    as a local `prompthub serve` sees it: keyless when auth is not `required` (app.api.edge).
+    TestClient's own default (peer "testclient", server "testserver") is a remote connection."""
+    from starlette.testclient import TestClient
+
+    kw.setdefault("base_url", "http://127.0.0.1:8000")
+    kw.setdefault("client", ("127.0.0.1", 50000))
+    return TestClient(app, **kw)

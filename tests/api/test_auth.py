@@ -9,7 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.db import keys
-from tests.helpers import session_for
+from tests.helpers import local_client, session_for
 
 CLS_RECORDS = [{"text": "great film", "label": "pos"}, {"text": "awful film", "label": "neg"}]
 
@@ -204,19 +204,19 @@ def test_auth_modes(settings_factory, hub_factory, caplog):
     assert not loop.keys_required
     hub = hub_factory(loop)
     with caplog.at_level(logging.WARNING, logger="app.main"):
-        with TestClient(create_app(loop, hub)) as c:
+        with local_client(create_app(loop, hub)) as c:
             assert c.get("/tasks").status_code == 200  # no key needed on loopback
             assert c.get("/metrics").status_code == 200
             r = c.get("/tasks", headers=bearer("ph_" + "z" * 43))  # a key sent is still checked
             assert r.status_code == 401
-    assert "serving without API keys because bound to 127.0.0.1" in caplog.text
+    assert "API keys required except on connections from loopback to a loopback socket" in caplog.text
 
     for host in ("localhost", "::1", "127.0.0.1"):
         assert not settings_factory(host=host).keys_required
     for host in ("0.0.0.0", "::", "10.1.2.3", "example.com"):
         s = settings_factory(host=host)
         assert s.keys_required
-        with TestClient(create_app(s, hub_factory(s))) as c:
+        with local_client(create_app(s, hub_factory(s))) as c:
             assert c.get("/tasks").status_code == 401
             assert c.get("/healthz").status_code == 200
         with pytest.raises(ValueError, match="PROMPTHUB_AUTH=off is not allowed"):
