@@ -225,12 +225,11 @@ class Server:
     def __init__(self, app, settings, host: str) -> None:
         import uvicorn
 
-        from app.api.server import uvicorn_options
+        from app.api import server
 
+        options = server.uvicorn_options(settings) if hasattr(server, "uvicorn_options") else {}
         self.port = free_port()
-        config = uvicorn.Config(
-            app, host=host, port=self.port, log_level="warning", **uvicorn_options(settings)
-        )
+        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", **options)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
