@@ -20,6 +20,7 @@ from app.api.edge import EdgeGuard, RateLimits
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.metrics import ApiMetrics, install_metrics
+from app.api.openapi import install_openapi
 from app.api.routes import ROUTERS
 from app.config import Settings, get_settings
 from app.db.session import get_sessionmaker
@@ -154,6 +155,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         app.include_router(router)
     install_error_handlers(app)
     install_metrics(app, app.state.metrics)
+    install_openapi(app)  # typed /train body, task-name patterns
     app.add_middleware(BodySizeLimit, limit_for=lambda path: _body_limit(settings, path))
     app.add_middleware(  # outermost: who is calling, before any body is read (app.api.edge)
         EdgeGuard,

@@ -8,7 +8,6 @@ import asyncio
 import json
 import logging
 import socket
-import threading
 import time
 import uuid
 from datetime import timedelta
@@ -18,7 +17,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.db import keys
-from tests.helpers import free_port, local_client, session_for, wait_for
+from tests.helpers import ServerThread, local_client, session_for
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -219,36 +218,12 @@ def test_uvicorn_gets_connection_and_header_limits(settings_factory):
 # ------------------------------------------------------------------------------ real servers
 
 
-class Server:
-    """A uvicorn server (with the edge options) in a thread of this process."""
-
-    def __init__(self, app, settings, host: str) -> None:
-        import uvicorn
-
-        from app.api import server
-
-        options = server.uvicorn_options(settings) if hasattr(server, "uvicorn_options") else {}
-        self.port = free_port()
-        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", **options)
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        wait_for(lambda: self.server.started, 60, "uvicorn start")
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(30)
-
-
 def test_a_server_on_0_0_0_0_needs_a_key_even_from_loopback(settings_factory, hub_factory):
     from app.main import create_app
 
     settings = settings_factory()  # auth=auto, configured host 127.0.0.1: what `uvicorn --factory` gets
     app = create_app(settings, hub_factory(settings))
-    with Server(app, settings, "0.0.0.0") as srv:
+    with ServerThread(app, settings, "0.0.0.0") as srv:
         base = f"http://127.0.0.1:{srv.port}"
         assert httpx.get(base + "/healthz").status_code == 200
         assert httpx.get(base + "/tasks").status_code == 401
@@ -265,7 +240,7 @@ def test_a_loopback_server_is_keyless_for_loopback_hosts_and_origins_only(settin
 
     settings = settings_factory(header_timeout_s=1.0)
     app = create_app(settings, hub_factory(settings))
-    with Server(app, settings, "127.0.0.1") as srv:
+    with ServerThread(app, settings, "127.0.0.1") as srv:
         base = f"http://127.0.0.1:{srv.port}"
         assert httpx.get(base + "/tasks").status_code == 200
         assert httpx.get(base + "/tasks", headers={"Host": f"localhost:{srv.port}"}).status_code == 200
