@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     max_connections: int = 1024
     #: per-key request rate limits and quotas (`limits` notation, ';' between several: "100/second",
     #: "50000/day"); empty: no limit. Keyless loopback callers are not limited.
-    key_rate_limit: str = "100/second"
+    key_rate_limit: str = "20000/minute"
     key_quota: str = ""
     #: seconds between the best-effort writes of keys' last_used_at (never in a request)
     key_touch_interval_s: float = 60.0

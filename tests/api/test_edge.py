@@ -56,8 +56,8 @@ def _series(c: TestClient, admin: str) -> list[str]:
 # ------------------------------------------------------------------------------ item 1
 
 
-def test_random_task_names_add_no_metric_series(secured_app, publish_in=None):
-    app, hub = secured_app()
+def test_random_task_names_add_no_metric_series(secured_app):
+    app, hub = secured_app(key_rate_limit="")
     with local_client(app) as c:
         tok = _tokens(hub.settings)
         from tests.helpers import publish_task
