@@ -108,6 +108,11 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
         help="repeat for several; admin implies the others",
     )
     c.add_argument("--task", action="append", dest="tasks", help="limit to tasks (names or globs); repeat")
+    c.add_argument(
+        "--expires-in",
+        dest="expires_in",
+        help="refuse the key after this long: 30d, 12h, 90m, 2w (default: never)",
+    )
     c.add_argument("--json", action="store_true")
     li = ks.add_parser("list", help="list keys (never their tokens)")
     li.add_argument("--json", action="store_true")

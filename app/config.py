@@ -61,6 +61,26 @@ class Settings(BaseSettings):
 
     log_level: str = "info"
 
+    # ---- API edge (issue 12, items 1-4, 8): no work before auth, per-key limits (docs/security.md)
+    #: an admin token (ph_ + at least 32 random characters) created or recognised at start, for the
+    #: first start of a container; revoke it once real keys exist
+    bootstrap_admin_key: str | None = None
+    #: bytes of body a request may carry before it is authenticated (open routes, e.g. /healthz)
+    unauth_body_bytes: int = 4096
+    #: seconds a client has to send a request's headers (from the connection or the last answer)
+    header_timeout_s: float = 10.0
+    #: seconds a client has to send a whole request body, and the longest pause between its chunks
+    body_timeout_s: float = 120.0
+    body_idle_timeout_s: float = 15.0
+    #: open connections (and requests in flight) before uvicorn answers 503
+    max_connections: int = 1024
+    #: per-key request rate limits and quotas (`limits` notation, ';' between several: "100/second",
+    #: "50000/day"); empty: no limit. Keyless loopback callers are not limited.
+    key_rate_limit: str = "20000/minute"
+    key_quota: str = ""
+    #: seconds between the best-effort writes of keys' last_used_at (never in a request)
+    key_touch_interval_s: float = 60.0
+
     @field_validator("devices")
     @classmethod
     def _check_devices(cls, v: str) -> str:

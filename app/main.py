@@ -16,9 +16,11 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
 from app.api.auth import Authenticator
+from app.api.edge import EdgeGuard, RateLimits
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.metrics import ApiMetrics, install_metrics
+from app.api.openapi import install_openapi
 from app.api.routes import ROUTERS
 from app.config import Settings, get_settings
 from app.db.session import get_sessionmaker
@@ -56,20 +58,45 @@ def _prepare_database(settings: Settings, sessionmaker: Callable[[], Session], s
     run_migrations(settings.database_url)
     with sessionmaker() as s:
         startup_sync(s, store)
+    _prepare_keys(settings, sessionmaker)
 
 
 def announce_auth(settings: Settings) -> str:
-    """The line logged at start about API keys."""
-    if not settings.keys_required:
-        if settings.auth == "off":
-            line = f"serving without API keys because PROMPTHUB_AUTH=off and bound to {settings.host}"
-        else:
-            line = f"serving without API keys because bound to {settings.host}"
-        log.warning("%s: anyone who can reach this address has every scope", line)
+    """The line logged at start about API keys (decided per connection by app.api.edge)."""
+    if settings.auth == "required":
+        line = "API keys required on every connection (PROMPTHUB_AUTH=required)"
+        log.info("%s", line)
         return line
-    line = f"API keys required (PROMPTHUB_AUTH={settings.auth}, bound to {settings.host})"
-    log.info("%s", line)
+    line = (
+        f"API keys required except on connections from loopback to a loopback socket "
+        f"(PROMPTHUB_AUTH={settings.auth}); those are keyless, with every scope, for Host "
+        "localhost/127.0.0.1/::1 and no foreign Origin"
+    )
+    log.warning("%s", line)
     return line
+
+
+def _prepare_keys(settings: Settings, sessionmaker: Callable[[], Session]) -> None:
+    """The bootstrap admin key from PROMPTHUB_BOOTSTRAP_ADMIN_KEY: created on the first start."""
+    if not settings.bootstrap_admin_key:
+        return
+    from app.db.keys import ensure_bootstrap_key
+    from app.security import audit
+
+    with sessionmaker() as s:
+        row, created = ensure_bootstrap_key(s, settings.bootstrap_admin_key)
+    if created:
+        audit(
+            "key.create",
+            "bootstrap (PROMPTHUB_BOOTSTRAP_ADMIN_KEY)",
+            key_id=row.id,
+            name=row.name,
+            scopes=row.scopes,
+        )
+    elif row.revoked_at is not None:
+        log.warning("the bootstrap admin key %s from the environment is revoked: it is refused", row.id)
+    else:
+        log.info("bootstrap admin key %s recognised", row.id)
 
 
 MULTIPART_SLACK_BYTES = 64 * 1024  # boundaries and form fields around an uploaded file
@@ -84,6 +111,10 @@ def _body_limit(settings: Settings, path: str) -> int:
 def create_app(settings: Settings | None = None, hub: Hub | None = None) -> FastAPI:
     settings = settings or get_settings()
     settings.check_auth()  # auth=off is refused on any address but loopback
+    if settings.bootstrap_admin_key:
+        from app.security import check_bootstrap_token
+
+        check_bootstrap_token(settings.bootstrap_admin_key)  # a malformed one stops the start here
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -117,10 +148,20 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     app.state.datasets = DatasetFiles(settings.data_dir)
     app.state.hub = hub or make_hub(settings, sessionmaker=app.state.sessionmaker)
     app.state.metrics = ApiMetrics(app.state.hub, app.state.sessionmaker)
-    app.state.auth = Authenticator(app.state.sessionmaker, settings.auth_cache_s)
+    app.state.auth = Authenticator(
+        app.state.sessionmaker, settings.auth_cache_s, settings.key_touch_interval_s
+    )
     for router in ROUTERS:
         app.include_router(router)
     install_error_handlers(app)
     install_metrics(app, app.state.metrics)
+    install_openapi(app)  # typed /train body, task-name patterns
     app.add_middleware(BodySizeLimit, limit_for=lambda path: _body_limit(settings, path))
+    app.add_middleware(  # outermost: who is calling, before any body is read (app.api.edge)
+        EdgeGuard,
+        settings=settings,
+        authenticate=lambda token: app.state.auth.authenticate(token),
+        rate_limits=RateLimits(settings.key_rate_limit, settings.key_quota),
+        on_refused=app.state.metrics.refused,
+    )
     return app

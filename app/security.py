@@ -20,14 +20,21 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import hmac
+import json
+import logging
+import re
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 
 TOKEN_PREFIX = "ph_"
 PREFIX_CHARS = 12
 SCOPES = ("predict", "train", "admin")
 _PATTERN_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-*?[]!")
+MIN_BOOTSTRAP_CHARS = 32  # random characters after the prefix of a key given in the environment
+
+audit_log = logging.getLogger("prompthub.audit")
 
 
 def new_token() -> str:
@@ -96,7 +103,12 @@ class Principal:
 
     @classmethod
     def local(cls) -> Principal:
-        return cls(key_id=None, name="local (no API key: bound to loopback)", scopes=SCOPES, tasks=None)
+        return cls(key_id=None, name="keyless", scopes=SCOPES, tasks=None)
+
+    @property
+    def actor(self) -> str:
+        """Who, for the audit log: the key's id and name, or "keyless" (a loopback connection)."""
+        return "keyless" if self.key_id is None else f"key:{self.key_id} ({self.name})"
 
     def has_scope(self, scope: str) -> bool:
         return "admin" in self.scopes or scope in self.scopes
@@ -108,3 +120,32 @@ class Principal:
 
     def allows_tasks(self, tasks: Sequence[str]) -> bool:
         return all(self.allows_task(t) for t in tasks)
+
+
+_DURATION = re.compile(r"^\s*(\d{1,6})\s*([smhdw])\s*$")
+_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """`30d`, `12h`, `90m`, `45s`, `2w` as a timedelta (at least one second)."""
+    m = _DURATION.match(text or "")
+    if not m or int(m.group(1)) < 1:
+        raise ValueError(f"invalid duration {text!r}: use a number and s, m, h, d or w, e.g. 30d")
+    return timedelta(seconds=int(m.group(1)) * _UNIT_S[m.group(2)])
+
+
+def audit(event: str, actor: str, **fields: object) -> None:
+    """One structured line on the `prompthub.audit` logger: who did what, when (UTC)."""
+    doc = {"event": event, "actor": actor, "at": datetime.now(UTC).isoformat(timespec="seconds"), **fields}
+    audit_log.info("%s", json.dumps(doc, default=str, sort_keys=True))
+
+
+def check_bootstrap_token(token: str) -> str:
+    token = token.strip()
+    if not looks_like_token(token) or len(token) < len(TOKEN_PREFIX) + MIN_BOOTSTRAP_CHARS:
+        raise ValueError(
+            f"PROMPTHUB_BOOTSTRAP_ADMIN_KEY must be '{TOKEN_PREFIX}' followed by at least "
+            f"{MIN_BOOTSTRAP_CHARS} random ASCII characters, e.g. from "
+            "`python -c \"import secrets; print('ph_' + secrets.token_urlsafe(32))\"`"
+        )
+    return token

@@ -114,9 +114,10 @@ def app(hub, settings):
 
 @pytest.fixture
 def client(app) -> Iterator[object]:
-    from starlette.testclient import TestClient
+    """A client on a loopback connection (keyless unless auth=required: app.api.edge)."""
+    from tests.helpers import local_client
 
-    with TestClient(app) as c:
+    with local_client(app) as c:
         yield c
 
 

@@ -255,3 +255,45 @@ def bad_record_at_line_4(task: str, good: dict, record: object, field: str, need
     err = raises_at(jsonl(good, "", good, record, good), "d.jsonl", task, line=4, field=field)
     assert needle in str(err)
     assert str(err).startswith(f"line 4: field '{field}': ")
+
+
+# ------------------------------------------------------------------------------- API edge
+
+
+def local_client(app, **kw: Any):
+    """A TestClient whose connection is loopback at both ends (peer 127.0.0.1, socket 127.0.0.1:8000),
+    as a local `prompthub serve` sees it: keyless when auth is not `required` (app.api.edge).
+    TestClient's own default (peer "testclient", server "testserver") is a remote connection."""
+    from starlette.testclient import TestClient
+
+    kw.setdefault("base_url", "http://127.0.0.1:8000")
+    kw.setdefault("client", ("127.0.0.1", 50000))
+    return TestClient(app, **kw)
+
+
+class ServerThread:
+    """A uvicorn server for `app` in a thread of this process, with the edge's uvicorn options
+    (app.api.server.uvicorn_options when present); `with ServerThread(app, settings, host) as srv:`."""
+
+    def __init__(self, app, settings, host: str = "127.0.0.1") -> None:
+        import threading
+
+        import uvicorn
+
+        from app.api import server
+
+        options = server.uvicorn_options(settings) if hasattr(server, "uvicorn_options") else {}
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, host=host, port=self.port, log_level="warning", **options)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        wait_for(lambda: self.server.started, 60, "uvicorn start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(30)

@@ -1,33 +1,41 @@
 """Access control for the routes: a bearer API key, its scopes and its task allow-list.
 
-Keys are required when `Settings.keys_required` (PROMPTHUB_AUTH=required, or auto on any address but
-loopback). When they are not, a request without an Authorization header is the local operator with
-every scope; a request that does send a key is still held to that key.
+Who is calling is decided per connection by the edge layer (app.api.edge) before any body is read:
+keyless only when PROMPTHUB_AUTH is not `required` and both the peer and the listening socket are
+loopback. A keyless request is the local operator with every scope; a request that does send a key
+is still held to that key. The edge leaves the principal in the request state; the dependencies here
+read it (and fall back to the same decision when the app runs without the edge).
 
 401 (with `WWW-Authenticate: Bearer`): no key, a malformed header, an unknown or revoked key.
 403: the key lacks the scope, or is not allowed the task.
 
 Verified keys are held in a small per-app cache for `auth_cache_s` seconds (a key revoked through
 the API is dropped from it at once; one revoked with the CLI in another process is refused within
-that many seconds). `last_used_at` is written when a key is read from the database, so at most once
-per key and cache period.
+that many seconds). A key past its `expires_at` is refused. Authentication only reads the database:
+`last_used_at` is collected in memory and written in a background thread at most every
+`key_touch_interval_s`, best effort (a locked or read-only database delays it, never a request).
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 from typing import Annotated
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from app.api.errors import ApiError
+from app.db.models import utcnow
 from app.security import Principal
+
+log = logging.getLogger(__name__)
 
 REALM = 'Bearer realm="prompthub"'
 CACHE_ENTRIES = 4096
@@ -50,23 +58,37 @@ def forbidden(message: str, scope: str | None = None) -> ApiError:
 
 
 class _Entry:
-    __slots__ = ("expires", "principal", "revoked")
+    __slots__ = ("expires", "key_expires_at", "principal", "revoked")
 
-    def __init__(self, principal: Principal | None, revoked: bool, expires: float) -> None:
+    def __init__(
+        self,
+        principal: Principal | None,
+        revoked: bool,
+        expires: float,
+        key_expires_at: datetime | None = None,
+    ) -> None:
         self.principal = principal
         self.revoked = revoked
         self.expires = expires
+        self.key_expires_at = key_expires_at
 
 
 class Authenticator:
     """Turns a token into a Principal (or an ApiError 401), with a bounded cache keyed by the
     token's sha256 (the token itself is not kept)."""
 
-    def __init__(self, sessionmaker: Callable[[], object], ttl_s: float) -> None:
+    def __init__(
+        self, sessionmaker: Callable[[], object], ttl_s: float, touch_interval_s: float = 60.0
+    ) -> None:
         self.sessionmaker = sessionmaker
         self.ttl_s = max(0.0, ttl_s)
+        self.touch_interval_s = max(0.0, touch_interval_s)
         self._cache: OrderedDict[str, _Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self._used: dict[str, datetime] = {}
+        self._last_flush = time.monotonic()
+        self._flushing = False
+        self.touch_failures = 0
 
     def _cached(self, digest: str) -> _Entry | None:
         with self._lock:
@@ -111,9 +133,41 @@ class Authenticator:
                 tasks=tuple(row.tasks) if row.tasks is not None else None,
             )
             revoked = row.revoked_at is not None
-            if not revoked:
-                keys.touch(s, row.id)
-        return _Entry(principal, revoked, time.monotonic() + self.ttl_s)
+            key_expires_at = row.expires_at
+        return _Entry(principal, revoked, time.monotonic() + self.ttl_s, key_expires_at)
+
+    def _note_use(self, key_id: str) -> None:
+        with self._lock:
+            self._used[key_id] = utcnow()
+            due = not self._flushing and time.monotonic() - self._last_flush >= self.touch_interval_s
+            if due:
+                self._flushing = True
+        if due:
+            threading.Thread(target=self.flush_used, name="prompthub-key-touch", daemon=True).start()
+
+    def flush_used(self) -> bool:
+        """Write the collected last-used times; on failure keep them for the next try. Never raises."""
+        from app.db import keys
+
+        with self._lock:
+            used, self._used = self._used, {}
+            self._flushing = True
+        try:
+            if used:
+                with self.sessionmaker() as s:  # type: ignore[attr-defined]
+                    keys.touch_many(s, used)
+            return True
+        except Exception as e:  # a locked or read-only database: keep serving, try later
+            self.touch_failures += 1
+            log.warning("could not record API keys' last use (%s); will retry", type(e).__name__)
+            with self._lock:
+                for k, v in used.items():
+                    self._used.setdefault(k, v)
+            return False
+        finally:
+            with self._lock:
+                self._flushing = False
+                self._last_flush = time.monotonic()
 
     async def authenticate(self, token: str) -> Principal:
         digest = hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
@@ -125,36 +179,61 @@ class Authenticator:
             raise unauthorized("invalid API key", "invalid_token")
         if entry.revoked:
             raise unauthorized("this API key has been revoked", "invalid_token")
+        if entry.key_expires_at is not None and entry.key_expires_at <= utcnow():
+            raise unauthorized("this API key has expired", "invalid_token")
+        if entry.principal.key_id is not None:
+            self._note_use(entry.principal.key_id)
         return entry.principal
 
 
-def _authenticator(request: Request) -> Authenticator:
-    auth = getattr(request.app.state, "auth", None)
-    if auth is None:
-        auth = Authenticator(request.app.state.sessionmaker, request.app.state.settings.auth_cache_s)
-        request.app.state.auth = auth
-    return auth
-
-
-async def current_principal(
-    request: Request,
-    _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
-) -> Principal:
-    header = request.headers.get("authorization")
-    if header is None:
-        if request.app.state.settings.keys_required:
-            raise unauthorized(
-                "an API key is required: send 'Authorization: Bearer <key>' "
-                "(create one with `prompthub keys create`)"
-            )
-        return Principal.local()
+def parse_authorization(header: str) -> str:
+    """The token of an `Authorization: Bearer <token>` header, or ApiError 401."""
     scheme, _, token = header.strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise unauthorized(
             "malformed Authorization header: use 'Authorization: Bearer <key>'", "invalid_request"
         )
-    return await _authenticator(request).authenticate(token)
+    return token
+
+
+def _authenticator(request: Request) -> Authenticator:
+    auth = getattr(request.app.state, "auth", None)
+    if auth is None:
+        settings = request.app.state.settings
+        auth = Authenticator(
+            request.app.state.sessionmaker, settings.auth_cache_s, settings.key_touch_interval_s
+        )
+        request.app.state.auth = auth
+    return auth
+
+
+def is_keyless(request: Request) -> bool:
+    """This request came over a loopback connection that needs no key (decided by the edge)."""
+    from app.api.edge import keyless_allowed
+
+    keyless = request.scope.get("state", {}).get("keyless")
+    if keyless is None:
+        keyless = keyless_allowed(request.app.state.settings, request.scope)
+    return bool(keyless)
+
+
+async def current_principal(
+    request: Request,
+    _creds: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)] = None,
+) -> Principal:
+    principal = request.scope.get("state", {}).get("principal")
+    if principal is not None:
+        return principal  # authenticated by the edge before the body was read
+    header = request.headers.get("authorization")
+    if header is None:
+        if not is_keyless(request):
+            raise unauthorized(
+                "an API key is required: send 'Authorization: Bearer <key>' "
+                "(create one with `prompthub keys create`)"
+            )
+        return Principal.local()
+    return await _authenticator(request).authenticate(parse_authorization(header))
 
 
 PrincipalDep = Annotated[Principal, Depends(current_principal)]
@@ -211,8 +290,8 @@ def check_tasks(principal: Principal, tasks: list[str]) -> None:
 
 
 async def metrics_access(request: Request, principal: PrincipalDep) -> Principal:
-    """/metrics: admin, or anyone when keys are not required (loopback, auth=auto)."""
-    if request.app.state.settings.keys_required and not principal.has_scope("admin"):
+    """/metrics: admin, or anyone on a keyless loopback connection."""
+    if not is_keyless(request) and not principal.has_scope("admin"):
         raise forbidden("this API key lacks the 'admin' scope", "admin")
     return principal
 

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from app.api.errors import InputError
 from app.config import Settings
-from app.names import validate_task_name
+from app.names import TASK_NAME_RE, validate_task_name
 from app.serving.hub import Hub
 from app.store import DatasetFiles, PromptStore
 
@@ -36,7 +36,9 @@ def get_datasets(request: Request) -> DatasetFiles:
     return request.app.state.datasets
 
 
-def valid_task_name(task: Annotated[str, Path(description="task name")]) -> str:
+def valid_task_name(
+    task: Annotated[str, Path(description="task name", json_schema_extra={"pattern": TASK_NAME_RE})],
+) -> str:
     try:
         validate_task_name(task)
     except ValueError as e:

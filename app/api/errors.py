@@ -8,8 +8,11 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from app.db.errors import Conflict, NotFound, TooManyJobs
@@ -46,6 +49,47 @@ class InputError(Exception):
         return cls([{"loc": list(loc), "msg": msg, "type": type_}])
 
 
+MAX_JSON_DEPTH = 32  # nesting of objects and lists in a request body
+MAX_VERSION = 2**31 - 1  # versions are 32-bit integers in the database
+
+
+def check_json(value: object, loc: Loc, max_depth: int = MAX_JSON_DEPTH) -> None:
+    """InputError (422) at the first place in a parsed JSON value that no layer below can take: a
+    string (or key) with a lone UTF-16 surrogate such as "\\ud800" (not UTF-8 encodable), or nesting
+    deeper than `max_depth`. Iterative, so any depth that the JSON parser accepted is checked."""
+    stack: list[tuple[object, list[str | int], int]] = [(value, list(loc), 0)]
+    while stack:
+        v, where, depth = stack.pop()
+        if isinstance(v, str):
+            if not _utf8(v):
+                raise InputError.at(
+                    where,
+                    "text holds a lone UTF-16 surrogate (e.g. \\ud800): send valid Unicode",
+                    "string_unicode",
+                )
+            continue
+        if isinstance(v, dict | list):
+            if depth >= max_depth:
+                raise InputError.at(where, f"nested deeper than {max_depth} levels", "too_deep")
+            items = v.items() if isinstance(v, dict) else enumerate(v)
+            for k, child in items:
+                if isinstance(k, str) and not _utf8(k):
+                    raise InputError.at(
+                        where,
+                        "a key holds a lone UTF-16 surrogate (e.g. \\ud800): send valid Unicode",
+                        "string_unicode",
+                    )
+                stack.append((child, [*where, k], depth + 1))
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def data_error(err: DataError, prefix: Loc, label: str | None = None) -> InputError:
     """A DataError located at prefix[line - 1][field]; `label` names the list in the message."""
     loc: list[str | int] = list(prefix)
@@ -63,18 +107,33 @@ def data_error(err: DataError, prefix: Loc, label: str | None = None) -> InputEr
     return InputError.at(loc, msg, "data_error")
 
 
+class AsciiJSONResponse(JSONResponse):
+    """JSON with non-ASCII escaped: an error echoing a client's string holding a lone surrogate
+    ("\\ud800") is still encodable (UTF-8 output would raise and answer 500)."""
+
+    def render(self, content: Any) -> bytes:
+        import json
+
+        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode("ascii")
+
+
+async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return AsciiJSONResponse({"detail": jsonable_encoder(exc.errors())}, status_code=422)
+
+
 def _retry_after(seconds: float) -> dict[str, str]:
     return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 async def _api_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ApiError)
-    return JSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=exc.headers)
+    return AsciiJSONResponse({"detail": exc.message}, status_code=exc.status_code, headers=exc.headers)
 
 
 async def _input_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, InputError)
-    return JSONResponse({"detail": exc.errors}, status_code=422)
+    return AsciiJSONResponse({"detail": exc.errors}, status_code=422)
 
 
 async def _data_error(_: Request, exc: Exception) -> JSONResponse:
@@ -83,7 +142,7 @@ async def _data_error(_: Request, exc: Exception) -> JSONResponse:
 
 
 async def _not_found(_: Request, exc: Exception) -> JSONResponse:
-    return JSONResponse({"detail": str(exc)}, status_code=404)
+    return AsciiJSONResponse({"detail": str(exc)}, status_code=404)
 
 
 async def _queue_full(_: Request, exc: Exception) -> JSONResponse:
@@ -110,6 +169,7 @@ async def _checkpoint(_: Request, exc: Exception) -> JSONResponse:
 
 
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ApiError, _api_error)
     app.add_exception_handler(InputError, _input_error)
     app.add_exception_handler(DataError, _data_error)

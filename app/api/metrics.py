@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 UNKNOWN_TASK = "_unknown"
+EDGE_ROUTE = "_edge"  # requests refused before routing (auth, Host/Origin, rate limits)
 
 
 class HubCollector(Collector):
@@ -105,10 +106,25 @@ class ApiMetrics:
             registry=self.registry,
         )
         self.registry.register(HubCollector(hub, sessionmaker))
+        # task names seen answering 2xx on a route with {task}: only tasks that exist(ed) get a label
+        # of their own, so random names from clients (401/403/404/422/429) cannot add series
+        self.known_tasks: set[str] = set()
+
+    def task_label(self, task: str, status: int) -> str:
+        if not task:
+            return ""
+        if 200 <= status < 300 and is_task_name(task):
+            self.known_tasks.add(task)
+            return task
+        return task if task in self.known_tasks else UNKNOWN_TASK
 
     def observe(self, route: str, task: str, status: int, seconds: float) -> None:
         self.requests.labels(route, task, str(status)).inc()
         self.latency.labels(route, str(status)).observe(seconds)
+
+    def refused(self, status: int) -> None:
+        """A request the edge refused before routing (no route or task label: bounded by status)."""
+        self.requests.labels(EDGE_ROUTE, "", str(status)).inc()
 
     def render(self) -> Response:
         return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
@@ -127,7 +143,5 @@ def install_metrics(app: FastAPI, metrics: ApiMetrics) -> None:
             route = request.scope.get("route")
             path = getattr(route, "path", None)
             if path is not None and path != "/metrics":
-                task = request.path_params.get("task", "")
-                if task and (status == 404 or not is_task_name(task)):
-                    task = UNKNOWN_TASK  # label values stay names of tasks that exist
+                task = metrics.task_label(request.path_params.get("task", ""), status)
                 metrics.observe(path, task, status, time.perf_counter() - start)

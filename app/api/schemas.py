@@ -22,7 +22,7 @@ class PredictRequest(BaseModel):
         description="classification: text or {text, text_pair}; token-classification: text or "
         "{tokens} or {text}; question-answering: {question, context}",
     )
-    version: int | None = Field(None, ge=1, description="a version other than the active one")
+    version: int | None = Field(None, ge=1, le=2**31 - 1, description="a version other than the active one")
 
 
 class PredictResponse(BaseModel):

@@ -1,12 +1,96 @@
-"""`prompthub serve`: the API server under uvicorn."""
+"""`prompthub serve`: the API server under uvicorn, with the limits uvicorn has (connections,
+keep-alive, h11 header size) and a header-receipt timeout it lacks (`header_timeout_s`: a connection
+that has not sent a request's headers that long after it opened, or after the last answer, is closed).
+The body-receipt timeout is in the ASGI layer (app.api.edge)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import sys
+from typing import Any
 
-from app.config import get_settings
+from app.config import Settings, get_settings
+
+MAX_HEADER_BYTES = 64 * 1024  # h11's limit on a request's head (request line and headers)
+
+
+def _with_header_timeout(base: type, timeout_s: float) -> type:
+    """A uvicorn HTTP protocol class that closes connections slow to send a request's headers."""
+
+    class HeaderTimeout(base):  # type: ignore[misc, valid-type]
+        _header_timer: asyncio.TimerHandle | None = None
+        _awaiting_headers = True
+
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm()
+
+        def _arm(self) -> None:
+            self._awaiting_headers = True
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            self._header_timer = self.loop.call_later(timeout_s, self._header_deadline)
+
+        def _headers_done(self) -> None:
+            self._awaiting_headers = False
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+
+        def _header_deadline(self) -> None:
+            self._header_timer = None
+            if self._awaiting_headers and not self.transport.is_closing():
+                self.transport.close()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._arm()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+            super().connection_lost(exc)
+
+    if hasattr(base, "on_headers_complete"):  # httptools
+
+        def on_headers_complete(self: Any) -> None:
+            base.on_headers_complete(self)
+            self._headers_done()
+
+        HeaderTimeout.on_headers_complete = on_headers_complete  # type: ignore[attr-defined]
+    else:  # h11: headers are complete once the request line and headers were parsed into a cycle
+
+        def handle_events(self: Any) -> None:
+            base.handle_events(self)
+            import h11
+
+            if self.conn.their_state in (h11.SEND_BODY, h11.DONE):
+                self._headers_done()
+
+        HeaderTimeout.handle_events = handle_events  # type: ignore[attr-defined]
+    HeaderTimeout.__name__ = f"HeaderTimeout{base.__name__}"
+    return HeaderTimeout
+
+
+def http_protocol(settings: Settings) -> type:
+    try:
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
+    except ImportError:  # httptools not installed
+        from uvicorn.protocols.http.h11_impl import H11Protocol as base
+    return _with_header_timeout(base, settings.header_timeout_s)
+
+
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """The uvicorn.run / uvicorn.Config keyword arguments for the edge limits."""
+    return {
+        "http": http_protocol(settings),
+        "timeout_keep_alive": int(settings.keep_alive_s),
+        "limit_concurrency": settings.max_connections,
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+    }
 
 
 def serve_command(args: argparse.Namespace) -> int:
@@ -34,6 +118,6 @@ def serve_command(args: argparse.Namespace) -> int:
         port=int(port),
         log_level=settings.log_level,
         access_log=False,
-        timeout_keep_alive=int(settings.keep_alive_s),
+        **uvicorn_options(settings),
     )
     return 0

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
@@ -14,16 +14,27 @@ from app.db.models import ApiKey, new_id, utcnow
 
 
 def create_key(
-    s: Session, *, name: str, scopes: Iterable[str], tasks: Iterable[str] | None = None
+    s: Session,
+    *,
+    name: str,
+    scopes: Iterable[str],
+    tasks: Iterable[str] | None = None,
+    expires_in: timedelta | None = None,
+    token: str | None = None,
 ) -> tuple[ApiKey, str]:
-    """A new key and its token (the only time the token exists outside the caller's hands)."""
+    """A new key and its token (the only time the token exists outside the caller's hands).
+    `expires_in`: the key is refused after that long; `token`: a token chosen by the caller (the
+    bootstrap key from the environment), else a new random one."""
     name = (name or "").strip()
-    if not name or len(name) > 128:
-        raise ValueError("give the key a name of 1 to 128 characters")
+    if not name or len(name) > 128 or not name.isprintable() or not _encodable(name):
+        raise ValueError("give the key a name of 1 to 128 printable characters")
     scope_list = security.normalize_scopes(scopes)
     task_list = security.normalize_task_patterns(tasks)
-    token = security.new_token()
+    if expires_in is not None and expires_in.total_seconds() < 1:
+        raise ValueError("expires_in: give at least one second")
+    token = token or security.new_token()
     salt = security.new_salt()
+    now = utcnow()
     row = ApiKey(
         id=new_id(),
         name=name,
@@ -32,11 +43,31 @@ def create_key(
         hash=security.hash_token(token, salt),
         scopes=scope_list,
         tasks=task_list,
-        created_at=utcnow(),
+        created_at=now,
+        expires_at=now + expires_in if expires_in is not None else None,
     )
     s.add(row)
     s.commit()
     return row, token
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def ensure_bootstrap_key(s: Session, token: str) -> tuple[ApiKey, bool]:
+    """The admin key whose token is `token` (PROMPTHUB_BOOTSTRAP_ADMIN_KEY): created on the first start,
+    recognised on the next ones (a revoked one stays revoked). Returns (row, created)."""
+    token = security.check_bootstrap_token(token)
+    row = find_by_token(s, token)
+    if row is not None:
+        return row, False
+    row, _ = create_key(s, name="bootstrap", scopes=["admin"], token=token)
+    return row, True
 
 
 def list_keys(s: Session, include_revoked: bool = True) -> list[ApiKey]:
@@ -84,12 +115,18 @@ def find_by_token(s: Session, token: str) -> ApiKey | None:
 
 
 def touch(s: Session, key_id: str, when: datetime | None = None) -> None:
-    s.execute(
-        update(ApiKey)
-        .where(ApiKey.id == key_id)
-        .values(last_used_at=when or utcnow())
-        .execution_options(synchronize_session=False)
-    )
+    touch_many(s, {key_id: when or utcnow()})
+
+
+def touch_many(s: Session, used: dict[str, datetime]) -> None:
+    """Record when keys were last used (one UPDATE a key, one commit): called off the request path."""
+    for key_id, when in used.items():
+        s.execute(
+            update(ApiKey)
+            .where(ApiKey.id == key_id)
+            .values(last_used_at=when)
+            .execution_options(synchronize_session=False)
+        )
     s.commit()
 
 
@@ -106,6 +143,7 @@ def _key_doc(row: ApiKey) -> dict:
         "created_at": row.created_at.isoformat() if row.created_at else None,
         "last_used_at": row.last_used_at.isoformat() if row.last_used_at else None,
         "revoked_at": row.revoked_at.isoformat() if row.revoked_at else None,
+        "expires_at": row.expires_at.isoformat() if row.expires_at else None,
     }
 
 
@@ -118,21 +156,27 @@ def keys_command(args) -> int:  # noqa: ANN001 - argparse.Namespace
     from app.db.session import get_sessionmaker, run_migrations
 
     settings = get_settings()
+    _audit_to_stderr()
     run_migrations(settings.database_url)
     with get_sessionmaker(settings.database_url)() as s:
         if args.keys_command == "create":
             try:
-                row, token = create_key(s, name=args.name, scopes=args.scopes, tasks=args.tasks)
+                expires_in = security.parse_duration(args.expires_in) if args.expires_in else None
+                row, token = create_key(
+                    s, name=args.name, scopes=args.scopes, tasks=args.tasks, expires_in=expires_in
+                )
             except ValueError as e:
                 print(f"prompthub keys create: {e}", file=sys.stderr)
                 return 2
+            security.audit("key.create", _cli_actor(), key_id=row.id, name=row.name, scopes=row.scopes)
             if args.json:
                 print(json.dumps({**_key_doc(row), "token": token}))
             else:
                 print(token)
                 print(
                     f"created key {row.id} ({row.name}; scopes {', '.join(row.scopes)}; "
-                    f"tasks {', '.join(row.tasks) if row.tasks else 'all'}). "
+                    f"tasks {', '.join(row.tasks) if row.tasks else 'all'}; "
+                    f"expires {row.expires_at.isoformat(timespec='seconds') if row.expires_at else 'never'}). "
                     "The token above is shown once: store it now.",
                     file=sys.stderr,
                 )
@@ -150,7 +194,7 @@ def keys_command(args) -> int:  # noqa: ANN001 - argparse.Namespace
                     f"{r.id:36s}  {r.prefix:12s}  {r.name[:20]:20s}  {','.join(r.scopes):20s}  "
                     f"{','.join(r.tasks) if r.tasks else '*':16s}  "
                     f"{r.last_used_at.isoformat(timespec='seconds') if r.last_used_at else 'never':25s}  "
-                    f"{'revoked' if r.revoked_at else 'active'}"
+                    f"{_state(r)}"
                 )
             return 0
         if args.keys_command == "revoke":
@@ -159,6 +203,36 @@ def keys_command(args) -> int:  # noqa: ANN001 - argparse.Namespace
             except NotFound as e:
                 print(f"prompthub keys revoke: {e}", file=sys.stderr)
                 return 1
+            security.audit("key.revoke", _cli_actor(), key_id=row.id, name=row.name)
             print(json.dumps(_key_doc(row)) if args.json else f"revoked key {row.id} ({row.name})")
             return 0
     return 2
+
+
+def _state(row: ApiKey) -> str:
+    if row.revoked_at:
+        return "revoked"
+    if row.expires_at and row.expires_at <= utcnow():
+        return "expired"
+    return "active" + (f" until {row.expires_at.isoformat(timespec='seconds')}" if row.expires_at else "")
+
+
+def _cli_actor() -> str:
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except Exception:  # no user name in a bare container
+        return "cli"
+
+
+def _audit_to_stderr() -> None:
+    """The CLI's audit lines go to stderr unless logging is configured already."""
+    import logging
+
+    log = security.audit_log
+    if not log.handlers and not logging.getLogger().handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from tests.helpers import session_for, store_for
+from tests.helpers import local_client, session_for, store_for
 
 CLS_RECORDS = [{"text": "great film", "label": "pos"}, {"text": "awful film", "label": "neg"}]
 
@@ -26,13 +26,11 @@ def test_health_and_ready(client):
 
 
 def test_readyz_is_503_until_the_backbone_is_loaded(settings):
-    from starlette.testclient import TestClient
-
     from app.main import create_app, make_hub
 
     hub = make_hub(settings)  # nothing loaded, not started
 
-    c = TestClient(create_app(settings, hub))  # no lifespan: never loads
+    c = local_client(create_app(settings, hub))  # no lifespan: never loads
     assert c.get("/healthz").status_code == 200
     assert c.get("/readyz").status_code == 503
     r = c.post("/predict/sentiment", json={"inputs": ["x"]})
@@ -210,12 +208,10 @@ def test_train_references_must_exist(client, publish):
 
 
 def test_too_many_jobs_is_429(settings_factory, hub_factory):
-    from starlette.testclient import TestClient
-
     from app.main import create_app
 
     settings = settings_factory(max_queued_jobs=1)
-    with TestClient(create_app(settings, hub_factory(settings))) as c:
+    with local_client(create_app(settings, hub_factory(settings))) as c:
         assert c.post("/train", json=_train_body()).status_code == 202
         r = c.post("/train", json=_train_body())
         assert r.status_code == 429 and "Retry-After" in r.headers
@@ -275,12 +271,10 @@ def test_upload_errors(client):
 
 
 def test_upload_limits(settings_factory, hub_factory):
-    from starlette.testclient import TestClient
-
     from app.main import create_app
 
     settings = settings_factory(max_upload_bytes=2000, max_dataset_rows=3)
-    with TestClient(create_app(settings, hub_factory(settings))) as c:
+    with local_client(create_app(settings, hub_factory(settings))) as c:
         big = b'{"text": "x", "label": "a"}\n' * 100
         r = _upload(c, "big.jsonl", big, "classification")
         assert r.status_code == 413 and "2000" in r.json()["detail"]

@@ -36,7 +36,7 @@ async def test_concurrent_mixed_requests_match_sequential(app, hub, publish):
     publish("qa", "question-answering", seed=3)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as c:
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:8000", timeout=60) as c:
             sequential = []
             for i in range(30):
                 task, body = _request(i)

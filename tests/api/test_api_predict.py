@@ -7,7 +7,7 @@ import math
 import pytest
 
 from app.engine.predict import predict as engine_predict
-from tests.helpers import store_for
+from tests.helpers import local_client, store_for
 
 QA = {"question": "Who wrote the book?", "context": "The book was written by Jane Austen in 1813."}
 
@@ -120,13 +120,11 @@ def test_too_many_characters_always_refused(client, publish, settings):
 
 
 def _app_client(settings_factory, hub_factory, **overrides):
-    from starlette.testclient import TestClient
-
     from app.main import create_app
 
     settings = settings_factory(**overrides)
     hub = hub_factory(settings)
-    return hub, TestClient(create_app(settings, hub))
+    return hub, local_client(create_app(settings, hub))
 
 
 def test_too_long_text_refused_in_refuse_mode(settings_factory, hub_factory):

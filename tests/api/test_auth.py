@@ -9,7 +9,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from app.db import keys
-from tests.helpers import session_for
+from tests.helpers import local_client, session_for
 
 CLS_RECORDS = [{"text": "great film", "label": "pos"}, {"text": "awful film", "label": "neg"}]
 
@@ -155,6 +155,7 @@ def test_keys_are_stored_hashed_and_track_last_use(secured):
     assert row.prefix == token[:12] and len(salts) == len(tokens)  # a salt per key
     assert row.hash == hashlib.sha256(bytes.fromhex(row.salt) + token.encode()).hexdigest()
     c.get("/tasks", headers=bearer(token))
+    assert c.app.state.auth.flush_used()  # written off the request path (issue 12 item 8)
     with session_for(hub.settings) as s:
         assert keys.find_by_token(s, token).last_used_at is not None
         assert keys.find_by_token(s, token[:-1] + ("A" if token[-1] != "A" else "B")) is None
@@ -204,19 +205,19 @@ def test_auth_modes(settings_factory, hub_factory, caplog):
     assert not loop.keys_required
     hub = hub_factory(loop)
     with caplog.at_level(logging.WARNING, logger="app.main"):
-        with TestClient(create_app(loop, hub)) as c:
+        with local_client(create_app(loop, hub)) as c:
             assert c.get("/tasks").status_code == 200  # no key needed on loopback
             assert c.get("/metrics").status_code == 200
             r = c.get("/tasks", headers=bearer("ph_" + "z" * 43))  # a key sent is still checked
             assert r.status_code == 401
-    assert "serving without API keys because bound to 127.0.0.1" in caplog.text
+    assert "API keys required except on connections from loopback to a loopback socket" in caplog.text
 
     for host in ("localhost", "::1", "127.0.0.1"):
         assert not settings_factory(host=host).keys_required
     for host in ("0.0.0.0", "::", "10.1.2.3", "example.com"):
         s = settings_factory(host=host)
         assert s.keys_required
-        with TestClient(create_app(s, hub_factory(s))) as c:
+        with local_client(create_app(s, hub_factory(s))) as c:
             assert c.get("/tasks").status_code == 401
             assert c.get("/healthz").status_code == 200
         with pytest.raises(ValueError, match="PROMPTHUB_AUTH=off is not allowed"):

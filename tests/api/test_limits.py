@@ -7,7 +7,6 @@ import threading
 from pathlib import Path
 
 import pytest
-from starlette.testclient import TestClient
 
 from app.db import jobs as db_jobs
 from app.db.session import get_sessionmaker
@@ -18,11 +17,11 @@ RECORD = {"text": "x", "label": "a"}
 
 def _client(settings_factory, hub_factory, **limits):
     from app.main import create_app
-    from tests.helpers import publish_task
+    from tests.helpers import local_client, publish_task
 
     settings = settings_factory(**limits)
     hub = hub_factory(settings)
-    client = TestClient(create_app(settings, hub))
+    client = local_client(create_app(settings, hub))
     client.__enter__()
     publish_task(hub.settings, hub.backbone, "sentiment")
     return client

@@ -59,7 +59,7 @@ def test_normalize_url():
 # ------------------------------------------------------------------------------ migrations
 
 
-HEAD_REVISION = "0002"  # the newest migration (0002: api_keys)
+HEAD_REVISION = "0003"  # the newest migration (0003: api key expiry)
 
 
 def _schema_diffs(url: str) -> list:

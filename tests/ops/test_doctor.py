@@ -177,7 +177,7 @@ def test_doctor_migrates_a_database_that_is_behind(settings_factory, tmp_path):
     report = run_doctor(settings)
     assert not report.ok and _kinds(report.found) == ["schema"]
     assert run_doctor(settings, repair=True).ok
-    assert current_revision(settings.database_url) == "0002"
+    assert current_revision(settings.database_url) == "0003"
 
 
 def test_orphan_without_sidecar_is_registered_with_one(hub, settings):

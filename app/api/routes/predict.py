@@ -6,7 +6,7 @@ from fastapi import APIRouter
 
 from app.api.auth import PredictTask
 from app.api.deps import HubDep, SettingsDep, TaskNameDep
-from app.api.errors import InputError, data_error
+from app.api.errors import InputError, check_json, data_error
 from app.api.schemas import PredictRequest, PredictResponse
 from app.engine.data import DataError
 
@@ -22,6 +22,7 @@ async def predict(
         raise InputError.at(
             ["body", "inputs"], f"{len(body.inputs)} inputs in one request; the limit is {limit}", "too_long"
         )
+    check_json(body.inputs, ["body", "inputs"])
     try:
         version, predictions = await hub.predict(task, body.inputs, body.version)
     except DataError as err:

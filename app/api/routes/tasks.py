@@ -37,7 +37,9 @@ def get_task(_: ReadTask, task: TaskNameDep, s: SessionDep) -> TaskDetail:
 
 
 @router.post("/{task}/versions/{version}/activate", response_model=TaskDetail)
-def activate(_: AdminTask, task: TaskNameDep, s: SessionDep, version: int = Path(ge=1)) -> TaskDetail:
+def activate(
+    _: AdminTask, task: TaskNameDep, s: SessionDep, version: int = Path(ge=1, le=2**31 - 1)
+) -> TaskDetail:
     versions.activate(s, task, version)
     return task_detail(s, task)
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.api.auth import Train, check_tasks
 from app.api.deps import SessionDep, SettingsDep
-from app.api.errors import ApiError, InputError, Loc, data_error
+from app.api.errors import ApiError, InputError, Loc, check_json, data_error
 from app.api.schemas import (
     DatasetSource,
     Hyperparameters,
@@ -129,6 +129,7 @@ def train(
     body: Annotated[dict[str, Any], Body(examples=[_EXAMPLE])],
 ) -> JSONResponse:
     """One task (`task`, `task_type`, `train`, ...) or several sharing one prefix (`tasks`: [...])."""
+    check_json(body, ["body"])
     if "tasks" in body:
         multi: MultiTrainRequest = _parse(MultiTrainRequest, body)
         names = [t.task for t in multi.tasks]
