@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
 from app.api.auth import Authenticator
+from app.api.docs import install_docs
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
 from app.api.metrics import ApiMetrics, install_metrics
@@ -120,6 +121,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     app.state.auth = Authenticator(app.state.sessionmaker, settings.auth_cache_s)
     for router in ROUTERS:
         app.include_router(router)
+    install_docs(app)  # /docs and /redoc from packaged assets, not a CDN
     install_error_handlers(app)
     install_metrics(app, app.state.metrics)
     app.add_middleware(BodySizeLimit, limit_for=lambda path: _body_limit(settings, path))
