@@ -68,7 +68,9 @@ def test_dataset_list_and_preview(client):
         {"text": "bad film", "label": "neg"},
         {"text": "great film", "label": "pos"},
     )
-    up = client.post("/datasets", files={"file": ("reviews.jsonl", data)}, data={"task_type": "classification"})
+    up = client.post(
+        "/datasets", files={"file": ("reviews.jsonl", data)}, data={"task_type": "classification"}
+    )
     assert up.status_code == 201, up.text
     ds_id = up.json()["id"]
     assert [d["id"] for d in client.get("/ui/api/datasets").json()] == [ds_id]

@@ -107,6 +107,8 @@ def preview_dataset(
         "rows": len(examples),
         "columns": list(ds.columns or []),
         "labels": dict(labels.most_common()),
-        "scores": {"min": min(scores), "max": max(scores), "mean": sum(scores) / len(scores)} if scores else None,
+        "scores": {"min": min(scores), "max": max(scores), "mean": sum(scores) / len(scores)}
+        if scores
+        else None,
         "first_rows": [asdict(ex) for ex in examples[:PREVIEW_ROWS]],
     }
