@@ -13,6 +13,17 @@ from fastapi.responses import FileResponse, HTMLResponse
 
 ASSETS_PATH = "/docs/assets"
 ASSET_FILES = ("swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png")
+#: the pages may load nothing from another host (ReDoc's sidebar shows Redocly's logo from their CDN;
+#: blocked, the image hides itself)
+CSP = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; font-src 'self' data:; worker-src 'self' blob:; connect-src 'self'"
+)
+
+
+def _local_only(page: HTMLResponse) -> HTMLResponse:
+    page.headers["Content-Security-Policy"] = CSP
+    return page
 
 
 def assets_dir() -> Path:
@@ -40,7 +51,7 @@ def install_docs(app: FastAPI) -> None:
 
     @app.get(docs_url, include_in_schema=False)
     def swagger_ui() -> HTMLResponse:
-        return get_swagger_ui_html(
+        page = get_swagger_ui_html(
             openapi_url=openapi_url,
             title=f"{app.title} - API docs",
             oauth2_redirect_url=oauth2_url,
@@ -49,6 +60,7 @@ def install_docs(app: FastAPI) -> None:
             swagger_favicon_url=f"{ASSETS_PATH}/favicon.png",
             swagger_ui_parameters={"validatorUrl": None, "persistAuthorization": True},
         )
+        return _local_only(page)
 
     @app.get(oauth2_url, include_in_schema=False)
     def swagger_ui_redirect() -> HTMLResponse:
@@ -56,10 +68,11 @@ def install_docs(app: FastAPI) -> None:
 
     @app.get(redoc_url, include_in_schema=False)
     def redoc() -> HTMLResponse:
-        return get_redoc_html(
+        page = get_redoc_html(
             openapi_url=openapi_url,
             title=f"{app.title} - ReDoc",
             redoc_js_url=f"{ASSETS_PATH}/redoc.standalone.js",
             redoc_favicon_url=f"{ASSETS_PATH}/favicon.png",
             with_google_fonts=False,
         )
+        return _local_only(page)

@@ -45,6 +45,18 @@ RECORDS = [
         ("the worst film I have seen", "neg"),
         ("dull, slow and far too long", "neg"),
         ("clumsy writing and a weak ending", "neg"),
+        ("a joyful, charming comedy", "pos"),
+        ("the music and the acting are excellent", "pos"),
+        ("I would happily watch it again", "pos"),
+        ("a clever script with real heart", "pos"),
+        ("stunning and unforgettable", "pos"),
+        ("a warm film that made me smile", "pos"),
+        ("a mess from start to finish", "neg"),
+        ("painful to sit through", "neg"),
+        ("flat characters and silly dialogue", "neg"),
+        ("I regret buying a ticket", "neg"),
+        ("tedious and predictable", "neg"),
+        ("a lazy, forgettable sequel", "neg"),
     ]
 ]
 
@@ -119,9 +131,9 @@ def _train(page, base: str, *, epochs: int) -> str:
     page.wait_for_url(lambda url: "#/jobs/" in url)
     job_id = page.url.rsplit("/", 1)[1]
     # the curve is drawn from the progress the job reports while it runs
-    page.wait_for_selector("#loss-chart svg path", timeout=JOB_TIMEOUT_MS)
+    page.wait_for_selector("#loss-chart svg path", state="attached", timeout=JOB_TIMEOUT_MS)
     page.wait_for_selector("#job-state:text('succeeded')", timeout=JOB_TIMEOUT_MS)
-    page.wait_for_selector("#metric-chart svg path")
+    page.wait_for_selector("#metric-chart svg path", state="attached")
     return job_id
 
 
@@ -164,7 +176,7 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
 
     page.set_input_files("#file", str(good))
     page.wait_for_selector("#preview")
-    assert page.inner_text("#preview-rows") == "12"
+    assert page.inner_text("#preview-rows") == "24"
     assert "pos" in page.inner_text("#preview") and "I loved this movie" in page.inner_text("#preview")
     _shot(page, shots, "new-task")
 

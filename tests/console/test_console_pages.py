@@ -27,6 +27,7 @@ def test_pages_use_no_external_url(client, path):
     r = client.get(path)
     assert r.status_code == 200 and r.headers["content-type"].startswith("text/html")
     assert _external(r.text) == []
+    assert "default-src 'self'" in r.headers["content-security-policy"]  # nothing else is fetched either
     refs = [u for u in _asset_refs(r.text) if not u.startswith("#")]
     assert refs, "the page loads its script and styles"
     for ref in refs:

@@ -347,7 +347,7 @@ async function pageJob(id) {
     <div class="grid2">
       <div class="card" id="loss-chart">${lineChart("Training loss (running mean in the epoch)", [{ name: "loss", points: points.length ? points : perEpoch }], points.length ? "step" : "epoch")}</div>
       <div class="card" id="metric-chart">${lineChart("Eval metric per epoch", Object.entries(metricSeries).map(([name, pts]) => ({ name, points: pts })), "epoch")}
-        ${history.length && !Object.keys(metricSeries).length ? '<p class="muted">No eval data: set holdout_fraction or give an eval split to see a metric.</p>' : ""}</div>
+        ${history.length && !Object.keys(metricSeries).length ? '<p class="muted">No eval data: set holdout_fraction (files of 20 rows or more) to see a metric per epoch.</p>' : ""}</div>
     </div>`;
   const c = document.getElementById("cancel");
   if (c) c.onclick = async () => {

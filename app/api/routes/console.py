@@ -30,11 +30,17 @@ router = APIRouter(prefix="/ui", tags=["console"])
 STATIC = Path(__file__).resolve().parents[1] / "console"
 FILES = {"index.html": "text/html", "console.js": "text/javascript", "console.css": "text/css"}
 PREVIEW_ROWS = 5
+#: the console loads and calls nothing but this server
+CSP = (
+    "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'; "
+    "base-uri 'none'; frame-ancestors 'none'"
+)
 
 
 @router.get("", include_in_schema=False)
 def console_page() -> FileResponse:
-    return FileResponse(STATIC / "index.html", media_type="text/html", headers={"Cache-Control": "no-cache"})
+    headers = {"Cache-Control": "no-cache", "Content-Security-Policy": CSP}
+    return FileResponse(STATIC / "index.html", media_type="text/html", headers=headers)
 
 
 @router.get("/", include_in_schema=False)
