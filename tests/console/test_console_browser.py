@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -63,6 +64,17 @@ RECORDS = [
 
 @pytest.fixture
 def server(tmp_path: Path):
+    yield from _serve(tmp_path)
+
+
+@pytest.fixture
+def shipped_server(tmp_path: Path):
+    """A server with the shipped tasks (banking77, brown-pos, squad) in its store."""
+    shutil.copytree(REPO / "prompts_store", tmp_path / "store")
+    yield from _serve(tmp_path)
+
+
+def _serve(tmp_path: Path):
     port = free_port()
     env = {
         **os.environ,
@@ -88,8 +100,6 @@ def server(tmp_path: Path):
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        import time
-
         deadline = time.monotonic() + READY_TIMEOUT_MS / 1000
         while True:
             if proc.poll() is not None:
@@ -266,3 +276,53 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
         for png in shots.glob("*.png"):
             shutil.copy(png, DOCS_SHOTS / png.name)
     print(f"screenshots: {shots}")
+
+
+def test_try_it_renders_each_task_type(shipped_server, chromium, tmp_path: Path):
+    """Classification as score bars, token classification as tags (and entity marks), QA as the
+    answer marked in its context, regression as a score; shipped tasks plus a small regression."""
+    base, _ = shipped_server
+    pairs = [("a man plays guitar", "someone plays music", 4.0), ("a dog runs", "the market fell", 0.2)] * 4
+    r = httpx.post(
+        f"{base}/train",
+        json={
+            "task": "similarity",
+            "task_type": "regression",
+            "train": {"records": [{"text": a, "text_pair": b, "score": y} for a, b, y in pairs]},
+            "hyperparameters": {"epochs": 1, "batch_size": 8, "prefix_length": 4, "max_length": 32},
+        },
+    )
+    assert r.status_code == 202, r.text
+    shots = tmp_path / "screens"
+    shots.mkdir()
+    page = chromium.new_page(viewport={"width": 1100, "height": 760})
+
+    def run(task: str, fields: dict[str, str], expect: str) -> None:
+        page.goto(f"{base}/ui#/try/{task}")
+        page.wait_for_selector(f"#try-task >> text={task}", state="attached")
+        for sel, value in fields.items():
+            page.fill(sel, value)
+        page.click("#try-form button[type=submit]")
+        page.wait_for_selector(f"#try-out {expect}")
+        _shot(page, shots, f"try-{task}")
+
+    run("banking77", {"#in-text": "I still have not received my new card"}, ".bars")
+    run("brown-pos", {"#in-text": "The jury praised the city."}, ".tokens small")
+    assert "at" in page.inner_text("#try-out .tokens")  # Brown's article tag
+    run(
+        "squad",
+        {
+            "#in-question": "When was the tower built?",
+            "#in-context": "The Eiffel Tower is a wrought-iron tower in Paris. It was built for the 1889 World Fair.",
+        },
+        "mark",
+    )
+    assert page.inner_text("#try-out mark") == page.inner_text("#try-out .answer")
+    deadline = httpx.Timeout(5)
+    for _ in range(600):
+        if httpx.get(f"{base}/tasks/similarity", timeout=deadline).status_code == 200:
+            break
+        time.sleep(0.5)
+    run("similarity", {"#in-text": "a cat sleeps", "#in-pair": "a kitten is asleep"}, ".big")
+    float(page.inner_text("#try-out .big"))
+    page.close()

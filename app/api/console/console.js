@@ -391,7 +391,7 @@ function renderPrediction(type, input, p) {
     }
     html += esc(text.slice(at));
     const tokens = (p.tokens || []).map((t, i) => `<span>${esc(t)}<small>${esc((p.tags || [])[i] || "")}</small></span>`).join("");
-    return `<p class="highlight">${html}</p><p class="muted">${ents.length} entit${ents.length === 1 ? "y" : "ies"}; tags per word:</p><div class="tokens">${tokens}</div>`;
+    return `<p class="highlight">${html}</p><p class="muted">${ents.length} span${ents.length === 1 ? "" : "s"} marked; tags per word:</p><div class="tokens">${tokens}</div>`;
   }
   if (type === "regression") return `<p>Score</p><p class="big" aria-label="score">${fmt(p.score, 3)}</p>`;
   const scores = Object.entries(p.scores || { [p.label]: p.score }).sort((a, b) => b[1] - a[1]).slice(0, 12);
