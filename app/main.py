@@ -16,6 +16,7 @@ from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
 from app.api.auth import Authenticator
+from app.api.docs import install_docs
 from app.api.edge import EdgeGuard, RateLimits
 from app.api.errors import install_error_handlers
 from app.api.limits import BodySizeLimit
@@ -153,6 +154,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     )
     for router in ROUTERS:
         app.include_router(router)
+    install_docs(app)  # /docs and /redoc from packaged assets, not a CDN
     install_error_handlers(app)
     install_metrics(app, app.state.metrics)
     install_openapi(app)  # typed /train body, task-name patterns

@@ -66,6 +66,8 @@ class _JobRun:
         self._done = threading.Event()
         self._last_write = 0.0
         self._pending: dict[str, Any] | None = None
+        self._latest: dict[str, Any] | None = None  # the last progress reported, written or not
+        self._history: list[dict[str, Any]] = []  # per-epoch loss and eval metrics, shown while it runs
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
 
@@ -104,9 +106,14 @@ class _JobRun:
         }
         if getattr(p, "task", None):
             doc["task"] = p.task
+        if p.metrics is not None:  # an epoch ended: keep its record and write it at once
+            self._history.append(_jsonable({"epoch": round(p.epoch), "loss": p.loss, "metrics": p.metrics}))
+        if self._history:
+            doc["history"] = list(self._history)
         now = time.monotonic()
-        last = bool(p.total) and p.step >= p.total and not p.message
+        last = (bool(p.total) and p.step >= p.total and not p.message) or p.metrics is not None
         with self._lock:
+            self._latest = doc
             if last or now - self._last_write >= PROGRESS_MIN_INTERVAL_S:
                 self._write(doc)
                 self._last_write = now
@@ -119,8 +126,8 @@ class _JobRun:
         with self._lock:
             doc = self._pending
             self._pending = None
-            if message is not None:
-                doc = {**(doc or {}), "message": message}
+            if message is not None:  # the final word keeps the last step, loss and history
+                doc = {**(doc or self._latest or {}), "message": message}
             if doc is not None:
                 self._write(doc)
 

@@ -1,6 +1,6 @@
 """One APIRouter a file."""
 
-from app.api.routes import datasets, health, jobs, keys, predict, tasks, train
+from app.api.routes import console, datasets, health, jobs, keys, predict, tasks, train
 
 ROUTERS = [
     health.router,
@@ -10,6 +10,7 @@ ROUTERS = [
     tasks.router,
     datasets.router,
     keys.router,
+    console.router,
 ]
 
 __all__ = ["ROUTERS"]
