@@ -81,6 +81,26 @@ class Settings(BaseSettings):
     #: seconds between the best-effort writes of keys' last_used_at (never in a request)
     key_touch_interval_s: float = 60.0
 
+    # --- runtime hardening (issue 12, items 9-11 and 15; docs/operations.md) ---
+    #: seconds a prediction may wait for its answer (tokenising, queue, forward) before a 504
+    predict_timeout_s: float = 30.0
+    #: characters of prediction input one API key may have in flight (tokenised, queued or in a
+    #: forward); beyond it 429 with Retry-After. A key with nothing in flight is always admitted.
+    max_inflight_chars_per_key: int = 200_000
+    #: characters of prediction input in flight over the whole server; beyond it 429
+    max_inflight_chars: int = 2_000_000
+    #: the embedded worker is restarted after an unexpected exit, after worker_restart_backoff_s,
+    #: doubling up to worker_restart_backoff_max_s; after worker_max_restarts restarts within
+    #: worker_restart_window_s it is left down (state "failed" in /healthz and /readyz)
+    worker_restart_backoff_s: float = 1.0
+    worker_restart_backoff_max_s: float = 60.0
+    worker_max_restarts: int = 10
+    worker_restart_window_s: float = 600.0
+    #: TESTS ONLY: a fault-injection point name (app.faults) where the process writes
+    #: `<fault_pause_file>` and sleeps, so a test can kill -9 it exactly there
+    fault_pause: str | None = None
+    fault_pause_file: str | None = None
+
     @field_validator("devices")
     @classmethod
     def _check_devices(cls, v: str) -> str:

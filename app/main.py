@@ -2,7 +2,8 @@
 here and put on app.state; the hub gets a resolve function (through app.versions) and the store's
 read. The lifespan migrates the database, syncs the prompt store into it (app.ops.maintenance),
 loads the backbones in the background (/healthz answers at once, /readyz flips when ready), starts
-the batcher and, when configured, the embedded training worker."""
+the batcher and, when configured, the embedded training worker under a supervisor
+(app.jobs.supervisor: restarted with backoff when it dies, its job recovered at once)."""
 
 from __future__ import annotations
 
@@ -123,18 +124,17 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         announce_auth(settings)
         await asyncio.to_thread(_prepare_database, settings, app.state.sessionmaker, app.state.store)
         hub.start(background=True)
-        worker = None
+        supervisor = None
         if settings.embedded_worker:
-            from app.jobs.worker import spawn_embedded_worker
+            from app.jobs.supervisor import WorkerSupervisor
 
-            worker = spawn_embedded_worker(settings)
+            supervisor = WorkerSupervisor(settings).start()  # restarted with backoff when it dies
+        app.state.worker = supervisor
         try:
             yield
         finally:
-            if worker is not None:
-                from app.jobs.worker import stop_embedded_worker
-
-                await asyncio.to_thread(stop_embedded_worker, worker)
+            if supervisor is not None:
+                await asyncio.to_thread(supervisor.stop)
             hub.close()
 
     app = FastAPI(
@@ -148,6 +148,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     app.state.store = PromptStore(settings.store_dir)
     app.state.datasets = DatasetFiles(settings.data_dir)
     app.state.hub = hub or make_hub(settings, sessionmaker=app.state.sessionmaker)
+    app.state.worker = None  # the embedded worker's supervisor, set by the lifespan
     app.state.metrics = ApiMetrics(app.state.hub, app.state.sessionmaker)
     app.state.auth = Authenticator(
         app.state.sessionmaker, settings.auth_cache_s, settings.key_touch_interval_s

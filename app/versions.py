@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
+from app import faults
 from app.db import tasks as db
 from app.db.errors import Conflict, NotFound
 from app.db.models import Task
@@ -87,6 +88,7 @@ def publish(
             if store.exists(name, version):
                 continue  # another writer took this number: take the next
             raise
+        faults.pause_point("publish:file-written")  # tests only: the file is written, its row is not
         try:
             db.add_version(
                 session,

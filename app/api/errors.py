@@ -19,7 +19,7 @@ from app.db.errors import Conflict, NotFound, TooManyJobs
 from app.engine.checkpoint import BackboneMismatchError, CheckpointError
 from app.engine.data import DataError
 from app.serving.batcher import BatcherClosed, QueueFull, TooManyRows
-from app.serving.hub import NotReady, TaskNotFound
+from app.serving.hub import NotReady, PredictTimeout, TaskNotFound
 from app.store import StoreError
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,10 @@ async def _not_ready(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"not ready: {exc}"}, status_code=503, headers=_retry_after(5))
 
 
+async def _timeout(_: Request, exc: Exception) -> JSONResponse:
+    return JSONResponse({"detail": str(exc)}, status_code=504, headers=_retry_after(5))
+
+
 async def _mismatch(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": str(exc)}, status_code=409)
 
@@ -178,6 +182,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(TooManyRows, _too_many_rows)
     app.add_exception_handler(NotReady, _not_ready)
     app.add_exception_handler(BatcherClosed, _not_ready)
+    app.add_exception_handler(PredictTimeout, _timeout)
     app.add_exception_handler(BackboneMismatchError, _mismatch)
     app.add_exception_handler(CheckpointError, _checkpoint)
     app.add_exception_handler(StoreError, _checkpoint)

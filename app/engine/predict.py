@@ -43,17 +43,21 @@ def encode_examples(
     return tasks.get(spec.task_type).encode(spec, tokenizer, examples, label2id, max_len)
 
 
-def _check_length(spec: TaskSpec, tokenizer, examples: Sequence, max_len: int) -> None:
-    """Refuse inputs longer than the task's max_length (the 'refuse' overflow rule)."""
+def _check_length(
+    spec: TaskSpec, tokenizer, examples: Sequence, max_len: int, clipped: Sequence | None = None
+) -> None:
+    """Refuse inputs longer than the task's max_length (the 'refuse' overflow rule). `clipped`: the
+    examples cut by TaskType.clip (checked instead; a cut one is "at least" its tokens long)."""
     task = tasks.get(spec.task_type)
-    for i, ex in enumerate(examples):
+    for i, ex in enumerate(clipped if clipped is not None else examples):
         found = task.input_length(spec, tokenizer, ex)
         if found is None:
             return  # e.g. long QA contexts are split into windows, never refused
         n, field = found
         if n > max_len:
+            size = f"at least {n}" if clipped is not None and examples[i] is not ex else str(n)
             raise D.DataError(
-                f"input is {n} tokens long; the task takes at most {max_len}", line=i + 1, field=field
+                f"input is {size} tokens long; the task takes at most {max_len}", line=i + 1, field=field
             )
 
 
@@ -69,9 +73,12 @@ def prepare(
     spec = task.spec
     examples = D.parse_records(records, spec.task_type, require_labels=False)
     max_len = effective_max_length(spec, tokenizer, backbone_max)
+    # overlong texts are cut before they are tokenised whole (same features: TaskType.clip)
+    kind = tasks.get(spec.task_type)
+    clipped = [kind.clip(spec, tokenizer, ex, max_len) for ex in examples]
     if overflow == "refuse":
-        _check_length(spec, tokenizer, examples, max_len)
-    features = encode_examples(spec, tokenizer, examples, with_labels=False, max_length=max_len)
+        _check_length(spec, tokenizer, examples, max_len, clipped)
+    features = encode_examples(spec, tokenizer, clipped, with_labels=False, max_length=max_len)
     return Prepared(spec.task_type, examples, features)
 
 

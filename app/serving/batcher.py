@@ -72,7 +72,7 @@ class _Request:
 
     def deliver(self, index: int, logits: Tensor) -> None:
         with self.lock:
-            if self.future.done():
+            if self.future.done() or self.results[index] is not None:  # a retried row: once only
                 return
             self.results[index] = logits
             self.remaining -= 1
@@ -102,6 +102,7 @@ class BatcherStats:
     batch_sizes: dict[int, int]
     max_queue_rows: int
     forwards: int = 0  # backbone forwards: a batch of mixed lengths is split into length buckets
+    isolations: int = 0  # failed batches whose requests were retried one by one
 
 
 class Batcher:
@@ -127,6 +128,7 @@ class Batcher:
         # splitting pays; on a GPU small forwards are launch-bound, so split only for big savings.
         self.bucket_overhead_tokens = bucket_overhead_tokens
         self._forwards = 0
+        self._isolations = 0  # failed batches retried request by request
         self._queue: deque[_Item] = deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -191,6 +193,7 @@ class Batcher:
                 batch_sizes=dict(self._sizes),
                 max_queue_rows=self.max_queue_rows,
                 forwards=self._forwards,
+                isolations=self._isolations,
             )
 
     # ------------------------------------------------------------------ worker
@@ -230,9 +233,36 @@ class Batcher:
             try:
                 self._forward(device_index, backbone, live)
             except Exception as exc:  # one bad batch fails its requests, never the worker
-                log.exception("batch forward failed")
-                for it in live:
-                    it.request.fail(exc)
+                self._isolate(device_index, backbone, live, exc)
+
+    def _isolate(self, device_index: int, backbone: Backbone, items: list[_Item], exc: Exception) -> None:
+        """A forward failed: run each request's rows again on their own, so a failing row fails only
+        the request it belongs to, never the co-batched requests of other clients and tasks."""
+        groups: dict[int, list[_Item]] = {}
+        for it in items:
+            if not it.request.future.done():
+                groups.setdefault(id(it.request), []).append(it)
+        if len(groups) <= 1:
+            log.warning("batch forward failed: %s: %s", type(exc).__name__, exc)
+            for group in groups.values():
+                group[0].request.fail(exc)
+            return
+        log.warning(
+            "batch forward of %d requests failed (%s: %s); retrying each request alone",
+            len(groups),
+            type(exc).__name__,
+            exc,
+        )
+        with self._cond:
+            self._isolations += 1
+        for group in groups.values():
+            try:
+                self._forward(device_index, backbone, group)
+            except Exception as own:
+                log.warning(
+                    "request of %d rows failed on its own: %s: %s", len(group), type(own).__name__, own
+                )
+                group[0].request.fail(own)
 
     def _on_device(self, device_index: int, task: ServingTask, backbone: Backbone) -> ServingTask:
         ref = task.kv if task.kv is not None else task.prompt

@@ -24,6 +24,7 @@ from app.engine.checkpoint import load_checkpoint_bytes
 from app.engine.data import DataError
 from app.engine.model import ServingTask
 from app.engine.predict import Prepared, finish, prepare
+from app.serving.admission import Admission, input_chars
 from app.serving.batcher import Batcher
 from app.serving.cache import PrefixCache
 
@@ -67,6 +68,17 @@ class NotReady(RuntimeError):
     """The backbone is still loading (or failed to load)."""
 
 
+class PredictTimeout(TimeoutError):
+    """A prediction was not answered within `predict_timeout_s` (the server is overloaded or stuck)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        super().__init__(
+            f"the prediction was not answered within {seconds:g} s (PROMPTHUB_PREDICT_TIMEOUT_S): "
+            "the server is overloaded; retry later"
+        )
+
+
 @dataclass(frozen=True)
 class Resolved:
     name: str
@@ -99,6 +111,8 @@ class Hub:
         self._ready = threading.Event()
         self._loader: threading.Thread | None = None
         self._tok_lock = threading.Lock()  # fast tokenizers must not be called concurrently
+        # the tokenising and forward work admitted, per key and in all (app.serving.admission)
+        self.admission = Admission(settings.max_inflight_chars_per_key, settings.max_inflight_chars)
         # Batcher length bucketing: the fixed cost of one more forward in padded tokens
         # (None: by device; float("inf"): never split a batch). See Batcher.
         self.bucket_overhead_tokens: float | None = settings.bucket_overhead_tokens
@@ -212,14 +226,38 @@ class Hub:
         return resolved, prepared
 
     async def predict(
-        self, name: str, inputs: Sequence[str | dict], version: int | None = None
+        self,
+        name: str,
+        inputs: Sequence[str | dict],
+        version: int | None = None,
+        *,
+        client: str | None = None,
     ) -> tuple[int, list[dict]]:
-        """(served version, one prediction per input). Raises TaskNotFound, DataError, QueueFull."""
+        """(served version, one prediction per input). `client`: the caller's key id (None: keyless),
+        whose work in flight is bounded. Raises TaskNotFound, DataError, QueueFull (Overloaded when
+        the client or the server has too much work in flight), PredictTimeout."""
         if not self.ready or self.batcher is None:
             raise NotReady(self.load_error or "the backbone is still loading")
         records = [{"text": x} if isinstance(x, str) else dict(x) for x in inputs]
         self.check_chars(records)
+        ticket = self.admission.acquire(client, input_chars(records))  # before any work is done
+        try:
+            timeout = self.settings.predict_timeout_s
+            try:
+                return await asyncio.wait_for(self._predict(name, version, records), timeout)
+            except TimeoutError:
+                raise PredictTimeout(timeout) from None
+        finally:
+            ticket.release()
+
+    async def _predict(self, name: str, version: int | None, records: list[dict]) -> tuple[int, list[dict]]:
+        batcher = self.batcher
+        if batcher is None:
+            raise NotReady(self.load_error or "the backbone is still loading")
         resolved, prepared = await asyncio.to_thread(self._prepare, name, version, records)
-        future = self.batcher.submit([(resolved.task, f) for f in prepared.features])
-        logits = await asyncio.wrap_future(future)
+        future = batcher.submit([(resolved.task, f) for f in prepared.features])
+        try:
+            logits = await asyncio.wrap_future(future)
+        finally:
+            future.cancel()  # timed out or the client left: the batcher skips rows not yet run
         return resolved.version, finish(resolved.task, prepared, logits)

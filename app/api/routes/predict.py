@@ -15,7 +15,7 @@ router = APIRouter(tags=["predict"])
 
 @router.post("/predict/{task}", response_model=PredictResponse)
 async def predict(
-    _: PredictTask, task: TaskNameDep, body: PredictRequest, hub: HubDep, settings: SettingsDep
+    principal: PredictTask, task: TaskNameDep, body: PredictRequest, hub: HubDep, settings: SettingsDep
 ) -> PredictResponse:
     limit = settings.max_inputs_per_request
     if len(body.inputs) > limit:
@@ -24,7 +24,7 @@ async def predict(
         )
     check_json(body.inputs, ["body", "inputs"])
     try:
-        version, predictions = await hub.predict(task, body.inputs, body.version)
+        version, predictions = await hub.predict(task, body.inputs, body.version, client=principal.key_id)
     except DataError as err:
         raise data_error(err, ["body", "inputs"], label="inputs") from None
     return PredictResponse(task=task, version=version, predictions=predictions)

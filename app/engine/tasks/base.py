@@ -87,6 +87,13 @@ class TaskType(ABC):
         """Features (plain lists, unpadded) with `input_ids`, `token_type_ids` and the type's
         targets; label2id is None when the examples' targets are not to be encoded."""
 
+    def clip(self, spec: Any, tokenizer: Any, example: Example, max_tokens: int) -> Example:
+        """The example with overlong text cut BEFORE it is tokenised whole, so that encoding it with
+        truncation to `max_tokens` gives exactly the features of the uncut example (serving calls
+        this; a 20,000-character text costs the tokeniser ~max_tokens tokens, not 20,000
+        characters). Default: unchanged (types whose outputs need the whole input)."""
+        return example
+
     def input_length(self, spec: Any, tokenizer: Any, example: Example) -> tuple[int, str] | None:
         """(tokens, field) of an input for the 'refuse' overflow rule; None: never refused."""
         return None

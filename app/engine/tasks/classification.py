@@ -19,7 +19,13 @@ from app.engine.heads import (
     label_word_embeddings,
 )
 from app.engine.tasks.base import HeadLayout, TaskType
-from app.engine.tasks.common import encode_text_pairs, parse_text_pair, require_labels, text_pair_length
+from app.engine.tasks.common import (
+    clip_text_pair,
+    encode_text_pairs,
+    parse_text_pair,
+    require_labels,
+    text_pair_length,
+)
 
 
 @dataclass
@@ -107,6 +113,9 @@ class Classification(TaskType):
             f["input_ids"].insert(VERBALIZER_MASK_POSITION, mask_id)
             f["token_type_ids"].insert(VERBALIZER_MASK_POSITION, 0)
         return feats
+
+    def clip(self, spec, tokenizer, example, max_tokens: int):
+        return clip_text_pair(tokenizer, example, max_tokens)
 
     def input_length(self, spec, tokenizer, example) -> tuple[int, str]:
         return text_pair_length(tokenizer, example) + (spec.head == "verbalizer"), "text"

@@ -73,6 +73,50 @@ def encode_text_pairs(tokenizer: Any, examples: Sequence[Any], max_length: int) 
     return [f for f in features if f is not None]
 
 
+#: first guess of characters per token when cutting an overlong text (doubled until enough tokens)
+CLIP_CHARS_PER_TOKEN = 8
+_CUT_SPACE = " \t\n\r"
+
+
+def _space_cut(text: str, limit: int) -> int | None:
+    """The last index <= limit (and > limit // 2) holding ASCII whitespace, or None."""
+    best = max(text.rfind(c, limit // 2, limit + 1) for c in _CUT_SPACE)
+    return best if best > 0 else None
+
+
+def clip_text(tokenizer: Any, text: str, max_tokens: int) -> str:
+    """A prefix of `text`, cut at whitespace, holding more than `max_tokens` tokens (so truncating it
+    to `max_tokens` gives the same tokens as truncating `text`); `text` itself when it is short or
+    no such prefix exists. Every tokeniser the engine supports splits words at whitespace before
+    its subword model runs (BERT/WordPiece, byte-level BPE, SentencePiece's metaspace), so the
+    tokens of a prefix that ends at whitespace are a prefix of the text's tokens. The work is that
+    of tokenising a few times max_tokens * CLIP_CHARS_PER_TOKEN characters, not the whole text."""
+    limit = max(64, max_tokens * CLIP_CHARS_PER_TOKEN)
+    while len(text) > limit:
+        cut = _space_cut(text, limit)
+        if cut is not None:
+            head = text[:cut]
+            if len(tokenizer(head, add_special_tokens=False)["input_ids"]) > max_tokens:
+                return head
+        limit *= 2
+    return text
+
+
+def clip_text_pair(tokenizer: Any, example: Any, max_tokens: int) -> Any:
+    """`example` (with ``text`` and ``text_pair``) with each text clipped by `clip_text`: with
+    truncation="longest_first" a text that keeps more than `max_tokens` tokens is cut to the same
+    length as the whole text would be."""
+    import dataclasses
+
+    text = clip_text(tokenizer, example.text, max_tokens)
+    pair = example.text_pair
+    if pair is not None:
+        pair = clip_text(tokenizer, pair, max_tokens)
+    if text is example.text and pair is example.text_pair:
+        return example
+    return dataclasses.replace(example, text=text, text_pair=pair)
+
+
 def text_pair_length(tokenizer: Any, ex: Any) -> int:
     return len(tokenizer(ex.text, ex.text_pair)["input_ids"])
 

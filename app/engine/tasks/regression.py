@@ -19,7 +19,7 @@ from app.engine import metrics as M
 from app.engine.data import DataError, Example
 from app.engine.heads import ClassificationHead
 from app.engine.tasks.base import HeadLayout, TaskType
-from app.engine.tasks.common import encode_text_pairs, parse_text_pair, text_pair_length
+from app.engine.tasks.common import clip_text_pair, encode_text_pairs, parse_text_pair, text_pair_length
 
 
 @dataclass
@@ -75,6 +75,9 @@ class Regression(TaskType):
         for f, ex in zip(features, examples, strict=True):
             f["score"] = ex.score if label2id is not None else None
         return features
+
+    def clip(self, spec, tokenizer, example, max_tokens: int):
+        return clip_text_pair(tokenizer, example, max_tokens)
 
     def input_length(self, spec, tokenizer, example) -> tuple[int, str]:
         return text_pair_length(tokenizer, example), "text"
