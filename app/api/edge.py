@@ -33,7 +33,19 @@ from app.api.sockets import listening_addresses
 from app.config import Settings, is_loopback
 from app.security import Principal, audit
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
+OPEN_PATHS = frozenset(
+    {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/ui", "/ui/"}
+)
+#: static files that hold no data: the console's page assets and the API docs' assets
+OPEN_PREFIXES = ("/ui/static/", "/docs/assets/")
+
+
+def is_open(path: str) -> bool:
+    """Whether a path answers without a key (health, the API docs, the console's page and assets;
+    the console's data comes from the API, with the caller's key)."""
+    return path in OPEN_PATHS or path.startswith(OPEN_PREFIXES)
+
+
 AUDITED = {
     ("POST", "/tasks/{task}/versions/{version}/activate"): "version.activate",
     ("DELETE", "/tasks/{task}"): "task.delete",
@@ -174,7 +186,7 @@ class EdgeGuard:
             return await self.authenticate(parse_authorization(header))  # type: ignore[misc]
         if keyless:
             return Principal.local()
-        if path in OPEN_PATHS:
+        if is_open(path):
             return None
         raise unauthorized(
             "an API key is required: send 'Authorization: Bearer <key>' (create one with `prompthub keys create`)"

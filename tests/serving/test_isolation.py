@@ -61,15 +61,14 @@ def _stuck_batcher(hub, release: threading.Event) -> None:
 
 
 def test_a_stuck_batcher_answers_504_after_the_timeout(hub_factory, settings_factory):
-    from starlette.testclient import TestClient
-
     from app.main import create_app
+    from tests.helpers import local_client
 
     settings = settings_factory(predict_timeout_s=0.5)
     hub = hub_factory(settings)
     app = create_app(settings, hub)
     release = threading.Event()
-    with TestClient(app) as client:
+    with local_client(app) as client:
         hub.wait_ready(30)
         from tests.helpers import publish_task
 
