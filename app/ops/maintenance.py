@@ -2,7 +2,10 @@
 
 One module for both users:
 - the server's start-up (`startup_sync`): cheap checks (no hashing of registered files), and only
-  the repairs in STARTUP_REPAIRS;
+  the repairs in STARTUP_REPAIRS, which never delete a row nor change which version a task serves
+  (a store folder that is missing, unmounted or mistyped must not erase the registry, on every
+  replica at once; a rollback must survive a restart): everything else is logged for
+  `prompthub doctor --repair`;
 - `prompthub doctor` (app.ops.doctor): every check (`deep`), and with --repair every repair.
 
 Finding kinds and their repairs:
@@ -23,8 +26,9 @@ Finding kinds and their repairs:
     schema             the database is behind the newest migration     migrate (the doctor, first)
 
 Tasks whose versions change (rows dropped, files registered) are settled after the version repairs:
-dropped when no version is left, else the newest version is activated when the active one is gone
-or when the task had no active version before.
+a task that had no active version gets its newest one (registering a new task's files); with
+drop_task / activate_newest in the repairs (the doctor), a task left without versions is dropped and
+one whose active version is gone gets its newest.
 """
 
 from __future__ import annotations
@@ -47,8 +51,9 @@ from app.store import PromptStore, temp_files
 
 log = logging.getLogger(__name__)
 
-# The repairs the server applies by itself at start-up (the rest wait for `prompthub doctor --repair`).
-STARTUP_REPAIRS: tuple[str, ...] = ("delete_temp", "register", "drop_row", "drop_task", "activate_newest")
+# The repairs the server applies by itself at start-up (the rest wait for `prompthub doctor --repair`):
+# none deletes a row or changes a task's active version.
+STARTUP_REPAIRS: tuple[str, ...] = ("delete_temp", "register")
 
 # Every repair, in the order they run (files first, then rows, then the tasks are settled).
 REPAIR_ORDER: tuple[str, ...] = (
@@ -431,9 +436,10 @@ class _Repairer:
                 continue
             have = [v.version for v in db_tasks.get_versions(self.s, name)]
             if not have:
-                db_tasks.drop_task_row(self.s, name)
-                self.done.append(f"dropped task {name}: no version left in the store")
-            elif task.active_version not in have or (
+                if "drop_task" in self.kinds:
+                    db_tasks.drop_task_row(self.s, name)
+                    self.done.append(f"dropped task {name}: no version left in the store")
+            elif (task.active_version not in have and "activate_newest" in self.kinds) or (
                 name in self.unactivated and task.active_version != max(have)
             ):
                 versions.activate(self.s, name, max(have))
@@ -486,9 +492,20 @@ def repair(
 
 
 def startup_sync(s: Session, store: PromptStore, *, temp_age_s: float = 60.0) -> list[str]:
-    """The server's start-up: the cheap checks, and the repairs in STARTUP_REPAIRS. Findings left
-    unrepaired are logged (`prompthub doctor --repair` handles them). Returns the changes."""
-    findings = check_temp([store.root], temp_age_s) + check_versions(s, store, deep=False)
+    """The server's start-up: the cheap checks, and the repairs in STARTUP_REPAIRS (remove old temp
+    files, register new files). Nothing is deleted from the database and no active version changes:
+    the other findings are logged (`prompthub doctor --repair` handles them). Returns the changes."""
+    counts: dict[str, int] = {}
+    findings = check_temp([store.root], temp_age_s) + check_versions(s, store, deep=False, counts=counts)
+    missing = sum(1 for f in findings if f.kind == "missing_file")
+    if missing and (not store.root.is_dir() or counts.get("files", 0) == 0):
+        log.error(
+            "store: the folder %s is %s but the database lists %d versions: is it mounted, or is "
+            "PROMPTHUB_STORE_DIR mistyped? Nothing is deleted; those tasks fail until it is back",
+            store.root,
+            "missing" if not store.root.is_dir() else "empty",
+            counts.get("versions", missing),
+        )
     for f in findings:
         if f.problem and f.repair not in STARTUP_REPAIRS:
             log.warning("store: %s %s: %s (run `prompthub doctor`)", f.kind, f.where, f.message)
