@@ -211,6 +211,10 @@ class Worker:
                     result, metrics = self._train_multitask(job_id, payload, backbone, run)
                 else:
                     result, metrics = self._train_single(job_id, payload, backbone, run)
+            except versions.JobNotLive as e:  # cancelled, or its task deleted, while it finished
+                self._finish(job_id, CANCELLED, error=str(e))
+                log.info("job %s cancelled before publishing: %s", job_id, e)
+                return
             except Cancelled:
                 if self.stop_event.is_set() and not run.stop_requested.is_set():
                     with self.sessionmaker() as s:
@@ -351,7 +355,7 @@ class Worker:
         meta = {"training": training, "metrics": metrics, "source": f"job:{job_id}", "data": data}
         blob = checkpoint_bytes(result.task, backbone, meta=meta)
         with self.sessionmaker() as s:
-            return versions.publish(s, self.store, name, blob, source=f"job:{job_id}").version
+            return versions.publish(s, self.store, name, blob, source=f"job:{job_id}", job_id=job_id).version
 
 
 def _ref(ref: DataRef | None) -> dict[str, Any] | None:

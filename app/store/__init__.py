@@ -8,6 +8,7 @@ from app.store.prompts import (
     ScannedVersion,
     StoredFile,
     StoreError,
+    VersionTaken,
     temp_files,
     version_filename,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "StoreError",
     "StoredDataset",
     "StoredFile",
+    "VersionTaken",
     "read_sidecar",
     "temp_files",
     "version_filename",

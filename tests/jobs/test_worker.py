@@ -377,3 +377,30 @@ def test_train_job_on_postgres(pg_url, tmp_path, tiny_backbone, monkeypatch):
         ver = db_tasks.get_active_version(s, "sent")
         assert ver.version == 1 and ver.source == f"job:{job_id}"
     assert PromptStore(settings.store_dir).read_version("sent", 1, ver.sha256)
+
+
+def test_a_task_deleted_while_its_job_trains_does_not_come_back(worker, settings, monkeypatch):
+    """DELETE /tasks/<name> while a job trains it: the job ends cancelled, and its publish is
+    refused, so the task stays deleted (the delete lands after the last should_stop check)."""
+    from app import versions
+
+    sm = get_sessionmaker(settings.database_url)
+    store = PromptStore(settings.store_dir)
+    first = submit(settings, single(epochs=1))
+    assert worker.run_once() and job(settings, first).state == "succeeded"
+    real_train = worker_mod.train_task
+
+    def train_then_delete(*args, **kw):
+        result = real_train(*args, **kw)
+        with sm() as s:
+            versions.delete_task(s, store, "sent")
+        return result
+
+    monkeypatch.setattr(worker_mod, "train_task", train_then_delete)
+    second = submit(settings, single(epochs=1))
+    assert worker.run_once()
+    j = job(settings, second)
+    assert j.state == "cancelled", (j.state, j.error)
+    with sm() as s:
+        assert db_tasks.get_task(s, "sent") is None
+    assert store.scan() == []
