@@ -1,7 +1,7 @@
 """Bytes only: the prompt store (versions and their sidecars) and the uploaded dataset files.
 No SQL here; app.versions is where the store and the database meet."""
 
-from app.store.datasets import DatasetFiles, StoredDataset
+from app.store.datasets import DatasetFiles, StoredDataset, UploadTooLarge
 from app.store.prompts import (
     QUARANTINE,
     PromptStore,
@@ -22,6 +22,7 @@ __all__ = [
     "StoreError",
     "StoredDataset",
     "StoredFile",
+    "UploadTooLarge",
     "VersionTaken",
     "read_sidecar",
     "temp_files",
