@@ -50,7 +50,7 @@ def _count_rows(path: Path, suffix: str, max_rows: int) -> int:
                 raise D.DataError(f"expected a JSON object, got {type(value).__name__}", line=line_no)
             rows += 1
             if rows > max_rows:
-                raise D.DataError(f"too many rows: more than {max_rows}, the limit is {max_rows}")
+                raise D.DataError(f"too many rows: {rows}, the limit is {max_rows}")
     elif suffix == ".json":
         data = path.read_bytes()
         try:
@@ -83,7 +83,7 @@ def _count_rows(path: Path, suffix: str, max_rows: int) -> int:
                         raise D.DataError(f"expected {width} fields, got {len(row)}", line=reader.line_num)
                     rows += 1
                     if rows > max_rows:
-                        raise D.DataError(f"too many rows: more than {max_rows}, the limit is {max_rows}")
+                        raise D.DataError(f"too many rows: {rows}, the limit is {max_rows}")
             except csv.Error as e:
                 raise D.DataError(f"malformed CSV: {e}", line=reader.line_num) from None
             except UnicodeDecodeError:
