@@ -122,3 +122,35 @@ def test_upload_memory_is_bounded_by_chunks_not_the_file(settings, tmp_path, tas
     assert out.rows == size // len(one) and out.size_bytes == size
     print(f"upload of {size} bytes (task_type={task_type}): Python heap peak {peak} bytes")
     assert peak < 3_000_000, f"peak {peak} bytes for a {size}-byte upload"
+
+
+def test_train_refuses_more_labels_than_the_cap(settings_factory, hub_factory):
+    """PROMPTHUB_MAX_LABELS: inline records with too many labels, or too many given labels, are a
+    422 naming the field before anything is queued."""
+    from starlette.testclient import TestClient
+
+    from app.main import create_app
+
+    settings = settings_factory(max_labels=3)
+    records = [{"text": f"example {i}", "label": f"l{i}"} for i in range(4)]
+    body = {"task": "many", "task_type": "classification", "train": {"records": records}}
+    with TestClient(create_app(settings, hub_factory(settings))) as c:
+        r = c.post("/train", json=body)
+        assert r.status_code == 422, r.text
+        assert r.json()["detail"][0]["loc"] == ["body", "train"]
+        assert "4 labels: a task may have at most 3" in r.json()["detail"][0]["msg"]
+        r = c.post("/train", json={**body, "labels": ["a", "b", "c", "d"]})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "labels"]
+        assert c.post("/train", json={**body, "train": {"records": records[:3]}}).status_code == 202
+
+
+def test_the_default_label_cap_is_a_few_thousand():
+    from app.config import Settings
+    from app.engine.data import parse_records
+    from app.engine.model import SpecError
+    from app.engine.options import validate_training
+
+    assert Settings().max_labels == 5000
+    examples = parse_records([{"text": str(i), "label": f"l{i}"} for i in range(5001)], "classification")
+    with pytest.raises(SpecError, match="5001 labels"):
+        validate_training("classification", {}, None, {"train": examples})
