@@ -55,7 +55,7 @@ def _prepare_database(settings: Settings, sessionmaker: Callable[[], Session], s
 
     run_migrations(settings.database_url)
     with sessionmaker() as s:
-        startup_sync(s, store)
+        startup_sync(s, store, dataset_retention_days=settings.dataset_retention_days)
 
 
 def announce_auth(settings: Settings) -> str:

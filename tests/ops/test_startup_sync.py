@@ -168,7 +168,7 @@ def test_a_rollback_survives_a_restart(store, session_factory, make_checkpoint):
 
 
 def test_startup_policy_is_the_documented_list():
-    assert STARTUP_REPAIRS == ("delete_temp", "register")
+    assert STARTUP_REPAIRS == ("delete_temp", "register", "expire_dataset")
 
 
 def test_startup_leaves_corrupt_registered_files_to_the_doctor(
@@ -193,3 +193,46 @@ def test_startup_leaves_corrupt_registered_files_to_the_doctor(
         store.path("sent", 1).write_bytes(b"corrupt")
         assert startup_sync(s, store) == []
         assert db_tasks.get_task(s, "sent").active_version == 1
+
+
+def test_dataset_retention_at_start(store, session_factory, tmp_path):
+    """Datasets past PROMPTHUB_DATASET_RETENTION_DAYS that no queued or running job uses are deleted
+    at start (row, and file unless another upload shares it); the others stay."""
+    from datetime import timedelta
+
+    from app.db import datasets as db_datasets
+    from app.db import jobs as db_jobs
+    from app.db.models import utcnow
+
+    data = tmp_path / "datasets"
+    data.mkdir()
+
+    def make(name: str, days: float, content: str):
+        p = data / f"{name * 64}.jsonl"
+        p.write_text(content)
+        ds = db_datasets.create_dataset(
+            s,
+            filename="x.jsonl",
+            task_type=None,
+            rows=1,
+            columns=[],
+            path=str(p),
+            sha256=name * 64,
+            size_bytes=1,
+        )
+        ds.created_at = utcnow() - timedelta(days=days)
+        s.commit()
+        return ds.id, p
+
+    with session_factory() as s:
+        old, old_path = make("a", 40, "1")
+        used, used_path = make("b", 40, "2")
+        young, young_path = make("c", 1, "3")
+        db_jobs.create_job(
+            s, kind="single", payload={"train": {"dataset_id": used}}, task_names=["t"], max_queued=10
+        )
+        assert startup_sync(s, store) == []  # no retention given: kept forever
+        changes = startup_sync(s, store, dataset_retention_days=30)
+        assert changes == [f"deleted dataset {old}: older than the retention"]
+        assert {d.id for d in db_datasets.list_datasets(s)} == {used, young}
+        assert not old_path.exists() and used_path.exists() and young_path.exists()
