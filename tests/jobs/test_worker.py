@@ -461,3 +461,4 @@ def test_a_job_over_its_wall_time_budget_fails_with_that_reason(settings, tiny_b
     assert j.state == "failed" and "wall-time budget of 1 s (PROMPTHUB_JOB_MAX_SECONDS)" in j.error
     assert (j.finished_at - j.started_at).total_seconds() < 30
     assert PromptStore(settings.store_dir).scan() == []
+    assert not tiny_backbone.model.training  # stopped mid-epoch: the shared backbone is back in eval
