@@ -101,6 +101,16 @@ class Settings(BaseSettings):
     fault_pause: str | None = None
     fault_pause_file: str | None = None
 
+    # --- data and consistency (issue 12: items 5-7) ---
+    #: labels (or tags) a task may have: checked when /train validates a request and by the worker
+    #: when it reads a dataset (200,000 labels made huge checkpoints and /predict answers)
+    max_labels: int = 5000
+    #: wall-time budget of one training job in seconds; over it the job fails with that reason
+    job_max_seconds: float = 21_600.0
+    #: uploaded datasets older than this many days that no queued or running job refers to are
+    #: deleted at start and by `prompthub doctor --repair` (0: kept forever)
+    dataset_retention_days: float = 30.0
+
     @field_validator("devices")
     @classmethod
     def _check_devices(cls, v: str) -> str:
@@ -122,6 +132,7 @@ class Settings(BaseSettings):
         "max_queued_jobs",
         "max_running_jobs",
         "max_queue_rows",
+        "max_labels",
     )
     @classmethod
     def _positive(cls, v: int) -> int:

@@ -59,7 +59,7 @@ def _prepare_database(settings: Settings, sessionmaker: Callable[[], Session], s
 
     run_migrations(settings.database_url)
     with sessionmaker() as s:
-        startup_sync(s, store)
+        startup_sync(s, store, dataset_retention_days=settings.dataset_retention_days)
     _prepare_keys(settings, sessionmaker)
 
 

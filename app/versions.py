@@ -5,7 +5,11 @@
     activate / delete_task / resolve
 
 The file is always written before its row, so a row never points at a file that is not there;
-a crash in between leaves a file without a row, which the start-up sync registers.
+a crash in between leaves a file without a row, which the start-up sync registers. A publish that
+fails (the sidecar cannot be written, the row is refused, the database is down) removes the file it
+wrote, and only that file (checked by its sha256): nothing is left for a start-up to register.
+Two publishers of one task never share a number: a version file is created with a hard link that
+fails when the name is taken, and the loser takes the next number.
 Used by the worker, the API, app.ops and the tests' helpers.
 """
 
@@ -18,12 +22,13 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app import faults
+from app.db import jobs as db_jobs
 from app.db import tasks as db
 from app.db.errors import Conflict, NotFound
 from app.db.models import Task
 from app.engine.checkpoint import CheckpointError, parse_header, read_metadata, sha256_file
 from app.names import validate_task_name
-from app.store import PromptStore, StoreError
+from app.store import PromptStore, StoreError, VersionTaken
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +51,11 @@ class VersionNotFound(NotFound):
         self.version = version
         what = f"task {name!r}" if version is None else f"version {version} of task {name!r}"
         super().__init__(f"{what} not found")
+
+
+class JobNotLive(Conflict):
+    """The job publishing a version was cancelled (or its task deleted) meanwhile: nothing is
+    published."""
 
 
 class NotRegistrable(ValueError):
@@ -71,23 +81,35 @@ def _row_fields(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 def publish(
-    session: Session, store: PromptStore, name: str, blob: bytes, *, source: str, activate: bool = True
+    session: Session,
+    store: PromptStore,
+    name: str,
+    blob: bytes,
+    *,
+    source: str,
+    activate: bool = True,
+    job_id: str | None = None,
 ) -> Published:
     """Store `blob` (checkpoint bytes) as the next version of `name`, then register it (and activate
     it). Spec, metrics and training come from the checkpoint's header. Raises Conflict when the task
-    exists with another task type (the file just written is removed again)."""
+    exists with another task type, JobNotLive when `job_id` is given and that job is no longer
+    running or was asked to cancel (deleting a task cancels its jobs): the row is added in the same
+    transaction that checks the job, so a task deleted meanwhile does not come back. On any failure
+    the file just written is removed again."""
     validate_task_name(name)
     header = parse_header(blob)
     fields = _row_fields(header)
+    guard = None if job_id is None else (lambda s: _check_job_live(s, job_id))
+    if job_id is not None:
+        _check_job_live(session, job_id)
+        session.rollback()
     for _ in range(MAX_NUMBER_TRIES):
         version = max(db.max_version(session, name), max(store.versions(name), default=0)) + 1
         session.rollback()  # end the read: the number is only a guess until the file is written
         try:
             stored = store.write_version(name, version, blob, header)
-        except StoreError:
-            if store.exists(name, version):
-                continue  # another writer took this number: take the next
-            raise
+        except VersionTaken:
+            continue  # another writer took this number: take the next
         faults.pause_point("publish:file-written")  # tests only: the file is written, its row is not
         try:
             db.add_version(
@@ -99,19 +121,43 @@ def publish(
                 source=source,
                 activate=activate,
                 version=version,
+                guard=guard,
                 **fields,
             )
-        except Conflict:
+        except Conflict as e:
             session.rollback()
-            row = db.get_version(session, name, version)
+            row = None if isinstance(e, JobNotLive) else db.get_version(session, name, version)
             if row is not None and row.sha256 == stored.sha256:  # registered by a store sync meanwhile
                 if activate:
                     db.activate_version(session, name, version)
                 return Published(name, version, stored.sha256, stored.size_bytes)
-            store.delete_version(name, version)
+            store.delete_own(name, version, stored.sha256)
+            raise
+        except BaseException:
+            _discard(session, store, name, version, stored.sha256)
             raise
         return Published(name, version, stored.sha256, stored.size_bytes)
     raise StoreError(f"task {name!r}: could not find a free version number")
+
+
+def _check_job_live(s: Session, job_id: str) -> None:
+    state, cancel = db_jobs.lock_job_state(s, job_id)
+    if state != "running" or cancel:
+        why = "was cancelled or its task deleted" if cancel or state == "cancelled" else f"is {state}"
+        raise JobNotLive(f"job {job_id} {why}: its version is not published")
+
+
+def _discard(session: Session, store: PromptStore, name: str, version: int, sha256: str) -> None:
+    """A publish failed after its file was written (the database refused or is down): remove the
+    file unless a row records it meanwhile (a store sync registered it)."""
+    try:
+        session.rollback()
+        row = db.get_version(session, name, version)
+        if row is not None and row.sha256 == sha256:
+            return
+    except Exception:  # the database is down: nobody can have registered it through it
+        log.warning("publish of %s v%d failed; the database cannot be read", name, version, exc_info=True)
+    store.delete_own(name, version, sha256)
 
 
 def register(
@@ -164,8 +210,14 @@ def activate(session: Session, name: str, version: int) -> Task:
 
 
 def delete_task(session: Session, store: PromptStore, name: str) -> int:
-    """Delete the task: its rows first (from then on nobody is served it), then its files. Returns
-    how many versions it had. Raises NotFound."""
+    """Delete the task: its queued and running jobs are cancelled first (a job finishing later is
+    refused by publish and does not bring the task back), then its rows (from then on nobody is
+    served it), then its files. Returns how many versions it had. Raises NotFound."""
+    if db.get_task(session, name) is None:
+        raise NotFound(f"no task named {name!r}")
+    cancelled = db_jobs.cancel_jobs_of_task(session, name)
+    if cancelled:
+        log.info("task %s deleted: cancelled its jobs %s", name, ", ".join(cancelled))
     files = db.delete_task(session, name)
     try:
         store.delete_task(name)
@@ -186,6 +238,7 @@ def resolve(session: Session, name: str, version: int | None = None) -> tuple[in
 
 
 __all__ = [
+    "JobNotLive",
     "NotRegistrable",
     "Published",
     "VersionNotFound",

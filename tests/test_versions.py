@@ -138,3 +138,98 @@ def test_delete_task_drops_rows_then_files(store, session_factory, make_checkpoi
         assert db_tasks.get_task(s, "sent") is None and not store.task_dir("sent").exists()
         with pytest.raises(NotFound):
             versions.delete_task(s, store, "sent")
+
+
+def test_two_publishers_never_delete_each_others_file(store, db_url, make_checkpoint, monkeypatch):
+    """Publisher A's file is in the store, its row not yet written, when B publishes and then fails
+    (its row refused): B takes the next number and removes only its own file; then both versions are
+    served. A store never removes a file whose sha256 is not the caller's."""
+    from app.db.session import get_sessionmaker
+
+    maker = get_sessionmaker(db_url)
+    a, b = make_checkpoint(meta={"metrics": {"who": "a"}}), make_checkpoint(meta={"metrics": {"who": "b"}})
+    stored_a = store.write_version("sent", 1, a, parse_header(a))  # A, between its file and its row
+    assert store.delete_own("sent", 1, sha256_bytes(b)) is False and store.exists("sent", 1)
+
+    real_add = db_tasks.add_version
+
+    def refused(*args, **kw):
+        raise Conflict("refused (simulated)")
+
+    monkeypatch.setattr(db_tasks, "add_version", refused)
+    with maker() as s, pytest.raises(Conflict, match="simulated"):
+        versions.publish(s, store, "sent", b, source="b")
+    monkeypatch.setattr(db_tasks, "add_version", real_add)
+    assert store.versions("sent") == [1] and store.read_version("sent", 1, stored_a.sha256) == a
+    with maker() as s:  # A's row, then B again: both served
+        versions.register(s, store, "sent", 1, activate=True)
+        assert versions.publish(s, store, "sent", b, source="b").version == 2
+        for v, blob in ((1, a), (2, b)):
+            number, sha = versions.resolve(s, "sent", v)
+            assert store.read_version("sent", number, sha) == blob
+
+
+def test_a_failed_sidecar_write_leaves_nothing_to_register(
+    store, session_factory, make_checkpoint, monkeypatch
+):
+    """The sidecar cannot be written (disk full, read-only folder): publish fails once, without
+    trying 20 numbers, and leaves no checkpoint that a start-up would register and activate."""
+    from app.ops.maintenance import startup_sync
+    from app.store import StoreError
+    from app.store import prompts as store_prompts
+
+    calls = []
+
+    def no_space(*args, **kw):
+        calls.append(1)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(store_prompts, "write_sidecar", no_space)
+    with session_factory() as s:
+        with pytest.raises(StoreError, match="No space left"):
+            versions.publish(s, store, "sent", make_checkpoint(), source="job:1")
+        assert len(calls) == 1
+        assert store.scan() == [] and store.versions("sent") == []
+        monkeypatch.undo()
+        assert startup_sync(s, store) == []
+        assert db_tasks.get_task(s, "sent") is None
+
+
+def test_a_failed_row_write_removes_the_file(store, session_factory, make_checkpoint, monkeypatch):
+    """The database refuses the row (down, read-only): the file just written is removed again."""
+    from sqlalchemy.exc import OperationalError
+
+    def down(*args, **kw):
+        raise OperationalError("INSERT", {}, Exception("database is down"))
+
+    monkeypatch.setattr(db_tasks, "add_version", down)
+    with session_factory() as s, pytest.raises(OperationalError):
+        versions.publish(s, store, "sent", make_checkpoint(), source="job:1")
+    assert store.scan() == []
+
+
+def test_deleting_a_task_cancels_its_jobs_and_publish_refuses_them(store, session_factory, make_checkpoint):
+    from app.db import jobs as db_jobs
+
+    with session_factory() as s:
+        versions.publish(s, store, "sent", make_checkpoint(), source="t")
+        running = db_jobs.create_job(s, kind="single", payload={}, task_names=["sent"], max_queued=10).id
+        assert db_jobs.claim_next_job(s, "w1").id == running
+        queued = db_jobs.create_job(
+            s, kind="multitask", payload={}, task_names=["other", "sent"], max_queued=10
+        ).id
+        unrelated = db_jobs.create_job(s, kind="single", payload={}, task_names=["other"], max_queued=10).id
+        assert versions.delete_task(s, store, "sent") == 1
+        assert db_jobs.get_job(s, queued).state == "cancelled"
+        j = db_jobs.get_job(s, running)
+        assert j.state == "running" and j.cancel_requested
+        assert db_jobs.get_job(s, unrelated).state == "queued"
+        # the running job finishes training and publishes: refused, the task does not come back
+        with pytest.raises(versions.JobNotLive):
+            versions.publish(s, store, "sent", make_checkpoint(), source=f"job:{running}", job_id=running)
+        assert db_tasks.get_task(s, "sent") is None and store.scan() == []
+        # a live job publishes as before
+        live = db_jobs.create_job(s, kind="single", payload={}, task_names=["sent"], max_queued=10).id
+        db_jobs.request_cancel(s, unrelated)
+        assert db_jobs.claim_next_job(s, "w2").id == live
+        assert versions.publish(s, store, "sent", make_checkpoint(), source="j", job_id=live).version == 1

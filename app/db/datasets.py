@@ -7,11 +7,12 @@ change. Reads do not commit.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.db.models import Dataset, new_id
+from app.db.models import QUEUED, RUNNING, Dataset, Job, new_id
 
 
 def create_dataset(
@@ -45,8 +46,45 @@ def get_dataset(s: Session, id: str) -> Dataset | None:
     return s.get(Dataset, id)
 
 
-def list_datasets(s: Session) -> list[Dataset]:
-    return list(s.scalars(select(Dataset)))
+def list_datasets(s: Session, *, limit: int | None = None) -> list[Dataset]:
+    """Oldest first."""
+    stmt = select(Dataset).order_by(Dataset.created_at, Dataset.id)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return list(s.scalars(stmt))
+
+
+def _split_ids(payload: dict | None) -> set[str]:
+    found: set[str] = set()
+    for t in [payload or {}, *((payload or {}).get("tasks") or [])]:
+        if not isinstance(t, dict):
+            continue
+        for part in ("train", "eval"):
+            split = t.get(part)
+            if isinstance(split, dict) and split.get("dataset_id"):
+                found.add(str(split["dataset_id"]))
+    return found
+
+
+def datasets_in_use(s: Session) -> dict[str, list[str]]:
+    """dataset id -> ids of the queued or running jobs that refer to it."""
+    used: dict[str, list[str]] = {}
+    for job_id, payload in s.execute(select(Job.id, Job.payload).where(Job.state.in_((QUEUED, RUNNING)))):
+        for ds in _split_ids(payload):
+            used.setdefault(ds, []).append(job_id)
+    return used
+
+
+def expired_datasets(s: Session, before: datetime) -> list[Dataset]:
+    """Datasets uploaded before `before` that no queued or running job refers to."""
+    used = datasets_in_use(s)
+    rows = s.scalars(select(Dataset).where(Dataset.created_at < before).order_by(Dataset.created_at))
+    return [d for d in rows if d.id not in used]
+
+
+def path_shared(s: Session, path: str) -> bool:
+    """Whether a dataset row refers to the file `path` (identical uploads share one file)."""
+    return bool(s.scalar(select(func.count()).select_from(Dataset).where(Dataset.path == path)))
 
 
 def drop_dataset(s: Session, id: str) -> bool:

@@ -107,6 +107,45 @@ def request_cancel(s: Session, id: str) -> Job:
     return _get_job_or_raise(s, id)
 
 
+def cancel_jobs_of_task(s: Session, name: str) -> list[str]:
+    """Cancel every queued or running job that trains task `name` (a multitask job with it too): the
+    queued ones at once, the running ones flagged (their worker stops, and publish refuses them).
+    Returns their ids."""
+    pending = s.execute(select(Job.id, Job.task_names).where(Job.state.in_((QUEUED, RUNNING)))).all()
+    ids = [job_id for job_id, names in pending if name in (names or [])]
+    if not ids:
+        s.rollback()
+        return []
+    now = utcnow()
+    s.execute(
+        update(Job)
+        .where(Job.id.in_(ids), Job.state == QUEUED)
+        .values(state=CANCELLED, finished_at=now, cancel_requested=True, error=None)
+        .execution_options(synchronize_session=False)
+    )
+    s.execute(
+        update(Job)
+        .where(Job.id.in_(ids), Job.state == RUNNING)
+        .values(cancel_requested=True)
+        .execution_options(synchronize_session=False)
+    )
+    s.commit()
+    return ids
+
+
+def lock_job_state(s: Session, id: str) -> tuple[str | None, bool]:
+    """(state, cancel asked for) of a job, its row locked until the caller's transaction ends
+    (PostgreSQL: FOR UPDATE; SQLite: the caller already holds the write lock after a write), so a
+    cancel cannot slip in between this read and the caller's commit. (None, False): no such job."""
+    stmt = select(Job.state, Job.cancel_requested).where(Job.id == id)
+    if s.get_bind().dialect.name == "postgresql":
+        stmt = stmt.with_for_update()
+    row = s.execute(stmt).first()
+    if row is None:
+        return None, False
+    return str(row[0]), bool(row[1])
+
+
 def _claim_values(worker_id: str) -> dict[str, Any]:
     now = utcnow()
     return {

@@ -6,7 +6,7 @@ change. Reads do not commit.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -84,11 +84,13 @@ def add_version(
     activate: bool = True,
     version: int | None = None,
     description: str | None = None,
+    guard: Callable[[Session], None] | None = None,
 ) -> TaskVersion:
     """Register a version whose file is already in the store (file first, then the row).
 
     Creates the task when it is new. `version` defaults to the highest so far + 1. Raises Conflict
-    when the version exists or the task has another task type.
+    when the version exists or the task has another task type. `guard(s)` runs in the same
+    transaction once the row is written, before the commit; what it raises rolls the row back.
     """
     task = get_task(s, name) or _create_task(s, name, task_type, labels, description, source)
     check_task_type(task, task_type)
@@ -115,6 +117,12 @@ def add_version(
     except IntegrityError as e:
         s.rollback()
         raise Conflict(f"task {name!r} already has a version {version}") from e
+    if guard is not None:
+        try:
+            guard(s)
+        except BaseException:
+            s.rollback()
+            raise
     if activate or task.active_version is None:
         task.active_version = version
         task.labels = list(labels or [])

@@ -11,12 +11,13 @@ silently dropped; only blank lines are skipped.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 _TEXT_SUFFIXES = {".jsonl", ".ndjson", ".json", ".csv", ".tsv"}
 
@@ -136,9 +137,28 @@ def jsonl_lines(text: str) -> Iterable[tuple[int, str]]:
         yield line_no, raw[:-1] if raw.endswith("\r") else raw
 
 
+def file_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    """(1-based line number, line) of a JSONL file, read a line at a time (lines end at "\\n" only,
+    a trailing "\\r" and a UTF-8 BOM are dropped): what jsonl_lines gives for the whole text."""
+    with open(path, "rb") as f:
+        for line_no, raw in enumerate(f, start=1):
+            if line_no == 1 and raw.startswith(codecs.BOM_UTF8):
+                raw = raw[len(codecs.BOM_UTF8) :]
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raise DataError("not valid UTF-8 text", line=line_no) from None
+            line = line[:-1] if line.endswith("\n") else line
+            yield line_no, line[:-1] if line.endswith("\r") else line
+
+
 def _iter_jsonl(text: str, max_rows: int | None) -> Iterable[tuple[int, Any]]:
+    return _iter_jsonl_lines(jsonl_lines(text), max_rows)
+
+
+def _iter_jsonl_lines(lines: Iterable[tuple[int, str]], max_rows: int | None) -> Iterable[tuple[int, Any]]:
     count = 0
-    for line_no, raw in jsonl_lines(text):
+    for line_no, raw in lines:
         if not raw.strip():
             continue
         count += 1
@@ -154,8 +174,9 @@ def _csv_cell(value: str) -> str | None:
     return value if value.strip() else None
 
 
-def _iter_csv(text: str, delimiter: str, max_rows: int | None) -> Iterable[tuple[int, dict]]:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter)
+def _iter_csv(text: str | IO[str], delimiter: str, max_rows: int | None) -> Iterable[tuple[int, dict]]:
+    stream = io.StringIO(text, newline="") if isinstance(text, str) else text
+    reader = csv.reader(stream, delimiter=delimiter)
     header: list[str] | None = None
     count = 0
     prev_line = 0
@@ -182,10 +203,11 @@ def _iter_csv(text: str, delimiter: str, max_rows: int | None) -> Iterable[tuple
         yield start_line, {name: _csv_cell(cell) for name, cell in zip(header, row, strict=True)}
 
 
-def _check_csv_header(text: str, delimiter: str, needed: tuple[str, ...]) -> None:
+def _check_csv_header(text: str | IO[str], delimiter: str, needed: tuple[str, ...]) -> None:
     """Raise early, before reading rows, if the header lacks a needed column."""
+    stream = io.StringIO(text, newline="") if isinstance(text, str) else text
     try:
-        for line, row in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter=delimiter), start=1):
+        for line, row in enumerate(csv.reader(stream, delimiter=delimiter), start=1):
             if not row or not any(cell.strip() for cell in row):
                 continue
             header = [cell.strip() for cell in row]
@@ -298,6 +320,69 @@ def read_examples_bytes(
     return examples
 
 
+def iter_examples_file(
+    path: str | Path,
+    task_type: str,
+    *,
+    require_labels: bool = True,
+    max_rows: int | None = None,
+    filename: str | None = None,
+) -> Iterator[Example]:
+    """The examples of a .jsonl/.ndjson, .csv or .tsv file, read a line at a time (a .json file is
+    one document and is read whole); the same checks and errors as read_examples_bytes. The format
+    is `filename`'s extension (default: the path's). Raises DataError when the file is empty or
+    holds no records."""
+    path = Path(path)
+    name = filename or path.name
+    task = _task(task_type)
+    suffix = _suffix(name)
+    if suffix == ".json":
+        yield from read_examples_bytes(
+            path.read_bytes(), name, task_type, require_labels=require_labels, max_rows=max_rows
+        )
+        return
+    seen = False
+    if suffix in (".jsonl", ".ndjson"):
+        for line, record in _iter_jsonl_lines(file_lines(path), max_rows):
+            seen = True
+            yield parse_record(record, task_type, line=line, require_labels=require_labels)
+    else:
+        columns = task.csv_columns(require_labels)
+        if columns is None:
+            yield from read_examples_bytes(b"x", name, task_type, require_labels=require_labels)
+            return
+        delimiter = "\t" if suffix == ".tsv" else ","
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            try:
+                if not f.read(1 << 16).strip() and not f.read(1):
+                    raise DataError(f"the file {name!r} is empty")
+                f.seek(0)
+                _check_csv_header(f, delimiter, columns)
+                f.seek(0)
+                for line, record in _iter_csv(f, delimiter, max_rows):
+                    seen = True
+                    yield parse_record(record, task_type, line=line, require_labels=require_labels)
+            except UnicodeDecodeError as exc:
+                raise DataError("not valid UTF-8 text", line=_bad_utf8_line(path, exc)) from None
+    if not seen:
+        empty = all(not line.strip() for _, line in file_lines(path))
+        raise DataError(f"the file {name!r} {'is empty' if empty else 'holds no records'}")
+
+
+def _bad_utf8_line(path: Path, exc: UnicodeDecodeError) -> int:
+    """The line of the first byte that is not UTF-8 (read a block at a time)."""
+    line = 1
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            try:
+                block.decode("utf-8")
+            except UnicodeDecodeError as e:
+                if e.reason != "unexpected end of data":
+                    return line + block[: e.start].count(b"\n")
+            line += block.count(b"\n")
+    return line
+
+
 def read_examples(
     path: str | Path,
     task_type: str,
@@ -305,11 +390,9 @@ def read_examples(
     require_labels: bool = True,
     max_rows: int | None = None,
 ) -> list[Example]:
-    """Read examples from a .jsonl/.ndjson, .json, .csv or .tsv file (see the module docstring)."""
-    path = Path(path)
-    return read_examples_bytes(
-        path.read_bytes(), path.name, task_type, require_labels=require_labels, max_rows=max_rows
-    )
+    """Read examples from a .jsonl/.ndjson, .json, .csv or .tsv file (see the module docstring),
+    a line at a time (iter_examples_file)."""
+    return list(iter_examples_file(path, task_type, require_labels=require_labels, max_rows=max_rows))
 
 
 def detect_columns(data: bytes, filename: str, *, max_records: int = 1000) -> list[str]:

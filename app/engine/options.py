@@ -23,6 +23,8 @@ METHODS = ("p-tuning-v2", "prompt-tuning", "fine-tuning")
 SERVED_METHODS = ("p-tuning-v2", "prompt-tuning")
 HEADS = ("linear", "verbalizer")
 PREFIX_INITS = ("random", "tokens")
+#: the most labels (tags) a task may have unless the caller gives its own cap (PROMPTHUB_MAX_LABELS)
+DEFAULT_MAX_LABELS = 5000
 
 
 @dataclass(frozen=True)
@@ -231,10 +233,13 @@ def validate_training(
     hp: Mapping[str, Any] | None,
     labels: Sequence[str] | None,
     splits: Mapping[str, Sequence[Example]],
+    *,
+    max_labels: int | None = DEFAULT_MAX_LABELS,
 ) -> None:
     """Every rule a training request must pass: SpecError naming the field ('task_type',
     'labels', 'hyperparameters.doc_stride', ...) or DataError naming the split, line and field of
-    an example whose label is not among the given labels."""
+    an example whose label is not among the given labels. At most `max_labels` labels (given, or
+    found in train) (None: no cap)."""
     from app.engine import tasks
     from app.engine.data import DataError
     from app.engine.model import SpecError
@@ -252,6 +257,12 @@ def validate_training(
             # word if any, so the rules that do not depend on them are checked now; the worker
             # checks the rest when it reads the data
             spec.labels = [f"label-{i}" for i in range(len(spec.label_words or [None]))]
+    if max_labels is not None and len(spec.labels) > max_labels:
+        noun = "tags" if task.label_field == "tags" else "labels"
+        raise SpecError(
+            f"{len(spec.labels)} {noun}: a task may have at most {max_labels}",
+            field="labels" if labels is not None else "train",
+        )
     try:
         spec.validate()
     except SpecError as e:

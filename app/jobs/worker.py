@@ -33,7 +33,7 @@ from app.engine.backbone import Backbone, load_backbone
 from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes
 from app.engine.data import DataError
 from app.engine.model import ServingTask
-from app.engine.options import build_training
+from app.engine.options import build_training, validate_training
 from app.engine.train import Cancelled, Progress, TrainConfig, TrainResult, train_multitask, train_task
 from app.jobs.payload import DataRef, load_split, training_doc
 from app.store import PromptStore, StoreError
@@ -63,6 +63,9 @@ class _JobRun:
         self.worker = worker
         self.job_id = job_id
         self.stop_requested = threading.Event()  # cancel asked for, or the job is no longer ours
+        self.started = time.monotonic()
+        self.budget_s = worker.settings.job_max_seconds
+        self.over_budget = False  # the job ran past PROMPTHUB_JOB_MAX_SECONDS
         self._done = threading.Event()
         self._last_write = 0.0
         self._pending: dict[str, Any] | None = None
@@ -94,6 +97,11 @@ class _JobRun:
                 self._write(None)
 
     def should_stop(self) -> bool:
+        """Checked by the training loop between steps: a cancel, a stopping worker, or the job's
+        wall-time budget spent."""
+        if self.budget_s and time.monotonic() - self.started > self.budget_s:
+            self.over_budget = True
+            return True
         return self.stop_requested.is_set() or self.worker.stop_event.is_set()
 
     def progress(self, p: Progress) -> None:
@@ -212,14 +220,33 @@ class Worker:
             db_jobs.finish_job(s, job_id, state, worker_id=self.worker_id, **kw)
 
     def _run_job(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> None:
+        try:
+            self._run_job_inner(job_id, kind, payload, backbone)
+        finally:
+            # a job stopped mid-epoch (cancel, wall-time budget) leaves the modules in training
+            # mode (dropout on): the shared frozen backbone goes back to eval for the next job
+            backbone.model.eval()
+
+    def _run_job_inner(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> None:
         with _JobRun(self, job_id) as run:
             try:
                 if kind == "multitask":
                     result, metrics = self._train_multitask(job_id, payload, backbone, run)
                 else:
                     result, metrics = self._train_single(job_id, payload, backbone, run)
+            except versions.JobNotLive as e:  # cancelled, or its task deleted, while it finished
+                self._finish(job_id, CANCELLED, error=str(e))
+                log.info("job %s cancelled before publishing: %s", job_id, e)
+                return
             except Cancelled:
-                if self.stop_event.is_set() and not run.stop_requested.is_set():
+                if run.over_budget:
+                    message = (
+                        f"the job ran past its wall-time budget of {run.budget_s:g} s "
+                        "(PROMPTHUB_JOB_MAX_SECONDS)"
+                    )
+                    log.warning("job %s failed: %s", job_id, message)
+                    self._finish(job_id, FAILED, error=message)
+                elif self.stop_event.is_set() and not run.stop_requested.is_set():
                     with self.sessionmaker() as s:
                         db_jobs.release_job(s, job_id, worker_id=self.worker_id)
                     log.info("job %s put back in the queue: the worker is stopping", job_id)
@@ -241,11 +268,29 @@ class Worker:
             log.info("job %s succeeded: %s", job_id, result)
 
     def _lookup_dataset(self, dataset_id: str) -> tuple[Path, str, str] | None:
+        """A referenced dataset, held to the upload limits (bytes here, rows when it is read):
+        a reference does not bypass what an upload or a request body may hold."""
         with self.sessionmaker() as s:
             ds = db_datasets.get_dataset(s, dataset_id)
             if ds is None:
                 return None
-            return Path(ds.path), ds.filename, ds.sha256
+            path, filename, sha = Path(ds.path), ds.filename, ds.sha256
+        limit = self.settings.max_upload_bytes
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0  # missing: load_split says so
+        if size > limit:
+            raise DataError(
+                f"dataset {dataset_id!r} is {size} bytes; the limit is {limit} bytes (PROMPTHUB_MAX_UPLOAD_BYTES)",
+                field="dataset_id",
+            )
+        return path, filename, sha
+
+    def _check_labels(self, task_type: str, hp: dict, labels: Any, train: Any, ev: Any) -> None:
+        """The cap on labels (and the label rules) for data the API did not see (a dataset)."""
+        splits = {"train": train, **({"eval": ev} if ev else {})}
+        validate_training(task_type, hp, labels, splits, max_labels=self.settings.max_labels)
 
     def _splits(
         self, spec_doc: dict[str, Any], task_type: str, where: str
@@ -284,6 +329,7 @@ class Worker:
         name, task_type = payload["task"], payload["task_type"]
         hp = payload.get("hyperparameters") or {}
         train, ev, data = self._splits(payload, task_type, "")
+        self._check_labels(task_type, hp, payload.get("labels"), train, ev)
         spec, config = build_training(task_type, hp, payload.get("labels"))
         init_kv = self._init_from(payload.get("init_from"), backbone)
         result = train_task(
@@ -310,6 +356,7 @@ class Worker:
         for i, t in enumerate(payload.get("tasks") or []):
             name = t["task"]
             train, ev, data = self._splits(t, t["task_type"], f"tasks[{i}].")
+            self._check_labels(t["task_type"], hp, t.get("labels"), train, ev)
             spec, config = build_training(t["task_type"], hp, t.get("labels"))
             tasks[name] = (spec, train, ev)
             datas[name] = data
@@ -358,7 +405,7 @@ class Worker:
         meta = {"training": training, "metrics": metrics, "source": f"job:{job_id}", "data": data}
         blob = checkpoint_bytes(result.task, backbone, meta=meta)
         with self.sessionmaker() as s:
-            return versions.publish(s, self.store, name, blob, source=f"job:{job_id}").version
+            return versions.publish(s, self.store, name, blob, source=f"job:{job_id}", job_id=job_id).version
 
 
 def _ref(ref: DataRef | None) -> dict[str, Any] | None:

@@ -23,7 +23,10 @@ Checks (each problem has a `kind`):
 - ``stuck_job``: a job 'running' whose worker is gone (heartbeat older than PROMPTHUB_JOB_STALE_S, or
   its process on this host no longer exists) (repair: re-queue or fail it, per PROMPTHUB_ON_CRASH);
 - ``dataset_missing`` / ``dataset_mismatch``: an uploaded dataset whose file is gone or changed
-  (repair: drop the row; a changed file is quarantined).
+  (repair: drop the row; a changed file is quarantined);
+- ``dataset_expired``: an uploaded dataset older than PROMPTHUB_DATASET_RETENTION_DAYS that no queued
+  or running job refers to (repair: delete its row, and its file unless another upload shares it;
+  the server's start-up does the same).
 
 The checks and repairs live in app.ops.maintenance (the server's start-up uses the same, with a
 smaller set of repairs). Repair migrates first when needed, then checks again: the exit code is 0
@@ -46,6 +49,7 @@ from app.ops.maintenance import (
     Finding,
     JobRecovery,
     check_datasets,
+    check_expired_datasets,
     check_jobs,
     check_temp,
     check_versions,
@@ -119,6 +123,7 @@ def _check(
         found += check_versions(s, store, deep=True, identity=identity, counts=counts)
         found += check_jobs(s, settings.job_stale_s, counts)
         found += check_datasets(s, counts)
+        found += check_expired_datasets(s, settings.dataset_retention_days)
     return found, counts, False
 
 

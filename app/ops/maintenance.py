@@ -2,7 +2,10 @@
 
 One module for both users:
 - the server's start-up (`startup_sync`): cheap checks (no hashing of registered files), and only
-  the repairs in STARTUP_REPAIRS;
+  the repairs in STARTUP_REPAIRS, which never delete a row nor change which version a task serves
+  (a store folder that is missing, unmounted or mistyped must not erase the registry, on every
+  replica at once; a rollback must survive a restart): everything else is logged for
+  `prompthub doctor --repair`;
 - `prompthub doctor` (app.ops.doctor): every check (`deep`), and with --repair every repair.
 
 Finding kinds and their repairs:
@@ -20,18 +23,22 @@ Finding kinds and their repairs:
     no_active_version  a task whose active version does not exist      activate_newest
     stuck_job          a running job whose worker is gone              recover_jobs
     dataset_missing / dataset_mismatch                                  drop_dataset
+    dataset_expired    older than the retention, no queued/running job uses it   expire_dataset
     schema             the database is behind the newest migration     migrate (the doctor, first)
 
 Tasks whose versions change (rows dropped, files registered) are settled after the version repairs:
-dropped when no version is left, else the newest version is activated when the active one is gone
-or when the task had no active version before.
+a task that had no active version gets its newest one (registering a new task's files); with
+drop_task / activate_newest in the repairs (the doctor), a task left without versions is dropped and
+one whose active version is gone gets its newest.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -42,13 +49,16 @@ from app.db import datasets as db_datasets
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
 from app.db.errors import Conflict
+from app.db.models import utcnow
 from app.engine.checkpoint import CheckpointError, read_metadata, sha256_file
 from app.store import PromptStore, temp_files
 
 log = logging.getLogger(__name__)
 
-# The repairs the server applies by itself at start-up (the rest wait for `prompthub doctor --repair`).
-STARTUP_REPAIRS: tuple[str, ...] = ("delete_temp", "register", "drop_row", "drop_task", "activate_newest")
+# The repairs the server applies by itself at start-up (the rest wait for `prompthub doctor --repair`):
+# none deletes a row or changes a task's active version.
+# expire_dataset applies the operator's dataset retention (PROMPTHUB_DATASET_RETENTION_DAYS).
+STARTUP_REPAIRS: tuple[str, ...] = ("delete_temp", "register", "expire_dataset")
 
 # Every repair, in the order they run (files first, then rows, then the tasks are settled).
 REPAIR_ORDER: tuple[str, ...] = (
@@ -64,6 +74,7 @@ REPAIR_ORDER: tuple[str, ...] = (
     "rewrite_sidecar",
     "recover_jobs",
     "drop_dataset",
+    "expire_dataset",
 )
 ALL_REPAIRS = REPAIR_ORDER
 
@@ -328,6 +339,24 @@ def check_datasets(s: Session, counts: dict | None = None) -> list[Finding]:
     return found
 
 
+def check_expired_datasets(s: Session, retention_days: float | None) -> list[Finding]:
+    """Datasets older than `retention_days` that no queued or running job refers to (0 or None:
+    kept forever)."""
+    if not retention_days or retention_days <= 0:
+        return []
+    found = []
+    for ds in db_datasets.expired_datasets(s, utcnow() - timedelta(days=retention_days)):
+        msg = f"uploaded {ds.created_at:%Y-%m-%d}, older than the retention of {retention_days:g} days"
+        found.append(
+            Finding("dataset_expired", f"dataset {ds.id}", msg, True, "expire_dataset", (ds.id, ds.path))
+        )
+    return found
+
+
+# the name of an uploaded dataset file (app.store.DatasetFiles): only such a file is ever removed
+_DATASET_FILE = re.compile(r"^[0-9a-f]{64}\.(jsonl|ndjson|json|csv|tsv)$")
+
+
 # --------------------------------------------------------------------------------------- repairs
 
 
@@ -431,9 +460,10 @@ class _Repairer:
                 continue
             have = [v.version for v in db_tasks.get_versions(self.s, name)]
             if not have:
-                db_tasks.drop_task_row(self.s, name)
-                self.done.append(f"dropped task {name}: no version left in the store")
-            elif task.active_version not in have or (
+                if "drop_task" in self.kinds:
+                    db_tasks.drop_task_row(self.s, name)
+                    self.done.append(f"dropped task {name}: no version left in the store")
+            elif (task.active_version not in have and "activate_newest" in self.kinds) or (
                 name in self.unactivated and task.active_version != max(have)
             ):
                 versions.activate(self.s, name, max(have))
@@ -468,6 +498,17 @@ class _Repairer:
         if path is not None and path.exists():
             self.store.quarantine(path, f"dataset.{path.name}")
 
+    def expire_dataset(self, f: Finding) -> None:
+        ds_id, path = f.target
+        if ds_id in db_datasets.datasets_in_use(self.s):  # a job was queued meanwhile
+            return
+        if not db_datasets.drop_dataset(self.s, ds_id):
+            return
+        self.done.append(f"deleted dataset {ds_id}: older than the retention")
+        p = Path(path)
+        if _DATASET_FILE.match(p.name) and not db_datasets.path_shared(self.s, path):
+            p.unlink(missing_ok=True)
+
 
 def repair(
     s: Session,
@@ -485,10 +526,29 @@ def repair(
     return r.done
 
 
-def startup_sync(s: Session, store: PromptStore, *, temp_age_s: float = 60.0) -> list[str]:
-    """The server's start-up: the cheap checks, and the repairs in STARTUP_REPAIRS. Findings left
-    unrepaired are logged (`prompthub doctor --repair` handles them). Returns the changes."""
-    findings = check_temp([store.root], temp_age_s) + check_versions(s, store, deep=False)
+def startup_sync(
+    s: Session,
+    store: PromptStore,
+    *,
+    temp_age_s: float = 60.0,
+    dataset_retention_days: float | None = None,
+) -> list[str]:
+    """The server's start-up: the cheap checks, and the repairs in STARTUP_REPAIRS (remove old temp
+    files, register new files, delete datasets past the retention). No version or task row is
+    deleted and no active version changes: the other findings are logged (`prompthub doctor
+    --repair` handles them). Returns the changes."""
+    counts: dict[str, int] = {}
+    findings = check_temp([store.root], temp_age_s) + check_versions(s, store, deep=False, counts=counts)
+    findings += check_expired_datasets(s, dataset_retention_days)
+    missing = sum(1 for f in findings if f.kind == "missing_file")
+    if missing and (not store.root.is_dir() or counts.get("files", 0) == 0):
+        log.error(
+            "store: the folder %s is %s but the database lists %d versions: is it mounted, or is "
+            "PROMPTHUB_STORE_DIR mistyped? Nothing is deleted; those tasks fail until it is back",
+            store.root,
+            "missing" if not store.root.is_dir() else "empty",
+            counts.get("versions", missing),
+        )
     for f in findings:
         if f.problem and f.repair not in STARTUP_REPAIRS:
             log.warning("store: %s %s: %s (run `prompthub doctor`)", f.kind, f.where, f.message)

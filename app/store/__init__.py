@@ -1,13 +1,14 @@
 """Bytes only: the prompt store (versions and their sidecars) and the uploaded dataset files.
 No SQL here; app.versions is where the store and the database meet."""
 
-from app.store.datasets import DatasetFiles, StoredDataset
+from app.store.datasets import DatasetFiles, StoredDataset, UploadTooLarge
 from app.store.prompts import (
     QUARANTINE,
     PromptStore,
     ScannedVersion,
     StoredFile,
     StoreError,
+    VersionTaken,
     temp_files,
     version_filename,
 )
@@ -21,6 +22,8 @@ __all__ = [
     "StoreError",
     "StoredDataset",
     "StoredFile",
+    "UploadTooLarge",
+    "VersionTaken",
     "read_sidecar",
     "temp_files",
     "version_filename",

@@ -41,6 +41,10 @@ class StoreError(RuntimeError):
     """A stored version is missing, corrupt, or cannot be written."""
 
 
+class VersionTaken(StoreError):
+    """The version's file already exists (another writer took the number)."""
+
+
 @dataclass(frozen=True)
 class StoredFile:
     path: Path
@@ -108,18 +112,29 @@ class PromptStore:
         unless `overwrite` (two writers must never silently replace each other's file)."""
         path = self.path(task, version)
         if path.exists() and not overwrite:
-            raise StoreError(f"task {task!r} version {version} already exists in the store")
+            raise VersionTaken(f"task {task!r} version {version} already exists in the store")
         digest = sha256_bytes(data)
         try:
             if overwrite:
                 atomic_write(path, data)
             elif not _write_new(path, data):
-                raise StoreError(f"task {task!r} version {version} already exists in the store")
+                raise VersionTaken(f"task {task!r} version {version} already exists in the store")
+        except OSError as e:
+            raise StoreError(f"could not write task {task!r} version {version}: {e}") from e
+        try:
             write_sidecar(
                 path, task=task, version=version, sha256=digest, size_bytes=len(data), metadata=meta
             )
-        except OSError as e:
-            raise StoreError(f"could not write task {task!r} version {version}: {e}") from e
+        except Exception as e:
+            # the checkpoint is ours (just created): a write that failed leaves nothing that a
+            # start-up would register
+            if not overwrite:
+                self.delete_own(task, version, digest)
+            if isinstance(e, OSError):
+                raise StoreError(
+                    f"could not write the sidecar of task {task!r} version {version}: {e}"
+                ) from e
+            raise
         return StoredFile(path=path, sha256=digest, size_bytes=len(data))
 
     def read_version(self, task: str, version: int, expected_sha256: str | None) -> bytes:
@@ -170,6 +185,25 @@ class PromptStore:
         d = path.parent
         if d.is_dir() and not any(d.iterdir()):
             d.rmdir()
+
+    def delete_own(self, task: str, version: int, sha256: str) -> bool:
+        """Remove a version this writer wrote (a publish that failed), only while the file is still
+        the one with `sha256`: never another writer's file. True when it was removed."""
+        path = self.path(task, version)
+        try:
+            if sha256_file(path) != sha256:
+                return False
+        except OSError:
+            return False
+        side = read_sidecar(path)
+        path.unlink(missing_ok=True)
+        if side is None or side.get("sha256") in (None, sha256):
+            path.with_suffix(".json").unlink(missing_ok=True)
+        try:
+            fsync_dir(path.parent)
+        except OSError:
+            pass
+        return True
 
     def delete_task(self, task: str) -> None:
         d = self.task_dir(task)

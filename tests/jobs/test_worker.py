@@ -377,3 +377,88 @@ def test_train_job_on_postgres(pg_url, tmp_path, tiny_backbone, monkeypatch):
         ver = db_tasks.get_active_version(s, "sent")
         assert ver.version == 1 and ver.source == f"job:{job_id}"
     assert PromptStore(settings.store_dir).read_version("sent", 1, ver.sha256)
+
+
+def test_a_task_deleted_while_its_job_trains_does_not_come_back(worker, settings, monkeypatch):
+    """DELETE /tasks/<name> while a job trains it: the job ends cancelled, and its publish is
+    refused, so the task stays deleted (the delete lands after the last should_stop check)."""
+    from app import versions
+
+    sm = get_sessionmaker(settings.database_url)
+    store = PromptStore(settings.store_dir)
+    first = submit(settings, single(epochs=1))
+    assert worker.run_once() and job(settings, first).state == "succeeded"
+    real_train = worker_mod.train_task
+
+    def train_then_delete(*args, **kw):
+        result = real_train(*args, **kw)
+        with sm() as s:
+            versions.delete_task(s, store, "sent")
+        return result
+
+    monkeypatch.setattr(worker_mod, "train_task", train_then_delete)
+    second = submit(settings, single(epochs=1))
+    assert worker.run_once()
+    j = job(settings, second)
+    assert j.state == "cancelled", (j.state, j.error)
+    with sm() as s:
+        assert db_tasks.get_task(s, "sent") is None
+    assert store.scan() == []
+
+
+def _dataset(settings: Settings, path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with get_sessionmaker(settings.database_url)() as s:
+        return db_datasets.create_dataset(
+            s,
+            filename=path.name,
+            task_type="classification",
+            rows=len(rows),
+            columns=["text", "label"],
+            path=str(path),
+            sha256="ab" * 32,
+            size_bytes=path.stat().st_size,
+        ).id
+
+
+def _limited_worker(settings: Settings, tiny_backbone, **limits) -> Worker:
+    return Worker(settings.model_copy(update=limits), worker_id="limited", backbone=tiny_backbone)
+
+
+def test_a_dataset_job_over_the_label_cap_fails(settings, tiny_backbone, tmp_path):
+    """The API cannot count the labels of an uploaded file: the worker checks the cap when it reads it."""
+    rows = [{"text": f"example {i}", "label": f"l{i}"} for i in range(6)]
+    payload = single(eval_records=None, epochs=1)
+    payload["train"] = {"records": None, "dataset_id": _dataset(settings, tmp_path / "many.jsonl", rows)}
+    job_id = submit(settings, payload)
+    assert _limited_worker(settings, tiny_backbone, max_labels=5).run_once()
+    j = job(settings, job_id)
+    assert j.state == "failed" and "6 labels: a task may have at most 5" in j.error
+    assert PromptStore(settings.store_dir).scan() == []
+
+
+def test_a_referenced_dataset_is_held_to_the_upload_limits(settings, tiny_backbone, tmp_path):
+    """A dataset reference does not bypass the limits: over the byte limit, or over the row limit."""
+    ds = _dataset(settings, tmp_path / "big.jsonl", RECORDS * 4)
+    payload = single(eval_records=None, epochs=1)
+    payload["train"] = {"records": None, "dataset_id": ds}
+    size = (tmp_path / "big.jsonl").stat().st_size
+    too_big = submit(settings, payload)
+    assert _limited_worker(settings, tiny_backbone, max_upload_bytes=size - 1).run_once()
+    j = job(settings, too_big)
+    assert j.state == "failed" and f"is {size} bytes; the limit is {size - 1} bytes" in j.error
+    too_long = submit(settings, payload)
+    assert _limited_worker(settings, tiny_backbone, max_dataset_rows=len(RECORDS)).run_once()
+    j = job(settings, too_long)
+    assert j.state == "failed" and "too many rows" in j.error
+
+
+def test_a_job_over_its_wall_time_budget_fails_with_that_reason(settings, tiny_backbone):
+    job_id = submit(settings, long_job())
+    w = _limited_worker(settings, tiny_backbone, job_max_seconds=1.0)
+    assert w.run_once()
+    j = job(settings, job_id)
+    assert j.state == "failed" and "wall-time budget of 1 s (PROMPTHUB_JOB_MAX_SECONDS)" in j.error
+    assert (j.finished_at - j.started_at).total_seconds() < 30
+    assert PromptStore(settings.store_dir).scan() == []
+    assert not tiny_backbone.model.training  # stopped mid-epoch: the shared backbone is back in eval

@@ -1,14 +1,16 @@
-"""POST /datasets: upload a JSONL / JSON / CSV / TSV file for training jobs to refer to by id."""
+"""Datasets: upload a JSONL / JSON / CSV / TSV file for training jobs to refer to by id (POST,
+streamed to disk and parsed from the file), list them (GET), delete one (DELETE; refused with 409
+while a queued or running job refers to it)."""
 
 from __future__ import annotations
 
 import csv
-import io
 import json
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import Path as PathParam
 
 from app.api.auth import Train
 from app.api.deps import DatasetFilesDep, SessionDep, SettingsDep
@@ -16,10 +18,13 @@ from app.api.errors import ApiError, InputError
 from app.api.schemas import DatasetOut, TaskType
 from app.db import datasets as db
 from app.engine import data as D
+from app.store import UploadTooLarge
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
 SUFFIXES = (".jsonl", ".ndjson", ".json", ".csv", ".tsv")
+MAX_FILENAME_CHARS = 255  # the datasets.filename column
+COLUMNS_HEAD_BYTES = 1 << 18  # the columns of a JSONL/CSV upload are read from its first 256 KiB
 
 
 def _file_error(err: D.DataError) -> InputError:
@@ -29,15 +34,12 @@ def _file_error(err: D.DataError) -> InputError:
     return InputError.at(loc, str(err), "data_error")
 
 
-def _count_rows(data: bytes, suffix: str, max_rows: int) -> int:
-    """Rows of a well-formed file of any task (no task type given): JSON syntax or CSV shape only."""
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise D.DataError("not valid UTF-8 text", line=data[: e.start].count(b"\n") + 1) from None
+def _count_rows(path: Path, suffix: str, max_rows: int) -> int:
+    """Rows of a well-formed file of any task (no task type given): JSON syntax or CSV shape only,
+    read a line at a time (a .json document whole)."""
     rows = 0
     if suffix in (".jsonl", ".ndjson"):
-        for line_no, raw in D.jsonl_lines(text):
+        for line_no, raw in D.file_lines(path):
             if not raw.strip():
                 continue
             try:
@@ -47,7 +49,15 @@ def _count_rows(data: bytes, suffix: str, max_rows: int) -> int:
             if not isinstance(value, dict):
                 raise D.DataError(f"expected a JSON object, got {type(value).__name__}", line=line_no)
             rows += 1
+            if rows > max_rows:
+                raise D.DataError(f"too many rows: {rows}, the limit is {max_rows}")
     elif suffix == ".json":
+        data = path.read_bytes()
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError as e:
+            raise D.DataError("not valid UTF-8 text", line=data[: e.start].count(b"\n") + 1) from None
+        del data
         try:
             doc: Any = json.loads(text)
         except json.JSONDecodeError as e:
@@ -59,25 +69,56 @@ def _count_rows(data: bytes, suffix: str, max_rows: int) -> int:
         else:
             raise D.DataError("expected a JSON list of records or a SQuAD document")
     else:
-        reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t" if suffix == ".tsv" else ",")
-        width = None
-        try:
-            for row in reader:
-                if not row or not any(c.strip() for c in row):
-                    continue
-                if width is None:
-                    width = len(row)
-                    continue
-                if len(row) != width:
-                    raise D.DataError(f"expected {width} fields, got {len(row)}", line=reader.line_num)
-                rows += 1
-        except csv.Error as e:
-            raise D.DataError(f"malformed CSV: {e}", line=reader.line_num) from None
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            reader = csv.reader(f, delimiter="\t" if suffix == ".tsv" else ",")
+            width = None
+            try:
+                for row in reader:
+                    if not row or not any(c.strip() for c in row):
+                        continue
+                    if width is None:
+                        width = len(row)
+                        continue
+                    if len(row) != width:
+                        raise D.DataError(f"expected {width} fields, got {len(row)}", line=reader.line_num)
+                    rows += 1
+                    if rows > max_rows:
+                        raise D.DataError(f"too many rows: {rows}, the limit is {max_rows}")
+            except csv.Error as e:
+                raise D.DataError(f"malformed CSV: {e}", line=reader.line_num) from None
+            except UnicodeDecodeError:
+                raise D.DataError("not valid UTF-8 text", line=reader.line_num + 1) from None
     if rows > max_rows:
         raise D.DataError(f"too many rows: {rows}, the limit is {max_rows}")
     if rows == 0:
         raise D.DataError("the file holds no records")
     return rows
+
+
+def _columns(path: Path, filename: str, suffix: str) -> list[str]:
+    """The columns of an upload (best effort): a .json document whole, else its first 256 KiB."""
+    with open(path, "rb") as f:
+        head = f.read() if suffix == ".json" else f.read(COLUMNS_HEAD_BYTES)
+    if suffix != ".json" and len(head) == COLUMNS_HEAD_BYTES and b"\n" in head:
+        head = head[: head.rindex(b"\n") + 1]
+    return D.detect_columns(head, filename)
+
+
+def _filename(raw: str | None) -> str:
+    """The upload's file name (its last path part), or 422 naming the field: at most 255
+    characters, no NUL or other control characters (PostgreSQL refuses them: a 500 before)."""
+    name = Path(raw or "").name
+    if len(name) > MAX_FILENAME_CHARS:
+        raise InputError.at(
+            ["body", "file", "filename"],
+            f"the file name is {len(name)} characters long; the limit is {MAX_FILENAME_CHARS}",
+            "string_too_long",
+        )
+    if any(ord(c) < 32 or ord(c) == 127 or 0xD800 <= ord(c) <= 0xDFFF for c in name):
+        raise InputError.at(
+            ["body", "file", "filename"], "the file name holds a NUL or another control character"
+        )
+    return name
 
 
 @router.post("", status_code=201, response_model=DatasetOut)
@@ -89,31 +130,72 @@ def upload_dataset(
     file: Annotated[UploadFile, File(description="JSONL, JSON, CSV or TSV")],
     task_type: Annotated[TaskType | None, Form()] = None,
 ) -> DatasetOut:
-    filename = Path(file.filename or "").name
+    filename = _filename(file.filename)
     suffix = Path(filename).suffix.lower()
     if suffix not in SUFFIXES:
         raise InputError.at(
             ["body", "file"], f"unsupported file type {suffix or '(none)'!r}: use {', '.join(SUFFIXES)}"
         )
-    data = file.file.read(settings.max_upload_bytes + 1)
-    if len(data) > settings.max_upload_bytes:
-        raise ApiError(413, f"upload too large: the limit is {settings.max_upload_bytes} bytes")
+    try:  # streamed to a temp file a chunk at a time, then parsed from it a line at a time
+        spooled = files.spool(file.file, suffix, settings.max_upload_bytes)
+    except UploadTooLarge:
+        raise ApiError(413, f"upload too large: the limit is {settings.max_upload_bytes} bytes") from None
     try:
         if task_type is not None:
-            rows = len(D.read_examples_bytes(data, filename, task_type, max_rows=settings.max_dataset_rows))
+            rows = sum(
+                1
+                for _ in D.iter_examples_file(
+                    spooled.path, task_type, max_rows=settings.max_dataset_rows, filename=filename
+                )
+            )
         else:
-            rows = _count_rows(data, suffix, settings.max_dataset_rows)
+            rows = _count_rows(spooled.path, suffix, settings.max_dataset_rows)
+        columns = _columns(spooled.path, filename, suffix)
+        stored = files.keep(spooled, suffix)
     except D.DataError as err:
+        files.discard(spooled)
         raise _file_error(err) from None
-    stored = files.put(data, suffix)
+    except BaseException:
+        files.discard(spooled)
+        raise
     ds = db.create_dataset(
         s,
         filename=filename,
         task_type=task_type,
         rows=rows,
-        columns=D.detect_columns(data, filename),
+        columns=columns,
         path=str(stored.path),
         sha256=stored.sha256,
         size_bytes=stored.size_bytes,
     )
     return DatasetOut.model_validate(ds)
+
+
+@router.get("", response_model=list[DatasetOut])
+def list_datasets(_: Train, s: SessionDep) -> list[DatasetOut]:
+    """Every uploaded dataset, oldest first."""
+    return [DatasetOut.model_validate(d) for d in db.list_datasets(s)]
+
+
+@router.delete("/{dataset_id}")
+def delete_dataset(
+    _: Train,
+    s: SessionDep,
+    files: DatasetFilesDep,
+    dataset_id: Annotated[str, PathParam(min_length=1, max_length=64)],
+) -> dict:
+    """Delete a dataset (its row, and its file unless another upload of the same bytes uses it);
+    409 while a queued or running job refers to it."""
+    ds = db.get_dataset(s, dataset_id)
+    if ds is None:
+        raise ApiError(404, f"no dataset with id {dataset_id!r}")
+    jobs = db.datasets_in_use(s).get(dataset_id)
+    if jobs:
+        raise ApiError(
+            409, f"dataset {dataset_id!r} is used by queued or running job(s) {', '.join(sorted(jobs))}"
+        )
+    path = ds.path
+    db.drop_dataset(s, dataset_id)
+    if not db.path_shared(s, path):
+        files.delete(path)
+    return {"deleted": dataset_id}

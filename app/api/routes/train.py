@@ -68,7 +68,12 @@ def _spec_loc(err: SpecError, loc: Loc) -> list[str | int]:
 
 
 def _check_task(
-    s: Session, t: TrainTask, hp: Hyperparameters, loc: list[str | int], max_rows: int
+    s: Session,
+    t: TrainTask,
+    hp: Hyperparameters,
+    loc: list[str | int],
+    max_rows: int,
+    max_labels: int | None = None,
 ) -> dict[str, Any]:
     """Validate one task of a training request with the engine's rules (the worker builds its spec
     with the same table); returns its stored form, inline records as parsed examples."""
@@ -105,7 +110,7 @@ def _check_task(
             raise data_error(err, [*loc, part, "records"]) from None
         doc[part] = examples_split(parsed[part])
     try:
-        validate_training(t.task_type, hp.model_dump(), t.labels, parsed)
+        validate_training(t.task_type, hp.model_dump(), t.labels, parsed, max_labels=max_labels)
     except SpecError as err:
         raise InputError.at(_spec_loc(err, loc), str(err)) from None
     except DataError as err:
@@ -138,13 +143,22 @@ def train(
         check_tasks(principal, names)
         payload = multi.model_dump(mode="json")
         payload["tasks"] = [
-            _check_task(s, t, multi.hyperparameters, ["body", "tasks", i], settings.max_dataset_rows)
+            _check_task(
+                s,
+                t,
+                multi.hyperparameters,
+                ["body", "tasks", i],
+                settings.max_dataset_rows,
+                settings.max_labels,
+            )
             for i, t in enumerate(multi.tasks)
         ]
         return _accepted(s, settings, "multitask", payload, names)
     single: TrainRequest = _parse(TrainRequest, body)
     check_tasks(principal, [single.task] + ([single.init_from] if single.init_from else []))
-    payload = _check_task(s, single, single.hyperparameters, ["body"], settings.max_dataset_rows)
+    payload = _check_task(
+        s, single, single.hyperparameters, ["body"], settings.max_dataset_rows, settings.max_labels
+    )
     if single.init_from is not None:
         _check_name(single.init_from, ["body", "init_from"])
         if db_tasks.get_task(s, single.init_from) is None:
