@@ -267,32 +267,34 @@ def _fit(
         order = torch.randperm(len(plan), generator=gen).tolist()
         joint.train()
         running, count = 0.0, 0
-        for k in order:
-            if step >= total:
-                break
-            if should_stop is not None and should_stop():
-                raise Cancelled(f"cancelled at step {step} of {total}")
-            name, idx = plan[k]
-            model, feats, _ = tasks[name]
-            batch = training_batch(model.spec, [feats[i] for i in idx], pad, device)
-            loss = task_loss(model.spec, model(batch), batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
-            opt.step()
-            sched.step()
-            step += 1
-            running += loss.item()
-            count += 1
-            _emit(
-                progress,
-                step=step,
-                total=total,
-                epoch=epoch - 1 + count / max(1, len(plan)),
-                loss=running / count,
-                task=name if len(names) > 1 else None,
-            )
-        joint.eval()
+        try:  # whatever stops the epoch (a cancel, an error), the modules go back to eval
+            for k in order:
+                if step >= total:
+                    break
+                if should_stop is not None and should_stop():
+                    raise Cancelled(f"cancelled at step {step} of {total}")
+                name, idx = plan[k]
+                model, feats, _ = tasks[name]
+                batch = training_batch(model.spec, [feats[i] for i in idx], pad, device)
+                loss = task_loss(model.spec, model(batch), batch)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(list(params.values()), config.max_grad_norm)
+                opt.step()
+                sched.step()
+                step += 1
+                running += loss.item()
+                count += 1
+                _emit(
+                    progress,
+                    step=step,
+                    total=total,
+                    epoch=epoch - 1 + count / max(1, len(plan)),
+                    loss=running / count,
+                    task=name if len(names) > 1 else None,
+                )
+        finally:
+            joint.eval()
         record = {"epoch": epoch, "step": step, "loss": running / max(1, count), "metrics": {}}
         scores = []
         snapshot: dict[str, tuple[ServingTask, dict]] = {}

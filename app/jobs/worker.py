@@ -220,14 +220,6 @@ class Worker:
             db_jobs.finish_job(s, job_id, state, worker_id=self.worker_id, **kw)
 
     def _run_job(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> None:
-        try:
-            self._run_job_inner(job_id, kind, payload, backbone)
-        finally:
-            # a job stopped mid-epoch (cancel, wall-time budget) leaves the modules in training
-            # mode (dropout on): the shared frozen backbone goes back to eval for the next job
-            backbone.model.eval()
-
-    def _run_job_inner(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> None:
         with _JobRun(self, job_id) as run:
             try:
                 if kind == "multitask":

@@ -95,6 +95,9 @@ def test_cancellation_between_steps(tiny_backbone):
             TrainConfig(batch_size=8),
             should_stop=stop,
         )
+    # a run stopped mid-epoch leaves the shared frozen backbone in eval mode (no dropout for the
+    # predictions and jobs that use it next)
+    assert not tiny_backbone.model.training
 
 
 def test_early_stopping_and_best_epoch(tiny_backbone):
