@@ -45,15 +45,9 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings, get_settings
-from app.ops.maintenance import (
-    Finding,
-    JobRecovery,
-    check_datasets,
-    check_expired_datasets,
-    check_jobs,
-    check_temp,
-    check_versions,
-)
+from app.ops.datasets import check_datasets, check_expired_datasets
+from app.ops.findings import Finding
+from app.ops.maintenance import JobRecovery, check_jobs, check_temp, check_versions
 from app.ops.maintenance import repair as repair_findings
 from app.store import PromptStore
 

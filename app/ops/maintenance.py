@@ -35,22 +35,21 @@ one whose active version is gone gets its newest.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import timedelta
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session
 
 from app import versions
-from app.db import datasets as db_datasets
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
 from app.db.errors import Conflict
-from app.db.models import utcnow
 from app.engine.checkpoint import CheckpointError, read_metadata, sha256_file
+from app.ops import datasets as ops_datasets
+from app.ops.datasets import check_expired_datasets
+from app.ops.findings import Finding
 from app.store import PromptStore, temp_files
 
 log = logging.getLogger(__name__)
@@ -77,29 +76,6 @@ REPAIR_ORDER: tuple[str, ...] = (
     "expire_dataset",
 )
 ALL_REPAIRS = REPAIR_ORDER
-
-
-@dataclass
-class Finding:
-    kind: str
-    where: str
-    message: str
-    problem: bool = True  # False: a note (e.g. a young temp file that may be a write in progress)
-    repair: str | None = None  # the repair kind that fixes it; None: not repairable here
-    target: Any = field(default=None, compare=False, repr=False)  # what the repair acts on
-
-    def line(self) -> str:
-        tag = "PROBLEM" if self.problem else "note"
-        return f"{tag:8s} {self.kind:18s} {self.where}: {self.message}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "where": self.where,
-            "message": self.message,
-            "problem": self.problem,
-            "repair": self.repair,
-        }
 
 
 # ---------------------------------------------------------------------------------------- checks
@@ -307,56 +283,6 @@ def check_jobs(s: Session, stale_after_s: float, counts: dict | None = None) -> 
     return found
 
 
-def check_datasets(s: Session, counts: dict | None = None) -> list[Finding]:
-    rows = db_datasets.list_datasets(s)
-    if counts is not None:
-        counts["datasets"] = len(rows)
-    found = []
-    for ds in rows:
-        p = Path(ds.path)
-        if not p.is_file():
-            found.append(
-                Finding(
-                    "dataset_missing",
-                    f"dataset {ds.id}",
-                    f"its file {p} is missing",
-                    True,
-                    "drop_dataset",
-                    (ds.id, None),
-                )
-            )
-        elif sha256_file(p) != ds.sha256:
-            found.append(
-                Finding(
-                    "dataset_mismatch",
-                    f"dataset {ds.id}",
-                    f"its file {p} has changed",
-                    True,
-                    "drop_dataset",
-                    (ds.id, p),
-                )
-            )
-    return found
-
-
-def check_expired_datasets(s: Session, retention_days: float | None) -> list[Finding]:
-    """Datasets older than `retention_days` that no queued or running job refers to (0 or None:
-    kept forever)."""
-    if not retention_days or retention_days <= 0:
-        return []
-    found = []
-    for ds in db_datasets.expired_datasets(s, utcnow() - timedelta(days=retention_days)):
-        msg = f"uploaded {ds.created_at:%Y-%m-%d}, older than the retention of {retention_days:g} days"
-        found.append(
-            Finding("dataset_expired", f"dataset {ds.id}", msg, True, "expire_dataset", (ds.id, ds.path))
-        )
-    return found
-
-
-# the name of an uploaded dataset file (app.store.DatasetFiles): only such a file is ever removed
-_DATASET_FILE = re.compile(r"^[0-9a-f]{64}\.(jsonl|ndjson|json|csv|tsv)$")
-
-
 # --------------------------------------------------------------------------------------- repairs
 
 
@@ -492,22 +418,10 @@ class _Repairer:
         self.done += [f"recovered stuck job {i} ({self.jobs.on_crash})" for i in ids]
 
     def drop_dataset(self, f: Finding) -> None:
-        ds_id, path = f.target
-        if db_datasets.drop_dataset(self.s, ds_id):
-            self.done.append(f"dropped dataset {ds_id}")
-        if path is not None and path.exists():
-            self.store.quarantine(path, f"dataset.{path.name}")
+        self.done += ops_datasets.drop_dataset(self.s, self.store, f)
 
     def expire_dataset(self, f: Finding) -> None:
-        ds_id, path = f.target
-        if ds_id in db_datasets.datasets_in_use(self.s):  # a job was queued meanwhile
-            return
-        if not db_datasets.drop_dataset(self.s, ds_id):
-            return
-        self.done.append(f"deleted dataset {ds_id}: older than the retention")
-        p = Path(path)
-        if _DATASET_FILE.match(p.name) and not db_datasets.path_shared(self.s, path):
-            p.unlink(missing_ok=True)
+        self.done += ops_datasets.expire_dataset(self.s, f)
 
 
 def repair(
