@@ -151,7 +151,7 @@ def check_versions(
             continue
         where = f"{task} v{version}"
         digest = entry.sha256 if deep else sha256_file(entry.path)
-        reason = _unregistrable(entry, digest)
+        reason = _unregistrable(s, entry, digest)
         if reason is None:
             found.append(
                 Finding(
@@ -257,8 +257,11 @@ def _check_file(store: PromptStore, entry: Any, row: Any, identity: Any | None) 
     return found
 
 
-def _unregistrable(entry: Any, digest: str) -> str | None:
-    """Why an unregistered file cannot be registered, or None when it can."""
+def _unregistrable(s: Session, entry: Any, digest: str) -> str | None:
+    """Why an unregistered file cannot be registered, or None when it can. A file a training job of
+    this database wrote but did not publish (the job was killed between the file and its row; it is
+    re-run or failed) is not registered: it would serve a version of a job that did not finish. A
+    file from a job this database does not know (a store moved to a new database) is."""
     side_sha = (entry.sidecar or {}).get("sha256")
     if side_sha and side_sha != digest:
         return "its sha256 differs from its sidecar's"
@@ -268,6 +271,11 @@ def _unregistrable(entry: Any, digest: str) -> str | None:
         return str(e)
     if not (doc.get("spec") or {}).get("task_type"):
         return "its metadata holds no task spec"
+    source = str(doc.get("source") or "")
+    if source.startswith("job:"):
+        job = db_jobs.get_job(s, source[len("job:") :])
+        if job is not None and (job.result or {}).get(entry.task) != entry.version:
+            return f"it was written by job {job.id}, which did not publish it (the job is {job.state})"
     return None
 
 

@@ -236,3 +236,24 @@ def test_dataset_retention_at_start(store, session_factory, tmp_path):
         assert changes == [f"deleted dataset {old}: older than the retention"]
         assert {d.id for d in db_datasets.list_datasets(s)} == {used, young}
         assert not old_path.exists() and used_path.exists() and young_path.exists()
+
+
+def test_a_file_its_job_did_not_publish_is_not_registered(store, session_factory, make_checkpoint):
+    """A worker killed between a version's file and its row leaves a complete checkpoint whose job is
+    re-run (or failed): the start-up must not serve it; a job's published file, or one from a job
+    this database does not know (a store moved to a new database), is registered."""
+    from app.db import jobs as db_jobs
+    from app.ops.maintenance import check_versions
+
+    with session_factory() as s:
+        job = db_jobs.create_job(s, kind="single", payload={}, task_names=["sent"], max_queued=10)
+        store.write_version("sent", 1, make_checkpoint(meta={"source": f"job:{job.id}"}), {})
+        store.write_version("other", 1, make_checkpoint(meta={"source": "job:not-in-this-database"}), {})
+        changes = startup_sync(s, store)
+        assert "registered other v1" in changes and db_tasks.get_task(s, "sent") is None
+        orphan = [f for f in check_versions(s, store, deep=True) if f.where == "sent v1"]
+        assert orphan and orphan[0].repair == "quarantine_orphan" and job.id in orphan[0].message
+
+        # once the job has published that version (its result names it), the file is its own
+        db_jobs.finish_job(s, job.id, "succeeded", result={"sent": 1})
+        assert "registered sent v1" in startup_sync(s, store)
