@@ -30,6 +30,9 @@ class Settings(BaseSettings):
     cache_bytes: int = 536_870_912
     #: padding a forward may waste before the batcher splits it by length (tokens); unset: per device
     bucket_overhead_tokens: float | None = None
+    #: tokens one forward may hold, so short requests wait behind at most about one forward of long
+    #: ones (batches also go round robin over API keys); unset: 1024 on a CPU, no cap on a GPU; 0: none
+    max_batch_tokens: int | None = None
     #: seconds an idle HTTP keep-alive connection stays open (uvicorn's default of 5 s lets a busy
     #: client reuse a connection the server is closing, which it sees as a read error)
     keep_alive_s: float = 30.0

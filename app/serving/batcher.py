@@ -1,8 +1,10 @@
 """Dynamic batching of rows of ANY tasks into one backbone forward per batch.
 
-Requests put their rows (task, features) on one bounded queue. One worker thread per device
-takes up to `max_batch_size` rows, waiting at most `max_wait_ms` after the first one for more,
-sorts them by length so rows of similar length share a padded forward, runs
+Requests put their rows (task, features) on one bounded queue, kept per client (the caller's
+API key). One worker thread per device takes up to `max_batch_size` rows and at most
+`max_batch_tokens` tokens, round robin over the clients that wait (so a client with a deep queue of
+long inputs cannot fill every forward while others wait), waiting at most `max_wait_ms` after the
+oldest row for more, sorts them by length so rows of similar length share a padded forward, runs
 `collate` + `mixed_forward` under inference mode, and resolves each request's future once all
 of its rows are done. Rows hold the ServingTask object itself, so a request whose task gets a
 new version while it waits still runs on the version it resolved (hot-swap safety).
@@ -14,7 +16,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
 from dataclasses import dataclass, field
@@ -88,6 +90,7 @@ class _Item:
     task: ServingTask
     features: dict
     enqueued: float
+    client: str | None = None
 
     @property
     def length(self) -> int:
@@ -115,6 +118,7 @@ class Batcher:
         max_wait_ms: float = 5.0,
         max_queue_rows: int = 2048,
         bucket_overhead_tokens: float | None = None,
+        max_batch_tokens: int | None = None,
     ) -> None:
         if not backbones:
             raise ValueError("the batcher needs at least one backbone")
@@ -122,6 +126,10 @@ class Batcher:
         self.max_batch_size = max(1, int(max_batch_size))
         self.max_wait_s = max(0.0, float(max_wait_ms)) / 1000.0
         self.max_queue_rows = max(1, int(max_queue_rows))
+        # tokens one batch may hold (a forward's time grows with them): a batch of long rows is cut
+        # short so that the rows of other clients wait at most about one such forward. A row
+        # longer than the cap still runs, alone. None: no cap.
+        self.max_batch_tokens = None if max_batch_tokens is None else max(1, int(max_batch_tokens))
         # The fixed cost of one more forward, in padded tokens, when a batch of mixed lengths is
         # split into length buckets (see app.engine.batch.length_buckets). On a CPU a padded token
         # costs as much as a real one and a forward's fixed cost is a few tokens' worth, so
@@ -129,7 +137,8 @@ class Batcher:
         self.bucket_overhead_tokens = bucket_overhead_tokens
         self._forwards = 0
         self._isolations = 0  # failed batches retried request by request
-        self._queue: deque[_Item] = deque()
+        self._queues: OrderedDict[str | None, deque[_Item]] = OrderedDict()  # per client, in turn order
+        self._depth = 0
         self._cond = threading.Condition()
         self._closed = False
         self._batches = 0
@@ -149,8 +158,9 @@ class Batcher:
     def close(self, timeout: float = 5.0) -> None:
         with self._cond:
             self._closed = True
-            pending = list(self._queue)
-            self._queue.clear()
+            pending = [it for q in self._queues.values() for it in q]
+            self._queues.clear()
+            self._depth = 0
             self._cond.notify_all()
         for item in pending:
             item.request.fail(BatcherClosed("the server is shutting down"))
@@ -159,8 +169,9 @@ class Batcher:
         self._threads.clear()
 
     # ------------------------------------------------------------------ requests
-    def submit(self, rows: Sequence[Row]) -> Future:
-        """Queue rows; the future resolves to one CPU logits tensor per row, in order."""
+    def submit(self, rows: Sequence[Row], client: str | None = None) -> Future:
+        """Queue rows; the future resolves to one CPU logits tensor per row, in order. `client` (the
+        caller's key id; None: keyless) is the unit of fairness between queued rows."""
         future: Future = Future()
         if not rows:
             future.set_result([])
@@ -172,22 +183,24 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise BatcherClosed("the batcher is closed")
-            depth = len(self._queue)
+            depth = self._depth
             if depth + len(rows) > self.max_queue_rows:
                 raise QueueFull(len(rows), depth, self.max_queue_rows)
+            queue = self._queues.setdefault(client, deque())
             for i, (task, feats) in enumerate(rows):
-                self._queue.append(_Item(request, i, task, feats, now))
+                queue.append(_Item(request, i, task, feats, now, client))
+            self._depth += len(rows)
             self._cond.notify_all()
         return future
 
     def queue_depth(self) -> int:
         with self._cond:
-            return len(self._queue)
+            return self._depth
 
     def stats(self) -> BatcherStats:
         with self._cond:
             return BatcherStats(
-                queue_rows=len(self._queue),
+                queue_rows=self._depth,
                 batches=self._batches,
                 rows=self._rows,
                 batch_sizes=dict(self._sizes),
@@ -198,25 +211,44 @@ class Batcher:
 
     # ------------------------------------------------------------------ worker
     def _take(self) -> list[_Item] | None:
-        """Block for the next batch: up to max_batch_size rows, or what came within max_wait."""
+        """Block for the next batch: up to max_batch_size rows (and max_batch_tokens tokens), or
+        what came within max_wait of the oldest row, taken round robin over the waiting clients."""
         with self._cond:
-            while not self._queue and not self._closed:
+            while not self._depth and not self._closed:
                 self._cond.wait()
             if self._closed:
                 return None
-            deadline = self._queue[0].enqueued + self.max_wait_s
-            while len(self._queue) < self.max_batch_size and not self._closed:
+            deadline = min(q[0].enqueued for q in self._queues.values()) + self.max_wait_s
+            while self._depth < self.max_batch_size and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
-            if self._closed or not self._queue:
+            if self._closed or not self._depth:
                 return None if self._closed else []
-            n = min(self.max_batch_size, len(self._queue))
-            batch = [self._queue.popleft() for _ in range(n)]
+            batch = self._round_robin()
+            n = len(batch)
+            self._depth -= n
             self._batches += 1
             self._rows += n
             self._sizes[n] = self._sizes.get(n, 0) + 1
+        return batch
+
+    def _round_robin(self) -> list[_Item]:
+        """One row from each waiting client in turn (under the lock) until the batch is full; a
+        client whose turn came moves to the back, so the next batch starts with the others."""
+        batch: list[_Item] = []
+        tokens = 0
+        while self._queues and len(batch) < self.max_batch_size:
+            client, queue = next(iter(self._queues.items()))
+            item = queue[0]
+            if batch and self.max_batch_tokens is not None and tokens + item.length > self.max_batch_tokens:
+                break
+            batch.append(queue.popleft())
+            tokens += item.length
+            self._queues.move_to_end(client)
+            if not queue:
+                del self._queues[client]
         return batch
 
     def _run(self, device_index: int) -> None:

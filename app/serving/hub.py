@@ -163,8 +163,18 @@ class Hub:
             max_wait_ms=self.settings.max_wait_ms,
             max_queue_rows=self.settings.max_queue_rows,
             bucket_overhead_tokens=self.bucket_overhead_tokens,
+            max_batch_tokens=self._max_batch_tokens(),
         ).start()
         self._ready.set()
+
+    def _max_batch_tokens(self) -> int | None:
+        """The setting, or by device: on a CPU a forward's time grows with its tokens (~0.7 ms a
+        token for MiniLM here), so 1,024 tokens bound what a short request waits behind; a GPU's
+        forward is launch-bound, so no cap there unless set."""
+        if self.settings.max_batch_tokens is not None:
+            return self.settings.max_batch_tokens or None
+        assert self.backbones
+        return 1024 if self.backbones[0].device.type == "cpu" else None
 
     def wait_ready(self, timeout: float | None = None) -> bool:
         return self._ready.wait(timeout)
@@ -244,18 +254,20 @@ class Hub:
         try:
             timeout = self.settings.predict_timeout_s
             try:
-                return await asyncio.wait_for(self._predict(name, version, records), timeout)
+                return await asyncio.wait_for(self._predict(name, version, records, client), timeout)
             except TimeoutError:
                 raise PredictTimeout(timeout) from None
         finally:
             ticket.release()
 
-    async def _predict(self, name: str, version: int | None, records: list[dict]) -> tuple[int, list[dict]]:
+    async def _predict(
+        self, name: str, version: int | None, records: list[dict], client: str | None
+    ) -> tuple[int, list[dict]]:
         batcher = self.batcher
         if batcher is None:
             raise NotReady(self.load_error or "the backbone is still loading")
         resolved, prepared = await asyncio.to_thread(self._prepare, name, version, records)
-        future = batcher.submit([(resolved.task, f) for f in prepared.features])
+        future = batcher.submit([(resolved.task, f) for f in prepared.features], client)
         try:
             logits = await asyncio.wrap_future(future)
         finally:

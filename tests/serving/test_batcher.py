@@ -139,3 +139,29 @@ def test_close_fails_pending_requests(tiny_backbone, tasks):
         fut.result(timeout=5)
     with pytest.raises(BatcherClosed):
         batcher.submit([(tasks["cls"], feats[0])])
+
+
+def _rows(n: int, length: int) -> list:
+    return [(None, {"input_ids": [1] * length}) for _ in range(n)]
+
+
+def test_batches_go_round_robin_over_clients_and_hold_a_token_budget():
+    """A client with a deep queue of long inputs cannot fill every forward: the next batch takes a
+    row of each waiting client in turn, and no batch holds more than max_batch_tokens tokens (a row
+    longer than the cap still runs, alone)."""
+    from app.serving.batcher import Batcher
+
+    b = Batcher([object()], max_batch_size=4, max_wait_ms=0, max_batch_tokens=300)  # never started
+    b.submit(_rows(12, 100), client="flood")
+    b.submit(_rows(1, 10), client="good")
+    first = b._take()
+    assert [it.client for it in first] == ["flood", "good", "flood"]  # 100 + 10 + 100 <= 300 < 310
+    assert sum(it.length for it in first) <= 300
+    assert b.queue_depth() == 10
+    b.submit(_rows(1, 10), client="good")
+    assert "good" in [it.client for it in b._take()]  # a waiting client's row is in the next batch
+    b.submit(_rows(1, 500), client="huge")
+    while b.queue_depth():
+        batch = b._take()
+        assert len(batch) == 1 or sum(it.length for it in batch) <= 300
+    assert b.stats().queue_rows == 0
