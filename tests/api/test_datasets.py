@@ -19,12 +19,11 @@ LINE = {"text": "a reasonably long training sentence about a card that has not a
 
 @pytest.fixture
 def db_client(settings_factory, hub_factory, db_url):
-    from starlette.testclient import TestClient
-
     from app.main import create_app
+    from tests.helpers import local_client
 
     settings = settings_factory(database_url=db_url)
-    with TestClient(create_app(settings, hub_factory(settings))) as c:
+    with local_client(create_app(settings, hub_factory(settings))) as c:
         c.settings = settings  # type: ignore[attr-defined]
         yield c
 
@@ -127,14 +126,13 @@ def test_upload_memory_is_bounded_by_chunks_not_the_file(settings, tmp_path, tas
 def test_train_refuses_more_labels_than_the_cap(settings_factory, hub_factory):
     """PROMPTHUB_MAX_LABELS: inline records with too many labels, or too many given labels, are a
     422 naming the field before anything is queued."""
-    from starlette.testclient import TestClient
-
     from app.main import create_app
+    from tests.helpers import local_client
 
     settings = settings_factory(max_labels=3)
     records = [{"text": f"example {i}", "label": f"l{i}"} for i in range(4)]
     body = {"task": "many", "task_type": "classification", "train": {"records": records}}
-    with TestClient(create_app(settings, hub_factory(settings))) as c:
+    with local_client(create_app(settings, hub_factory(settings))) as c:
         r = c.post("/train", json=body)
         assert r.status_code == 422, r.text
         assert r.json()["detail"][0]["loc"] == ["body", "train"]
