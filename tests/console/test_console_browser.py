@@ -245,6 +245,7 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     page.click("nav >> text=Hub")
     page.wait_for_selector("#queue-depth")
     assert "reviews" in page.inner_text("main")
+    assert "running" in page.inner_text("#worker-state")  # the supervised embedded worker (/readyz)
     _shot(page, shots, "hub")
 
     # 7. keyboard: the nav links are reachable and followed with Enter

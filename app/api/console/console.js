@@ -452,6 +452,17 @@ function quantile(buckets, q) { // buckets: [[le, cumulative]] sorted, last +Inf
   return null;
 }
 
+function workerHtml(rd) {
+  // the embedded worker's supervisor, as /readyz reports it ("external": workers run elsewhere)
+  const w = rd.worker;
+  const training = rd.training || "external";
+  if (!w) return `<p class="muted">Workers: ${esc(training === "external" ? "run outside this server (prompthub worker); a running job means one is busy" : training)}.</p>`;
+  const badge = training === "up" ? "ok" : "failed";
+  const exit = w.last_exit != null ? `, last exit: ${esc(String(w.last_exit))}` : "";
+  return `<dl class="kv" id="worker-state"><dt>Embedded worker</dt><dd><span class="badge ${badge}">${esc(w.state || training)}</span>
+    pid ${esc(String(w.pid ?? "—"))}, ${fmt(w.restarts || 0, 0)} restarts${exit}${w.error ? `; ${esc(w.error)}` : ""}</dd></dl>`;
+}
+
 async function pageHub() {
   const [m, ready] = await Promise.all([api("GET", "/metrics"), api("GET", "/readyz")]);
   if (!m.ok) return (main.innerHTML = `<h2>Hub</h2>${errorHtml(m)}`);
@@ -489,7 +500,7 @@ async function pageHub() {
         <dt>Cache</dt><dd>${fmt(hits, 0)} hits, ${fmt(misses, 0)} misses (${hits + misses ? fmt((100 * hits) / (hits + misses), 1) + "% hits" : "—"}), ${fmt(one("prompthub_cache_entries"), 0)} versions, ${bytes(one("prompthub_cache_bytes"))}</dd>
       </dl></section>
       <section class="card"><h3>Training jobs</h3>${bars(jobs, { digits: 0 })}
-        <p class="muted">Workers: the metrics hold jobs by state, not the workers themselves; a running job means a worker is busy.</p></section>
+        ${workerHtml(rd)}</section>
       <section class="card"><h3>Requests per task</h3>${bars(Object.entries(byTask).sort((a, b) => b[1] - a[1]).slice(0, 20), { digits: 0 })}</section>
       <section class="card"><h3>Batch sizes (rows per forward)</h3>${bars(batchHist, { digits: 0 })}</section>
     </div>
