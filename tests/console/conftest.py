@@ -32,8 +32,10 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def chromium() -> Iterator[object]:
+    """One browser for a test module. Not longer: while Playwright's sync API is open it holds a
+    running event loop in this thread, and later tests that call asyncio.run() would fail."""
     reason = _missing()
     if reason:
         print(f"\n*** SKIPPING BROWSER TESTS: {reason} ***")
