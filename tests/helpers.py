@@ -228,6 +228,37 @@ def wait_ready(base: str, proc: subprocess.Popen, log: Path, timeout: float = 18
     pytest.fail(f"server not ready after {timeout}s:\n{log.read_text()[-4000:]}")
 
 
+def minilm_server_settings(tmp_path: Path, **overrides: Any):
+    """Settings of a real server for one test: SQLite, store and datasets under `tmp_path`, the
+    real all-MiniLM-L6-v2 backbone, the embedded worker polling every 0.2 s, a free port."""
+    from app.config import Settings
+
+    values: dict[str, Any] = {
+        "database_url": f"sqlite:///{tmp_path / 'hub.db'}",
+        "store_dir": str(tmp_path / "store"),
+        "data_dir": str(tmp_path / "datasets"),
+        "embedded_worker": True,
+        "worker_poll_s": 0.2,
+        "backbone": "all-MiniLM-L6-v2",
+        "devices": "cpu",
+        "port": free_port(),
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def stop_server(proc: subprocess.Popen, timeout: float = 60) -> None:
+    """SIGINT (the server stops its worker), then SIGKILL after `timeout`."""
+    import signal
+
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 # ----------------------------------------------------------------------------------- data
 
 

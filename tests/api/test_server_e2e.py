@@ -6,20 +6,17 @@ version is served by the same running server, without a restart. Every wait is b
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import httpx
 import pytest
 
+from tests.helpers import minilm_server_settings, start_server, stop_server
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 240
 JOB_TIMEOUT_S = 300
 
@@ -36,12 +33,6 @@ RECORDS = [
         ("the worst film I have seen", "neg"),
     ]
 ]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait(what: str, timeout_s: float, check, proc: subprocess.Popen, log: Path):
@@ -76,31 +67,10 @@ def _train_and_wait(c: httpx.Client, body: dict, proc: subprocess.Popen, log: Pa
 
 
 def test_train_then_predict_on_a_running_server(tmp_path: Path):
-    port = _free_port()
-    env = os.environ.copy()
-    env.update(
-        {
-            "PROMPTHUB_DATABASE_URL": f"sqlite:///{tmp_path / 'hub.db'}",
-            "PROMPTHUB_STORE_DIR": str(tmp_path / "store"),
-            "PROMPTHUB_DATA_DIR": str(tmp_path / "datasets"),
-            "PROMPTHUB_EMBEDDED_WORKER": "true",
-            "PROMPTHUB_WORKER_POLL_S": "0.2",
-            "PROMPTHUB_BACKBONE": "all-MiniLM-L6-v2",
-            "PROMPTHUB_DEVICES": "cpu",
-            "HF_HUB_OFFLINE": "1",
-            "TRANSFORMERS_OFFLINE": "1",
-            "PYTHONPATH": str(REPO),
-        }
-    )
+    settings = minilm_server_settings(tmp_path)
+    port = settings.port
     log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    proc = start_server(settings, log, worker=True)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
             _wait("/healthz", 60, lambda: c.get("/healthz").status_code == 200, proc, log)
@@ -136,9 +106,4 @@ def test_train_then_predict_on_a_running_server(tmp_path: Path):
             assert [v["version"] for v in detail["versions"]] == [1, 2] and detail["active_version"] == 2
             assert 'prompthub_jobs{state="succeeded"} 2.0' in c.get("/metrics").text
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+        stop_server(proc)

@@ -12,9 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import urlparse
@@ -22,7 +19,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import minilm_server_settings, start_server, stop_server, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -75,51 +72,15 @@ def shipped_server(tmp_path: Path):
 
 
 def _serve(tmp_path: Path):
-    port = free_port()
-    env = {
-        **os.environ,
-        "PROMPTHUB_DATABASE_URL": f"sqlite:///{tmp_path / 'hub.db'}",
-        "PROMPTHUB_STORE_DIR": str(tmp_path / "store"),
-        "PROMPTHUB_DATA_DIR": str(tmp_path / "datasets"),
-        "PROMPTHUB_EMBEDDED_WORKER": "true",
-        "PROMPTHUB_WORKER_POLL_S": "0.2",
-        "PROMPTHUB_BACKBONE": "all-MiniLM-L6-v2",
-        "PROMPTHUB_DEVICES": "cpu",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-        "PYTHONPATH": str(REPO),
-    }
+    settings = minilm_server_settings(tmp_path)
     log = tmp_path / "server.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "serve", "--host", "127.0.0.1", "--port", str(port)],
-            cwd=tmp_path,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
-    base = f"http://127.0.0.1:{port}"
+    proc = start_server(settings, log, worker=True)
+    base = f"http://127.0.0.1:{settings.port}"
     try:
-        deadline = time.monotonic() + READY_TIMEOUT_MS / 1000
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited ({proc.returncode}):\n{log.read_text()[-4000:]}")
-            try:
-                if httpx.get(base + "/readyz", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not ready:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
+        wait_ready(base, proc, log, timeout=READY_TIMEOUT_MS / 1000)
         yield base, log
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_server(proc, timeout=30)
 
 
 def _shot(page, folder: Path, name: str) -> None:
