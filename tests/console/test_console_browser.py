@@ -261,7 +261,9 @@ def test_try_it_renders_each_task_type(shipped_server, chromium, tmp_path: Path)
 
     def run(task: str, fields: dict[str, str], expect: str) -> None:
         page.goto(f"{base}/ui#/try/{task}")
-        page.wait_for_selector(f"#try-task >> text={task}", state="attached")
+        # a hash change re-renders the page in place: the old form (whose task list names every
+        # task) stays until the new one is drawn, so wait for the form whose chosen task is this one
+        page.wait_for_function("t => document.getElementById('try-task')?.value === t", arg=task)
         for sel, value in fields.items():
             page.fill(sel, value)
         page.click("#try-form button[type=submit]")
