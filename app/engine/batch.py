@@ -121,10 +121,15 @@ def mixed_forward(backbone: Backbone, tasks: Sequence[ServingTask], batch: dict[
     prefix = build_prefix_batch(tasks, backbone.num_layers, backbone.kv_size)
     prompts = build_input_prompts(tasks, backbone.hidden_size)
     offsets = [t.spec.position_offset for t in tasks]
+    token_types = batch.get("token_type_ids")
+    one_segment = [i for i, t in enumerate(tasks) if not t.spec.segment_ids]
+    if token_types is not None and one_segment:  # rows of tasks that read every token as segment 0
+        token_types = token_types.clone()
+        token_types[one_segment] = 0
     hidden = backbone(
         batch["input_ids"],
         batch["attention_mask"],
-        batch.get("token_type_ids"),
+        token_types,
         prefix=prefix,
         input_prompts=prompts[0] if prompts else None,
         input_prompt_mask=prompts[1] if prompts else None,

@@ -74,6 +74,9 @@ class TaskSpec:
     #: where the tokens' position ids start: 0 (PromptHub's own prefixes), or the prefix length
     #: for a prefix imported from PEFT, which numbers the tokens after its prefix (docs/peft.md)
     position_offset: int = 0
+    #: False: every token is fed as segment 0 (token_type_ids zero), as PEFT's prefix tuning feeds
+    #: the encoder; a task imported from PEFT was trained that way
+    segment_ids: bool = True
 
     def validate(self, num_layers: int | None = None) -> TaskSpec:
         """The general rules, then the task type's own (tasks.get(task_type).check_spec)."""
@@ -164,10 +167,11 @@ class TaskModel(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         b = batch["input_ids"].shape[0]
         prompts = self.prompt(b) if self.prompt is not None else None
+        token_types = batch.get("token_type_ids") if self.spec.segment_ids else None
         hidden = self.backbone(
             batch["input_ids"],
             batch["attention_mask"],
-            batch.get("token_type_ids"),
+            token_types,
             prefix=self.prefix_batch(b),
             input_prompts=prompts,
             position_offsets=[self.spec.position_offset] * b if self.spec.position_offset else None,
