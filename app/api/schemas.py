@@ -215,3 +215,12 @@ class OpenAIEmbeddingResponse(BaseModel):
     data: list[OpenAIEmbedding]
     model: str
     usage: OpenAIEmbeddingUsage
+
+
+# ---------------------------------------------------------------------- PEFT adapters
+class PeftImported(BaseModel):
+    task: str
+    version: int
+    sha256: str
+    prefix_length: int
+    position_offset: int = Field(description="where the task's token positions start (PEFT's: the prefix length)")

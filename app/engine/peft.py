@@ -50,7 +50,12 @@ PEFT_VERSION = "0.21.2"  # the version whose format this writes (and whose loadi
 
 
 class PeftError(ValueError):
-    """An adapter folder that cannot be imported, or a task that cannot be exported exactly."""
+    """An adapter folder that cannot be imported, or a task that cannot be exported exactly.
+    ``part``: which file of the folder is at fault ("adapter_config", "adapter_model", "head")."""
+
+    def __init__(self, message: str, part: str | None = None) -> None:
+        super().__init__(message)
+        self.part = part
 
 
 # ------------------------------------------------------------------------------------ heads
@@ -83,22 +88,23 @@ def read_head(path: str | Path) -> tuple[dict, dict[str, Tensor], dict[str, str]
     if not path.is_file():
         raise PeftError(
             f"{path.name} is missing: PromptHub needs the task's head beside the adapter "
-            f"(a safetensors file in the {HEAD_FORMAT!r} format, see docs/peft.md)"
+            f"(a safetensors file in the {HEAD_FORMAT!r} format, see docs/peft.md)",
+            "head",
         )
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open has no iteration
     except Exception as e:  # safetensors raises its own error types
-        raise PeftError(f"{path.name}: not a readable safetensors file: {e}") from e
+        raise PeftError(f"{path.name}: not a readable safetensors file: {e}", "head") from e
     if meta.get("format") != HEAD_FORMAT:
-        raise PeftError(f"{path.name}: not a PromptHub head file (format {meta.get('format')!r})")
+        raise PeftError(f"{path.name}: not a PromptHub head file (format {meta.get('format')!r})", "head")
     try:
         spec = json.loads(meta["spec"])
     except (KeyError, json.JSONDecodeError) as e:
-        raise PeftError(f"{path.name}: its metadata holds no task spec") from e
+        raise PeftError(f"{path.name}: its metadata holds no task spec", "head") from e
     if not isinstance(spec, dict):
-        raise PeftError(f"{path.name}: its task spec is not an object")
+        raise PeftError(f"{path.name}: its task spec is not an object", "head")
     return spec, tensors, meta
 
 
@@ -194,24 +200,30 @@ def export_adapter(
 def _config(folder: Path) -> dict:
     path = folder / ADAPTER_CONFIG
     if not path.is_file():
-        raise PeftError(f"{folder}: no {ADAPTER_CONFIG}: not a PEFT adapter folder")
+        raise PeftError(f"{folder}: no {ADAPTER_CONFIG}: not a PEFT adapter folder", "adapter_config")
     try:
         config = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PeftError(f"{ADAPTER_CONFIG}: not JSON: {e}") from e
+        raise PeftError(f"{ADAPTER_CONFIG}: not JSON: {e}", "adapter_config") from e
     if not isinstance(config, dict):
-        raise PeftError(f"{ADAPTER_CONFIG}: not a JSON object")
+        raise PeftError(f"{ADAPTER_CONFIG}: not a JSON object", "adapter_config")
     return config
 
 
 def _check_config(config: dict, backbone: Backbone) -> int:
     """The adapter's prefix length, after checking that it fits the backbone."""
     if config.get("peft_type") != "PREFIX_TUNING":
-        raise PeftError(f"peft_type {config.get('peft_type')!r}: only PREFIX_TUNING adapters import")
+        raise PeftError(
+            f"peft_type {config.get('peft_type')!r}: only PREFIX_TUNING adapters import", "adapter_config"
+        )
     if backbone.model_type not in BERT_FAMILY:
-        raise PeftError(f"PEFT import is for BERT-family backbones, not {backbone.model_type!r}")
+        raise PeftError(
+            f"PEFT import is for BERT-family backbones, not {backbone.model_type!r}", "adapter_config"
+        )
     if (config.get("num_transformer_submodules") or 1) != 1:
-        raise PeftError("num_transformer_submodules must be 1 (an encoder, not an encoder-decoder)")
+        raise PeftError(
+            "num_transformer_submodules must be 1 (an encoder, not an encoder-decoder)", "adapter_config"
+        )
     want = {
         "num_layers": backbone.num_layers,
         "token_dim": backbone.kv_size,
@@ -220,11 +232,12 @@ def _check_config(config: dict, backbone: Backbone) -> int:
     for key, value in want.items():
         if config.get(key) != value:
             raise PeftError(
-                f"{key} {config.get(key)!r} does not fit the backbone {backbone.name!r} ({value})"
+                f"{key} {config.get(key)!r} does not fit the backbone {backbone.name!r} ({value})",
+                "adapter_config",
             )
     p = config.get("num_virtual_tokens")
     if not isinstance(p, int) or not 1 <= p <= 512:
-        raise PeftError(f"num_virtual_tokens {p!r}: expected an integer between 1 and 512")
+        raise PeftError(f"num_virtual_tokens {p!r}: expected an integer between 1 and 512", "adapter_config")
     return p
 
 
@@ -232,12 +245,14 @@ def _weights(folder: Path) -> dict[str, Tensor]:
     path = folder / ADAPTER_WEIGHTS
     if not path.is_file():
         if (folder / "adapter_model.bin").exists():
-            raise PeftError("adapter_model.bin (pickle) is not read: save the adapter as safetensors")
-        raise PeftError(f"{folder}: no {ADAPTER_WEIGHTS}")
+            raise PeftError(
+                "adapter_model.bin (pickle) is not read: save the adapter as safetensors", "adapter_model"
+            )
+        raise PeftError(f"{folder}: no {ADAPTER_WEIGHTS}", "adapter_model")
     try:
         return load_file(str(path))
     except Exception as e:  # safetensors raises its own error types
-        raise PeftError(f"{ADAPTER_WEIGHTS}: unreadable: {e}") from e
+        raise PeftError(f"{ADAPTER_WEIGHTS}: unreadable: {e}", "adapter_model") from e
 
 
 def _position_offset(weights: dict[str, Tensor], backbone: Backbone, p: int) -> int:
@@ -249,7 +264,8 @@ def _position_offset(weights: dict[str, Tensor], backbone: Backbone, p: int) -> 
     if table.shape != own.shape or not torch.equal(table[p:].float(), own[: own.shape[0] - p]):
         raise PeftError(
             "the adapter replaces the position embeddings with a table that is not the backbone's "
-            f"shifted by {p}: PromptHub cannot serve it on the shared backbone"
+            f"shifted by {p}: PromptHub cannot serve it on the shared backbone",
+            "adapter_model",
         )
     return 0
 
@@ -267,14 +283,16 @@ def import_adapter(folder: str | Path, backbone: Backbone) -> tuple[ServingTask,
         shape = None if prompt is None else tuple(prompt.shape)
         raise PeftError(
             f"{PROMPT_KEY} {shape}: expected the materialised prefix {expected} "
-            "(an adapter saved with prefix_projection and inference_mode off holds it)"
+            "(an adapter saved with prefix_projection and inference_mode off holds it)",
+            "adapter_model",
         )
     offset = _position_offset(weights, backbone, p)
     if weights:
         raise PeftError(
             f"the adapter also holds {sorted(weights)[:3]}: modules_to_save other than PromptHub's "
             "position table (e.g. a sequence-classification head over the pooler) cannot be served; "
-            f"give the head as {HEAD_FILE}"
+            f"give the head as {HEAD_FILE}",
+            "adapter_model",
         )
     spec_fields, head_state, _ = read_head(folder / HEAD_FILE)
     fields = {k: v for k, v in spec_fields.items() if k not in _PREFIX_FIELDS}
@@ -290,13 +308,12 @@ def import_adapter(folder: str | Path, backbone: Backbone) -> tuple[ServingTask,
             segment_ids=offset == 0,  # PEFT's numbering comes with PEFT's single segment
         ).validate(backbone.num_layers)
     except (SpecError, TypeError, ValueError) as e:
-        raise PeftError(f"{HEAD_FILE}: its task spec is invalid: {e}") from e
-    kind = tasks.get(spec.task_type)
-    head = kind.build_head(spec, backbone)
+        raise PeftError(f"{HEAD_FILE}: its task spec is invalid: {e}", "head") from e
     try:
+        head = tasks.get(spec.task_type).build_head(spec, backbone)
         head.load_state_dict(head_state, strict=True)
-    except RuntimeError as e:
-        raise PeftError(f"{HEAD_FILE}: the head does not fit the spec: {e}") from e
+    except (RuntimeError, ValueError) as e:
+        raise PeftError(f"{HEAD_FILE}: the head does not fit the spec: {e}", "head") from e
     head.eval()
     for param in head.parameters():
         param.requires_grad_(False)

@@ -1,6 +1,6 @@
 """One APIRouter a file."""
 
-from app.api.routes import console, datasets, embed, health, jobs, keys, predict, tasks, train
+from app.api.routes import console, datasets, embed, health, jobs, keys, peft, predict, tasks, train
 
 ROUTERS = [
     health.router,
@@ -9,6 +9,7 @@ ROUTERS = [
     train.router,
     jobs.router,
     tasks.router,
+    peft.router,
     datasets.router,
     keys.router,
     console.router,
