@@ -223,4 +223,6 @@ class PeftImported(BaseModel):
     version: int
     sha256: str
     prefix_length: int
-    position_offset: int = Field(description="where the task's token positions start (PEFT's: the prefix length)")
+    position_offset: int = Field(
+        description="where the task's token positions start (PEFT's: the prefix length)"
+    )
