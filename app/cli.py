@@ -1,4 +1,4 @@
-"""Command line: `prompthub train | predict | serve | worker | migrate | keys | doctor`.
+"""Command line: `prompthub train | predict | serve | worker | migrate | keys | doctor | peft`.
 
 Each subcommand lives in the module that owns it; this file only parses and dispatches.
 """
@@ -91,6 +91,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also load the backbone and check every version's identity",
     )
+    from app.peft_cli import add_parser as add_peft_parser
+
+    add_peft_parser(sub)
     return parser
 
 
@@ -151,6 +154,10 @@ def main(argv: list[str] | None = None) -> int:
         from app.ops.doctor import doctor_command
 
         return doctor_command(args)
+    if args.command == "peft":
+        from app.peft_cli import peft_command
+
+        return peft_command(args)
     return 2
 
 

@@ -164,3 +164,65 @@ class DatasetOut(BaseModel):
     sha256: str
     size_bytes: int
     created_at: datetime | None = None
+
+
+# ---------------------------------------------------------------------- embeddings
+class EmbedRequest(BaseModel):
+    """POST /embed, in the shape of Hugging Face's text-embeddings-inference (TEI)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    inputs: str | list[str] = Field(description="a text or a list of texts")
+    normalize: bool = Field(True, description="L2-normalise each vector (as sentence-transformers does)")
+    truncate: bool | None = Field(
+        None, description="cut texts longer than the model takes (default: the server's text_overflow)"
+    )
+    task: str | None = Field(
+        None, description="embed through this task's prefix (task-conditioned embeddings); none: the backbone"
+    )
+    version: int | None = Field(None, ge=1, le=2**31 - 1, description="the task's version (default: active)")
+
+
+class OpenAIEmbeddingRequest(BaseModel):
+    """POST /v1/embeddings, as OpenAI's API takes it (text inputs only)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: str | list[str] = Field(description="a text or a list of texts (token-id arrays are not accepted)")
+    model: str = Field(
+        min_length=1, max_length=200, description="the backbone's name (plain embeddings) or a task's name"
+    )
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="base64: each vector as little-endian float32 bytes"
+    )
+    dimensions: int | None = Field(None, ge=1, description="must equal the backbone's hidden size if given")
+    user: str | None = Field(None, max_length=256, description="accepted and ignored")
+
+
+class OpenAIEmbedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class OpenAIEmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class OpenAIEmbeddingResponse(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: OpenAIEmbeddingUsage
+
+
+# ---------------------------------------------------------------------- PEFT adapters
+class PeftImported(BaseModel):
+    task: str
+    version: int
+    sha256: str
+    prefix_length: int
+    position_offset: int = Field(
+        description="where the task's token positions start (PEFT's: the prefix length)"
+    )

@@ -13,6 +13,9 @@ the latter two the prefix keys carry content only: their relative-position terms
 
 Position ids never depend on the prefix: each architecture numbers the tokens from its own
 start, exactly as the plain model does, so a masked-out prefix gives the plain model's output.
+The one exception is asked for per row (`position_offsets`, BERT family only): a task imported
+from PEFT was trained with its tokens numbered after its prefix, as PEFT's prefix tuning does
+(docs/peft.md), and is served the same way.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -152,6 +156,12 @@ class _Adapter:
     def embed(self, input_ids: Tensor, token_type_ids: Tensor | None, attention_mask: Tensor) -> Tensor:
         raise NotImplementedError
 
+    def embed_offset(self, input_ids: Tensor, token_type_ids: Tensor | None, offset: int) -> Tensor:
+        """Embeddings with the tokens numbered from `offset` on (after a prefix, as PEFT does)."""
+        raise BackboneError(
+            f"position offsets are supported on BERT-family backbones only, not {self.config.model_type!r}"
+        )
+
     def layers(self) -> nn.ModuleList:
         return self.model.encoder.layer
 
@@ -181,6 +191,12 @@ class _BertFamily(_Adapter):
     def embed(self, input_ids, token_type_ids, attention_mask):
         out = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
         project = getattr(self.model, "embeddings_project", None)  # ELECTRA
+        return project(out) if project is not None else out
+
+    def embed_offset(self, input_ids, token_type_ids, offset):
+        # the models' own numbering after a cache of `offset` tokens (RoBERTa: from the padding id on)
+        out = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, cache_length=offset)
+        project = getattr(self.model, "embeddings_project", None)
         return project(out) if project is not None else out
 
     def layer(self, i, hidden, kv, key_mask, ctx):
@@ -392,17 +408,21 @@ class Backbone(nn.Module):
         prefix: PrefixBatch | None = None,
         input_prompts: Tensor | None = None,
         input_prompt_mask: Tensor | None = None,
+        position_offsets: Sequence[int] | None = None,
     ) -> Tensor:
         """Last hidden states [B, L, H] for the input tokens.
 
         prefix: per-layer key/value prefixes (P-Tuning v2). input_prompts: [B, Pi, H] trainable
         embeddings placed in front of the tokens at the input only (shallow prompt tuning),
         right-aligned against the tokens, masked by input_prompt_mask [B, Pi]; their outputs
-        are dropped, so the result lines up with input_ids either way.
+        are dropped, so the result lines up with input_ids either way. position_offsets: one per
+        row, where its tokens' position ids start (0: as the plain model; BERT family only).
         """
         adapter = self._adapter
         attention_mask = attention_mask.to(input_ids.device)
         hidden = adapter.embed(input_ids, token_type_ids, attention_mask)
+        if position_offsets is not None and any(position_offsets):
+            hidden = self._offset_rows(hidden, input_ids, token_type_ids, position_offsets)
         token_mask = attention_mask
         n_prompt = 0
         if input_prompts is not None:
@@ -431,6 +451,19 @@ class Backbone(nn.Module):
             hidden = adapter.layer(i, hidden, kv, key_mask, ctx)
             hidden = adapter.after_layer(i, hidden, embedded, token_mask)
         return hidden[:, n_prompt:] if n_prompt else hidden
+
+    def _offset_rows(
+        self, hidden: Tensor, input_ids: Tensor, token_type_ids: Tensor | None, offsets: Sequence[int]
+    ) -> Tensor:
+        """Re-embed the rows whose positions start at an offset, one call per distinct offset."""
+        if len(offsets) != input_ids.shape[0]:
+            raise BackboneError("one position offset per row is needed")
+        hidden = hidden.clone()
+        for off in sorted({int(o) for o in offsets if o}):
+            rows = torch.tensor([i for i, o in enumerate(offsets) if int(o) == off], device=input_ids.device)
+            tt = token_type_ids[rows] if token_type_ids is not None else None
+            hidden[rows] = self._adapter.embed_offset(input_ids[rows], tt, off).to(hidden.dtype)
+        return hidden
 
 
 # --------------------------------------------------------------------- loading

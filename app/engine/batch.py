@@ -4,7 +4,8 @@ In a mixed batch each row carries its own task's prefix. Prefixes are gathered l
 ([num_layers, 2, batch, P_max, kv]) so that each layer's slice is contiguous; shorter prefixes
 and layers a task leaves out are masked, so every row sees exactly what its single-task forward
 sees. Input prompts (shallow prompt tuning) are right-aligned against the tokens and masked the
-same way. Each row then goes through its own task's head.
+same way. Each row then goes through its own task's head; a pooling head (app.engine.embed's
+mean pooling, for embedding rows) also gets the rows' attention mask.
 """
 
 from __future__ import annotations
@@ -119,17 +120,28 @@ def mixed_forward(backbone: Backbone, tasks: Sequence[ServingTask], batch: dict[
         raise ValueError("fully fine-tuned tasks carry their own encoder and cannot share a batch")
     prefix = build_prefix_batch(tasks, backbone.num_layers, backbone.kv_size)
     prompts = build_input_prompts(tasks, backbone.hidden_size)
+    offsets = [t.spec.position_offset for t in tasks]
+    token_types = batch.get("token_type_ids")
+    one_segment = [i for i, t in enumerate(tasks) if not t.spec.segment_ids]
+    if token_types is not None and one_segment:  # rows of tasks that read every token as segment 0
+        token_types = token_types.clone()
+        token_types[one_segment] = 0
     hidden = backbone(
         batch["input_ids"],
         batch["attention_mask"],
-        batch.get("token_type_ids"),
+        token_types,
         prefix=prefix,
         input_prompts=prompts[0] if prompts else None,
         input_prompt_mask=prompts[1] if prompts else None,
+        position_offsets=offsets if any(offsets) else None,
     )
     out: list[Tensor | None] = [None] * len(tasks)
     for rows in _group(tasks).values():
-        logits = tasks[rows[0]].head(hidden[rows])
+        head = tasks[rows[0]].head
+        if getattr(head, "pools", False):  # a pooling head (embeddings) reads the rows' token mask
+            logits = head(hidden[rows], batch["attention_mask"][rows])
+        else:
+            logits = head(hidden[rows])
         for j, r in enumerate(rows):
             out[r] = logits[j]
     return out  # type: ignore[return-value]

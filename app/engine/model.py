@@ -71,6 +71,12 @@ class TaskSpec:
     doc_stride: int = default("doc_stride")
     max_answer_length: int = 30
     allow_no_answer: bool = False
+    #: where the tokens' position ids start: 0 (PromptHub's own prefixes), or the prefix length
+    #: for a prefix imported from PEFT, which numbers the tokens after its prefix (docs/peft.md)
+    position_offset: int = 0
+    #: False: every token is fed as segment 0 (token_type_ids zero), as PEFT's prefix tuning feeds
+    #: the encoder; a task imported from PEFT was trained that way
+    segment_ids: bool = True
 
     def validate(self, num_layers: int | None = None) -> TaskSpec:
         """The general rules, then the task type's own (tasks.get(task_type).check_spec)."""
@@ -102,6 +108,8 @@ class TaskSpec:
             raise SpecError("prefix_length must be between 1 and 512", field="prefix_length")
         if not 8 <= self.max_length <= 4096:
             raise SpecError("max_length must be between 8 and 4096", field="max_length")
+        if not 0 <= self.position_offset <= 512:
+            raise SpecError("position_offset must be between 0 and 512", field="position_offset")
         if num_layers is not None and self.method == "p-tuning-v2":
             self.layers = parse_layers(self.layers, num_layers)
         return self
@@ -159,12 +167,14 @@ class TaskModel(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         b = batch["input_ids"].shape[0]
         prompts = self.prompt(b) if self.prompt is not None else None
+        token_types = batch.get("token_type_ids") if self.spec.segment_ids else None
         hidden = self.backbone(
             batch["input_ids"],
             batch["attention_mask"],
-            batch.get("token_type_ids"),
+            token_types,
             prefix=self.prefix_batch(b),
             input_prompts=prompts,
+            position_offsets=[self.spec.position_offset] * b if self.spec.position_offset else None,
         )
         return self.head(hidden)
 

@@ -26,8 +26,8 @@ class Prepared:
 
 def effective_max_length(spec: TaskSpec, tokenizer, backbone_max: int | None = None) -> int:
     limit = spec.max_length
-    if backbone_max:
-        limit = min(limit, backbone_max)
+    if backbone_max:  # a task whose positions start after its prefix (PEFT's) has fewer left
+        limit = min(limit, backbone_max - spec.position_offset)
     tok_max = getattr(tokenizer, "model_max_length", None)
     if tok_max and tok_max < 10**6:
         limit = min(limit, int(tok_max))

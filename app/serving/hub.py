@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from app.config import Settings
+from app.engine import embed as E
 from app.engine.backbone import Backbone, load_backbone
 from app.engine.checkpoint import load_checkpoint_bytes
 from app.engine.data import DataError
@@ -80,6 +81,17 @@ class PredictTimeout(TimeoutError):
 
 
 @dataclass(frozen=True)
+class Embedded:
+    """One request's embeddings: the vectors (float32, CPU), the tokens read, the task (None:
+    plain embeddings of the backbone) and its served version."""
+
+    vectors: list
+    tokens: int
+    task: str | None = None
+    version: int | None = None
+
+
+@dataclass(frozen=True)
 class Resolved:
     name: str
     version: int
@@ -116,6 +128,8 @@ class Hub:
         # Batcher length bucketing: the fixed cost of one more forward in padded tokens
         # (None: by device; float("inf"): never split a batch). See Batcher.
         self.bucket_overhead_tokens: float | None = settings.bucket_overhead_tokens
+        # embedding rows without a task: one shared object, so such rows of all requests pool together
+        self._plain_task = E.plain_task()
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -273,3 +287,77 @@ class Hub:
         finally:
             future.cancel()  # timed out or the client left: the batcher skips rows not yet run
         return resolved.version, finish(resolved.task, prepared, logits)
+
+    # ------------------------------------------------------------------ embedding
+    async def embed(
+        self,
+        texts: Sequence[str],
+        task: str | None = None,
+        version: int | None = None,
+        *,
+        normalize: bool = True,
+        truncate: bool | None = None,
+        client: str | None = None,
+    ) -> Embedded:
+        """Mean-pooled sentence embeddings of `texts` (app.engine.embed), through `task`'s prefix when
+        given, as rows of the same batcher queue as predictions (same admission and timeout).
+        `truncate`: cut inputs longer than the backbone takes (None: the server's text_overflow).
+        Raises what predict raises, and ValueError for a task that cannot give embeddings."""
+        if not self.ready or self.batcher is None:
+            raise NotReady(self.load_error or "the backbone is still loading")
+        records = [{"text": t} for t in texts]
+        self.check_chars(records)
+        ticket = self.admission.acquire(client, input_chars(records))
+        try:
+            timeout = self.settings.predict_timeout_s
+            try:
+                return await asyncio.wait_for(
+                    self._embed(list(texts), task, version, normalize, truncate, client), timeout
+                )
+            except TimeoutError:
+                raise PredictTimeout(timeout) from None
+        finally:
+            ticket.release()
+
+    def _prepare_embed(
+        self, texts: list[str], task: str | None, version: int | None, truncate: bool | None
+    ) -> tuple[ServingTask, Resolved | None, list[dict]]:
+        backbone = self.backbone
+        resolved = None
+        if task is None:
+            row_task = self._plain_task
+        else:
+            resolved = self.resolve(task, version)
+            row_task = E.conditioned_task(resolved.task)
+        overflow = self.settings.text_overflow if truncate is None else ("truncate" if truncate else "refuse")
+        limit = E.max_tokens(backbone, None if resolved is None else resolved.task)
+        with self._tok_lock:
+            features = E.encode(backbone.tokenizer, texts, limit, overflow=overflow)
+        return row_task, resolved, features
+
+    async def _embed(
+        self,
+        texts: list[str],
+        task: str | None,
+        version: int | None,
+        normalize: bool,
+        truncate: bool | None,
+        client: str | None,
+    ) -> Embedded:
+        batcher = self.batcher
+        if batcher is None:
+            raise NotReady(self.load_error or "the backbone is still loading")
+        row_task, resolved, features = await asyncio.to_thread(
+            self._prepare_embed, texts, task, version, truncate
+        )
+        future = batcher.submit([(row_task, f) for f in features], client)
+        try:
+            pooled = await asyncio.wrap_future(future)
+        finally:
+            future.cancel()
+        return Embedded(
+            vectors=E.finish(pooled, normalize),
+            tokens=sum(len(f["input_ids"]) for f in features),
+            task=task,
+            version=None if resolved is None else resolved.version,
+        )

@@ -1,13 +1,15 @@
 """One APIRouter a file."""
 
-from app.api.routes import console, datasets, health, jobs, keys, predict, tasks, train
+from app.api.routes import console, datasets, embed, health, jobs, keys, peft, predict, tasks, train
 
 ROUTERS = [
     health.router,
     predict.router,
+    embed.router,
     train.router,
     jobs.router,
     tasks.router,
+    peft.router,
     datasets.router,
     keys.router,
     console.router,
