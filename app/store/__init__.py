@@ -1,6 +1,7 @@
 """Bytes only: the prompt store (versions and their sidecars) and the uploaded dataset files.
 No SQL here; app.versions is where the store and the database meet."""
 
+from app.store.backends import Store, open_datasets, open_store
 from app.store.datasets import DatasetFiles, StoredDataset, UploadTooLarge
 from app.store.prompts import (
     QUARANTINE,
@@ -19,6 +20,7 @@ __all__ = [
     "DatasetFiles",
     "PromptStore",
     "ScannedVersion",
+    "Store",
     "StoreError",
     "StoredDataset",
     "StoredFile",
@@ -27,5 +29,7 @@ __all__ = [
     "read_sidecar",
     "temp_files",
     "version_filename",
+    "open_datasets",
+    "open_store",
     "write_sidecar",
 ]
