@@ -64,6 +64,7 @@ from app.store.sidecar import parse_sidecar, sidecar_bytes
 DATASETS = "datasets"
 _DATASET_NAME = re.compile(r"^[0-9a-f]{64}\.(jsonl|ndjson|json|csv|tsv)$")
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+_CLIENT_LOCK = threading.Lock()  # boto3's default session is not safe to create clients from in parallel
 
 
 def parse_store_url(url: str) -> tuple[str, str]:
@@ -123,13 +124,12 @@ class S3Objects:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
         self._client = client
-        self._lock = threading.Lock()
         self.requests = 0  # requests sent (tests and the doctor's report)
 
     @property
     def client(self) -> Any:
         if self._client is None:
-            with self._lock:
+            with _CLIENT_LOCK:
                 if self._client is None:
                     self._client = make_client()
         return self._client
@@ -271,6 +271,7 @@ class ReadCache:
         self.hits = 0
         self.misses = 0
         self._lock = threading.Lock()
+        self._total: int | None = None  # bytes held, as this process knows it (None: not counted yet)
 
     def path(self, task: str, version: int, sha256: str) -> Path:
         if not re.fullmatch(r"[0-9a-f]{64}", sha256):
@@ -299,7 +300,11 @@ class ReadCache:
             atomic_write(path, data)
         except OSError:  # a full or read-only cache only costs a refetch
             return
-        self.evict(keep=path)
+        with self._lock:
+            self._total = None if self._total is None else self._total + len(data)
+            over = self._total is None or self._total > self.max_bytes
+        if over:  # the folder is walked on the first write and when over the bound, not every time
+            self.evict(keep=path)
 
     def evict(self, keep: Path | None = None) -> list[Path]:
         """Remove the least recently read files until the cache holds at most `max_bytes`."""
@@ -322,6 +327,7 @@ class ReadCache:
                 p.unlink(missing_ok=True)
                 total -= size
                 removed.append(p)
+            self._total = total
             return removed
 
     def drop_task(self, task: str) -> None:
