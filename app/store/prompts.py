@@ -41,6 +41,10 @@ class StoreError(RuntimeError):
     """A stored version is missing, corrupt, or cannot be written."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (an object store's endpoint down or failing after the retries)."""
+
+
 class VersionTaken(StoreError):
     """The version's file already exists (another writer took the number)."""
 

@@ -55,6 +55,7 @@ from app.store.prompts import (
     ScannedVersion,
     StoredFile,
     StoreError,
+    StoreUnavailable,
     VersionTaken,
     temp_files,
     version_filename,
@@ -149,10 +150,12 @@ class S3Objects:
         self.requests += 1
         try:
             return getattr(self.client, op)(Bucket=self.bucket, **kw)
-        except ClientError:
+        except ClientError as e:
+            if _status(e) >= 500 and _code(e) != "NotImplemented":  # still failing after the retries
+                raise StoreUnavailable(f"{self.url(rel)}: {op} failed: {e}") from e
             raise
         except BotoCoreError as e:  # connection refused, timeouts (after the retries)
-            raise StoreError(f"{self.url(rel)}: {op} failed: {e}") from e
+            raise StoreUnavailable(f"{self.url(rel)}: {op} failed: {e}") from e
 
     def put(self, rel: str, body: bytes | BinaryIO, *, sha256: str | None = None, new: bool = False) -> bool:
         """Write the object whole. `new`: only if it does not exist (If-None-Match: *); False when it

@@ -123,7 +123,9 @@ def test_crash_between_object_and_row_is_registered_at_start(s3_settings, hub_fa
         assert r.status_code == 200 and r.json()["version"] == 1, r.text
 
 
-def test_datasets_go_to_the_bucket_and_train_on_another_node(s3_server, s3_settings, hub_factory, tiny_backbone):
+def test_datasets_go_to_the_bucket_and_train_on_another_node(
+    s3_server, s3_settings, hub_factory, tiny_backbone
+):
     """POST /datasets on node A stores the file in the bucket (no local data folder); a worker on
     node B (empty cache) fetches it, trains, publishes to the bucket; node A serves the result."""
     from app.jobs.worker import Worker
@@ -133,7 +135,9 @@ def test_datasets_go_to_the_bucket_and_train_on_another_node(s3_server, s3_setti
     data = "".join(json.dumps(r) + "\n" for r in RECORDS).encode()
     with local_client(create_app(a, hub_factory(a))) as c:
         r = c.post(
-            "/datasets", files={"file": ("reviews.jsonl", io.BytesIO(data))}, data={"task_type": "classification"}
+            "/datasets",
+            files={"file": ("reviews.jsonl", io.BytesIO(data))},
+            data={"task_type": "classification"},
         )
         assert r.status_code == 201, r.text
         ds = r.json()
@@ -249,3 +253,49 @@ def test_doctor_on_s3_quarantines_a_corrupt_object_and_registers_an_orphan(
     keys = _keys(s3_server, settings.store_url)
     assert "alpha/v0002.safetensors" not in keys
     assert [k for k in keys if k.startswith(".quarantine/alpha.v0002.safetensors.")]
+
+
+def test_an_unreachable_bucket_is_a_503_and_cached_versions_still_serve(s3_settings, tiny_backbone):
+    """The hub reads through a store whose endpoint goes away: a version this node has cached is
+    still served; one it has not is a 503 with Retry-After (not a 500), and served once it is back."""
+    from botocore.config import Config
+
+    from app.db.session import run_migrations
+    from app.main import create_app, make_resolver
+    from app.serving.hub import Hub
+    from app.store.s3 import S3Objects, S3PromptStore, make_client
+    from tests.helpers import free_port
+
+    settings = s3_settings()
+    run_migrations(settings.database_url)
+    bucket, prefix = parse_store_url(settings.store_url)
+    objects = S3Objects(bucket, prefix)
+    store = S3PromptStore(objects, Path(settings.store_cache_dir) / "reader")
+    writer = store_for(settings)
+    publish_task(settings, tiny_backbone, "cached")
+    publish_task(settings, tiny_backbone, "uncached")
+    live = objects.client
+    dead = make_client(
+        endpoint_url=f"http://127.0.0.1:{free_port()}", config=Config(retries={"max_attempts": 1})
+    )
+    hub = Hub(
+        settings,
+        resolve=make_resolver(get_sessionmaker(settings.database_url)),
+        read=store.read_version,
+        backbones=[tiny_backbone],
+    )
+    try:
+        with local_client(create_app(settings, hub)) as c:
+            assert c.post("/predict/cached", json={"inputs": ["x"]}).status_code == 200
+            hub.cache.discard_task("cached")  # the device cache too: the read must go to the store
+            objects._client = dead
+            r = c.post("/predict/cached", json={"inputs": ["x"]})
+            assert r.status_code == 200, r.text  # from the node cache, no request
+            r = c.post("/predict/uncached", json={"inputs": ["x"]})
+            assert r.status_code == 503 and r.headers["retry-after"] == "5", r.text
+            assert "cannot be reached" in r.json()["detail"]
+            objects._client = live
+            assert c.post("/predict/uncached", json={"inputs": ["x"]}).status_code == 200
+    finally:
+        hub.close()
+    assert writer.versions("uncached") == [1]
