@@ -9,7 +9,8 @@ a crash in between leaves a file without a row, which the start-up sync register
 fails (the sidecar cannot be written, the row is refused, the database is down) removes the file it
 wrote, and only that file (checked by its sha256): nothing is left for a start-up to register.
 Two publishers of one task never share a number: a version file is created with a hard link that
-fails when the name is taken, and the loser takes the next number.
+fails when the name is taken (the S3 backend: a conditional PUT, If-None-Match), and the loser takes
+the next number. The store is either backend (app.store.Store); only its methods reach the bytes.
 Used by the worker, the API, app.ops and the tests' helpers.
 """
 

@@ -6,7 +6,9 @@ Checks (each problem has a `kind`):
 - ``temp_file``: a temp file left by an interrupted write, in the store or the datasets folder, older
   than ``--temp-age`` seconds (younger ones may be a write in progress and are only noted)
   (repair: delete);
-- ``missing_file``: a version in the database whose file is not in the store (repair: drop the row);
+- ``missing_file``: a version in the database whose file is not in the store (repair: drop the row;
+  none when the store holds no version at all: an unmounted folder or the wrong bucket must not
+  empty the registry);
 - ``sha_mismatch``: a version whose file's sha256 or size differs from the database's (repair: move the
   file to ``<store>/.quarantine/`` and drop the row);
 - ``bad_file``: a version whose file is not a readable PromptHub checkpoint (repair: as sha_mismatch);

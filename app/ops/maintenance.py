@@ -11,7 +11,8 @@ One module for both users:
 Finding kinds and their repairs:
 
     temp_file          a temp file left by an interrupted write        delete_temp
-    missing_file       a version row whose file is not in the store    drop_row
+    missing_file       a version row whose file is not in the store    drop_row (none when the store
+                                                                        holds no version at all)
     sha_mismatch       the file's sha256/size differ from the row's    quarantine (then drop the row)
     bad_file           the file is not a readable checkpoint           quarantine
     backbone_mismatch  trained on another backbone than configured     (none: the operator decides)
