@@ -500,8 +500,11 @@ class S3PromptStore:
         return True
 
     def delete_task(self, task: str) -> None:
+        # only version and sidecar objects: a task may be named "datasets", whose prefix the uploaded
+        # datasets share (their names never look like a version's)
         for rel, _ in list(self.objects.list(f"{validate_task_name(task)}/")):
-            if rel.count("/") == 1:
+            name = rel.partition("/")[2]
+            if "/" not in name and (_VERSION_FILE.match(name) or _SIDECAR_FILE.match(name)):
                 self.objects.delete(rel)
         self.cache.drop_task(task)
 

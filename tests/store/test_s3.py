@@ -193,6 +193,12 @@ def test_delete_own_and_delete_task(s3_url, tmp_path, make_checkpoint):
     store.delete_task("a")
     assert store.versions("a") == [] and store.versions("ab") == [1]
     assert not (tmp_path / "cache" / "prompts" / "a").exists()
+    # a task named "datasets" shares its prefix with the uploaded datasets: they survive its deletion
+    files = S3DatasetFiles(store.objects, tmp_path / "cache")
+    kept = files.put(b'{"text": "a", "label": "x"}\n', ".jsonl")
+    store.write_version("datasets", 1, make_checkpoint())
+    store.delete_task("datasets")
+    assert store.versions("datasets") == [] and files.check(kept.path, kept.sha256) is None
 
 
 def test_orphan_sidecars_and_quarantine(s3_server, s3_url, tmp_path, make_checkpoint):
