@@ -27,7 +27,7 @@ from app.api.routes import ROUTERS
 from app.config import Settings, get_settings
 from app.db.session import get_sessionmaker
 from app.serving.hub import Hub, ResolveFn, TaskNotFound
-from app.store import DatasetFiles, PromptStore
+from app.store import DatasetFiles, Store, open_datasets, open_store
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +49,22 @@ def make_resolver(sessionmaker: Callable[[], Session]) -> ResolveFn:
 def make_hub(settings: Settings, *, sessionmaker: Callable[[], Session] | None = None, **kw: Any) -> Hub:
     """A hub reading the configured database and prompt store (`kw`: backbones, cache)."""
     sessionmaker = sessionmaker or get_sessionmaker(settings.database_url)
-    store = PromptStore(settings.store_dir)
+    store = open_store(settings)  # the local folder, or S3 with a node-local read cache
     return Hub(settings, resolve=make_resolver(sessionmaker), read=store.read_version, **kw)
 
 
-def _prepare_database(settings: Settings, sessionmaker: Callable[[], Session], store: PromptStore) -> None:
+def _prepare_database(
+    settings: Settings,
+    sessionmaker: Callable[[], Session],
+    store: Store,
+    datasets: DatasetFiles | None = None,
+) -> None:
     from app.db.session import run_migrations
     from app.ops.maintenance import startup_sync
 
     run_migrations(settings.database_url)
     with sessionmaker() as s:
-        startup_sync(s, store, dataset_retention_days=settings.dataset_retention_days)
+        startup_sync(s, store, dataset_retention_days=settings.dataset_retention_days, datasets=datasets)
     _prepare_keys(settings, sessionmaker)
 
 
@@ -122,7 +127,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub: Hub = app.state.hub
         announce_auth(settings)
-        await asyncio.to_thread(_prepare_database, settings, app.state.sessionmaker, app.state.store)
+        await asyncio.to_thread(
+            _prepare_database, settings, app.state.sessionmaker, app.state.store, app.state.datasets
+        )
         hub.start(background=True)
         supervisor = None
         if settings.embedded_worker:
@@ -145,8 +152,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     )
     app.state.settings = settings
     app.state.sessionmaker = get_sessionmaker(settings.database_url)
-    app.state.store = PromptStore(settings.store_dir)
-    app.state.datasets = DatasetFiles(settings.data_dir)
+    app.state.store = open_store(settings)  # PROMPTHUB_STORE_URL: the local folder or S3
+    app.state.datasets = open_datasets(settings, app.state.store)
     app.state.hub = hub or make_hub(settings, sessionmaker=app.state.sessionmaker)
     app.state.worker = None  # the embedded worker's supervisor, set by the lifespan
     app.state.metrics = ApiMetrics(app.state.hub, app.state.sessionmaker)
