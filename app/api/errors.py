@@ -309,3 +309,30 @@ def _install_db_handlers(app: FastAPI) -> None:
     app.add_exception_handler(NotFound, _not_found)
     app.add_exception_handler(Conflict, conflict)
     app.add_exception_handler(TooManyJobs, too_many)
+
+
+_DESCRIPTIONS = {
+    400: "malformed request",
+    401: "no valid API key (`unauthorized`)",
+    403: "the key lacks the scope or the task (`forbidden`)",
+    404: "not found (`task_not_found`, `version_not_found`, `job_not_found`, `dataset_not_found`)",
+    408: "the body did not arrive in time (`request_timeout`)",
+    409: "conflicts with what is stored (`conflict`, `backbone_mismatch`)",
+    413: "body over its limit (`payload_too_large`)",
+    415: "unsupported media type",
+    422: "invalid input (`invalid_input`): each problem with its location",
+    429: "over a limit (`rate_limited`, `queue_full`, `overloaded`, `too_many_jobs`); see Retry-After",
+    500: "server error (`internal_error`, `store_error`)",
+    503: "not ready (`not_ready`); see Retry-After",
+    504: "not answered in time (`timeout`)",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for a route: the error statuses it can answer, with their body models."""
+    from app.api.schemas import ErrorResponse, ValidationErrorResponse
+
+    return {
+        s: {"model": ValidationErrorResponse if s == 422 else ErrorResponse, "description": _DESCRIPTIONS[s]}
+        for s in statuses
+    }
