@@ -14,6 +14,7 @@ from pydantic.json_schema import models_json_schema
 
 from app.api.edge import is_open
 from app.api.errors import error_responses
+from app.api.routes.v2 import InferRequest
 from app.api.schemas import ErrorResponse, MultiTrainRequest, TrainRequest, ValidationErrorResponse
 
 JOB_ID_RE = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
@@ -42,6 +43,7 @@ def _train_schemas() -> tuple[dict[str, Any], dict[str, Any]]:
             (MultiTrainRequest, "validation"),
             (ErrorResponse, "validation"),
             (ValidationErrorResponse, "validation"),
+            (InferRequest, "validation"),
         ],
         ref_template="#/components/schemas/{model}",
     )
