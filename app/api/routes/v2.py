@@ -98,7 +98,9 @@ def live() -> dict[str, bool]:
 
 @router.get("/health/ready")
 def ready(hub: HubDep) -> JSONResponse:
-    return JSONResponse({"ready": hub.ready}, status_code=200 if hub.ready else 503)
+    if hub.ready:
+        return JSONResponse({"ready": True})
+    return JSONResponse({"ready": False, "code": "not_ready", "error": "not ready"}, status_code=503)
 
 
 @router.get("")
@@ -166,7 +168,10 @@ def model_version_metadata(
 def _model_ready(s: Any, hub: Any, task: str, version: int | None) -> JSONResponse:
     meta = _model(s, task, version)
     ok = hub.ready and (version is not None or meta["parameters"]["active_version"] is not None)
-    return JSONResponse({"name": task, "ready": ok}, status_code=200 if ok else 503)
+    if ok:
+        return JSONResponse({"name": task, "ready": True})
+    why = "the backbone is still loading" if not hub.ready else f"task {task!r} has no active version"
+    return JSONResponse({"name": task, "ready": False, "code": "not_ready", "error": why}, status_code=503)
 
 
 @router.get("/models/{task}/ready")
