@@ -14,13 +14,25 @@ from starlette.testclient import TestClient
 from tests.helpers import CLS_LABELS, ServerThread, local_client, publish_task
 
 
-@pytest.fixture
-def served(settings_factory, hub_factory):
-    """An app (keys optional on loopback) with one task of each type, its lifespan running."""
-    from app.main import create_app
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, tiny_backbone):
+    """An app (keys optional on loopback) with one task of each type, its lifespan running; shared
+    by the module's tests, which only read."""
+    from app.config import Settings
+    from app.db.session import run_migrations
+    from app.main import create_app, make_hub
 
-    settings = settings_factory(max_inputs_per_request=8)
-    hub = hub_factory(settings)
+    tmp = tmp_path_factory.mktemp("protocols")
+    settings = Settings(
+        database_url=f"sqlite:///{tmp / 'hub.db'}",
+        store_dir=str(tmp / "store"),
+        data_dir=str(tmp / "datasets"),
+        embedded_worker=False,
+        max_wait_ms=2.0,
+        max_inputs_per_request=8,
+    )
+    run_migrations(settings.database_url)
+    hub = make_hub(settings, backbones=[tiny_backbone])
     app = create_app(settings, hub)
     with local_client(app) as client:
         for name, kind in [
@@ -32,12 +44,13 @@ def served(settings_factory, hub_factory):
             publish_task(settings, hub.backbone, name, kind)
         assert hub.wait_ready(60)
         yield app, client
+    hub.close()
 
 
 # ------------------------------------------------------------------------------ error codes
 
 
-def test_errors_carry_a_stable_code_on_every_path(served, settings_factory, hub_factory):
+def test_errors_carry_a_stable_code_on_every_path(served):
     app, client = served
     r = client.post("/predict/nope", json={"inputs": ["a"]})
     assert r.status_code == 404 and r.json()["code"] == "task_not_found" and "nope" in r.json()["detail"]
