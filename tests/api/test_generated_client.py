@@ -53,6 +53,7 @@ def test_generated_client_trains_and_predicts(tmp_path, tiny_backbone_dir):
         auth="required",
         embedded_worker=True,
         worker_poll_s=0.1,
+        log_format="json",
     )
     run_migrations(settings.database_url)
     with get_sessionmaker(settings.database_url)() as s:
@@ -61,7 +62,7 @@ def test_generated_client_trains_and_predicts(tmp_path, tiny_backbone_dir):
     log = tmp_path / "server.log"
     proc = start_server(settings, log, worker=True)
     try:
-        wait_ready(base, proc, log)
+        wait_ready(base, proc, log, timeout=420)  # a busy machine loads even the tiny backbone slowly
         _generate(httpx.get(base + "/openapi.json").content, tmp_path)
         sys.path.insert(0, str(tmp_path))
         try:
@@ -122,3 +123,12 @@ def test_generated_client_trains_and_predicts(tmp_path, tiny_backbone_dir):
         assert bad.detail[0].loc[:3] == ["body", "train", "records"]
     finally:
         stop_server(proc)
+    # PROMPTHUB_LOG_FORMAT=json: the server's log is JSON lines, one access line per request
+    import json
+
+    lines = [json.loads(x) for x in log.read_text().splitlines() if x.startswith("{")]
+    access = [x for x in lines if x["logger"] == "prompthub.access"]
+    ok = [x for x in access if x["path"] == "/predict/gen-sentiment" and x["rows"] == 2]
+    assert ok and ok[0]["status"] == 200 and ok[0]["task"] == "gen-sentiment" and ok[0]["latency_ms"] > 0
+    assert ok[0]["request_id"] and ok[0]["key_id"]
+    assert any(x["path"] == "/predict/nope" and x["status"] == 404 for x in access)
