@@ -66,8 +66,23 @@ def _add_predict(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu")
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("prompthub")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="prompthub", description="P-Tuning v2 prompt hub")
+    parser = argparse.ArgumentParser(
+        prog="prompthub",
+        description="P-Tuning v2 prompt hub",
+        epilog="exit status: 0 ok, 1 runtime error, 2 usage error, 65 invalid input data, "
+        "66 input file missing or unreadable",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_predict(sub)

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
     auth_cache_s: float = 5.0  # how long a verified key is trusted before it is read again
 
     log_level: str = "info"
+    #: log lines as plain text or one JSON object a line (for log shippers); access lines included
+    log_format: Literal["text", "json"] = "text"
 
     # ---- API edge (issue 12, items 1-4, 8): no work before auth, per-key limits (docs/security.md)
     #: an admin token (ph_ + at least 32 random characters) created or recognised at start, for the
@@ -140,7 +142,7 @@ class Settings(BaseSettings):
             raise ValueError("devices: give at least one device, e.g. 'cpu' or 'cuda:0,cuda:1'")
         return v
 
-    @field_validator("text_overflow", "on_crash", "log_level", "auth", mode="before")
+    @field_validator("text_overflow", "on_crash", "log_level", "auth", "log_format", mode="before")
     @classmethod
     def _lower(cls, v: object) -> object:
         return v.strip().lower() if isinstance(v, str) else v

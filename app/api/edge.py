@@ -16,25 +16,44 @@ Per request, from the ASGI scope and headers only:
 
 The principal is left in `scope["state"]` for the route dependencies (app.api.auth). Activations and
 task deletions that succeed are written to the audit log here (their routes stay plain).
+
+Every response, refusals and errors included, carries an `X-Request-ID` (the client's own when it
+sent a sane one: 1-128 characters of letters, digits and `._:-`; else a fresh one), and every
+request is logged once on the `prompthub.access` logger: method, path, task, status, rows (set by
+the prediction routes with `note_rows`), latency, request id and key id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import re
 import time
+import uuid
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.api.errors import ApiError
+from app.api.errors import ApiError, code_for, error_content
 from app.api.sockets import listening_addresses
 from app.config import Settings, is_loopback
 from app.security import Principal, audit
 
 OPEN_PATHS = frozenset(
-    {"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/ui", "/ui/"}
+    {
+        "/healthz",
+        "/readyz",
+        "/v2/health/live",
+        "/v2/health/ready",
+        "/openapi.json",
+        "/docs",
+        "/docs/oauth2-redirect",
+        "/redoc",
+        "/ui",
+        "/ui/",
+    }
 )
 #: static files that hold no data: the console's page assets and the API docs' assets
 OPEN_PREFIXES = ("/ui/static/", "/docs/assets/")
@@ -50,6 +69,30 @@ AUDITED = {
     ("POST", "/tasks/{task}/versions/{version}/activate"): "version.activate",
     ("DELETE", "/tasks/{task}"): "task.delete",
 }
+
+
+access_log = logging.getLogger("prompthub.access")
+
+REQUEST_ID_HEADER = b"x-request-id"
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def request_id_of(scope: Scope) -> str:
+    """The client's X-Request-ID when sane, else a new random one."""
+    given = _header(scope, REQUEST_ID_HEADER)
+    if given is not None and _REQUEST_ID.fullmatch(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def note_rows(scope: Scope, rows: int) -> None:
+    """Record how many inputs a request carried, for its access-log line."""
+    scope.setdefault("state", {})["rows"] = rows
+
+
+def _task_of(scope: Scope) -> str | None:
+    task = scope.get("path_params", {}).get("task")
+    return task if isinstance(task, str) else None
 
 
 class _BodyTimeout(Exception):
@@ -143,11 +186,58 @@ class EdgeGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        start = time.monotonic()
+        rid = request_id_of(scope)
+        scope.setdefault("state", {})["request_id"] = rid
+        status: list[int] = []
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != REQUEST_ID_HEADER]
+                message = {**message, "headers": [*headers, (REQUEST_ID_HEADER, rid.encode("latin-1"))]}
+            await send(message)
+
+        try:
+            await self._guard(scope, receive, send_with_id)
+        except Exception:
+            if not status:  # answered here (with the request id), then left to the server to log
+                await self._refuse(send_with_id, 500, "internal server error", path=scope.get("path", ""))
+            raise
+        finally:
+            self._access(scope, status[0] if status else 0, start, rid)
+
+    def _access(self, scope: Scope, status: int, start: float, rid: str) -> None:
+        state = scope.get("state", {})
+        principal = state.get("principal")
+        fields = {
+            "method": scope.get("method", ""),
+            "path": scope.get("path", ""),
+            "task": _task_of(scope),
+            "status": status,
+            "rows": state.get("rows"),
+            "latency_ms": round((time.monotonic() - start) * 1000, 2),
+            "request_id": rid,
+            "key_id": getattr(principal, "key_id", None),
+        }
+        access_log.info(
+            "%s %s %s task=%s rows=%s %.1fms request_id=%s",
+            fields["method"],
+            fields["path"],
+            status,
+            fields["task"] or "-",
+            "-" if fields["rows"] is None else fields["rows"],
+            fields["latency_ms"],
+            rid,
+            extra={"access": fields},
+        )
+
+    async def _guard(self, scope: Scope, receive: Receive, send: Send) -> None:
         keyless = keyless_allowed(self.settings, scope)
         try:
             principal = await self._principal(scope, keyless)
         except ApiError as e:
-            await self._refuse(send, e.status_code, e.message, e.headers)
+            await self._refuse(send, e.status_code, e.message, e.headers, e.code, scope.get("path", ""))
             return
         state = scope.setdefault("state", {})
         state["keyless"] = keyless
@@ -160,6 +250,8 @@ class EdgeGuard:
                     429,
                     "this API key is over its request rate or quota: try again later",
                     {"Retry-After": str(int(wait + 0.999))},
+                    "rate_limited",
+                    scope.get("path", ""),
                 )
                 return
         cap = None if principal is not None else self.settings.unauth_body_bytes
@@ -207,7 +299,10 @@ class EdgeGuard:
             length = _header(scope, b"content-length")
             if length is not None and length.strip().isdigit() and int(length) > cap:
                 await self._refuse(
-                    send, 413, f"request body too large before authentication: the limit is {cap} bytes"
+                    send,
+                    413,
+                    f"request body too large before authentication: the limit is {cap} bytes",
+                    path=scope.get("path", ""),
                 )
                 return
 
@@ -242,11 +337,17 @@ class EdgeGuard:
             if failed is None:
                 raise
         if failed is not None and not status:
+            path = scope.get("path", "")
             if isinstance(failed, _BodyTimeout):
-                await self._refuse(send, 408, "request body not received in time", {"Connection": "close"})
+                await self._refuse(
+                    send, 408, "request body not received in time", {"Connection": "close"}, path=path
+                )
             else:
                 await self._refuse(
-                    send, 413, f"request body too large before authentication: the limit is {cap} bytes"
+                    send,
+                    413,
+                    f"request body too large before authentication: the limit is {cap} bytes",
+                    path=path,
                 )
             return
         if status and 200 <= status[0] < 300:
@@ -262,11 +363,17 @@ class EdgeGuard:
         audit(event, actor, **{k: params[k] for k in ("task", "version") if k in params})
 
     async def _refuse(
-        self, send: Send, status: int, message: str, headers: dict[str, str] | None = None
+        self,
+        send: Send,
+        status: int,
+        message: str,
+        headers: dict[str, str] | None = None,
+        code: str | None = None,
+        path: str = "",
     ) -> None:
         if self.on_refused is not None:
             self.on_refused(status)
-        body = json.dumps({"detail": message}).encode()
+        body = json.dumps(error_content(message, code or code_for(status), path)).encode()
         raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
         raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
         await send({"type": "http.response.start", "status": status, "headers": raw})

@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.errors import error_content
+
 
 class _TooLarge(Exception):
     pass
@@ -30,7 +32,7 @@ class BodySizeLimit:
         limit = self.limit_for(scope.get("path", ""))
         length = _content_length(scope)
         if length is not None and length > limit:
-            await _send_413(send, limit)
+            await _send_413(send, limit, scope.get("path", ""))
             return
         received = 0
         exceeded = False
@@ -59,7 +61,7 @@ class BodySizeLimit:
             if not exceeded:
                 raise
         if exceeded and not started:
-            await _send_413(send, limit)
+            await _send_413(send, limit, scope.get("path", ""))
 
 
 def _content_length(scope: Scope) -> int | None:
@@ -72,8 +74,9 @@ def _content_length(scope: Scope) -> int | None:
     return None
 
 
-async def _send_413(send: Send, limit: int) -> None:
-    body = json.dumps({"detail": f"request body too large: the limit is {limit} bytes"}).encode()
+async def _send_413(send: Send, limit: int, path: str = "") -> None:
+    detail = f"request body too large: the limit is {limit} bytes"
+    body = json.dumps(error_content(detail, "payload_too_large", path)).encode()
     await send(
         {
             "type": "http.response.start",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
@@ -14,21 +14,161 @@ TaskType = Literal[TASK_TYPES]  # type: ignore[valid-type]
 
 
 # ---------------------------------------------------------------------- predict
+Record = dict[str, Any]
+NativeInputs = Annotated[list[str | Record], Field(min_length=1)]
+
+
+class PredictParameters(BaseModel):
+    """Hugging Face inference parameters (app.api.hf); sending any (even `{}`) asks for the Hugging
+    Face response shape. A parameter that does not apply to the task's type is ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    top_k: int | None = Field(
+        None,
+        ge=1,
+        le=10_000,
+        description="classification: the k best labels per input (absent: the best one; null: all)",
+    )
+    truncation: bool | None = Field(
+        None,
+        description="true: cut over-long inputs; false: refuse them (422); absent: the server's "
+        "PROMPTHUB_TEXT_OVERFLOW",
+    )
+    aggregation_strategy: Literal["none", "simple", "first", "max", "average"] = Field(
+        "simple",
+        description="token-classification: `none` (one entry per tagged word), `simple` and `first` "
+        "(words grouped into entities; each word's tag is read at its first word piece, so the two "
+        "agree); `max` and `average` need per-piece scores and are refused",
+    )
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    inputs: list[str | dict[str, Any]] = Field(
-        min_length=1,
-        description="classification: text or {text, text_pair}; token-classification: text or "
-        "{tokens} or {text}; question-answering: {question, context}",
+    inputs: str | NativeInputs | Record = Field(
+        description="classification/regression: text or {text, text_pair}; token-classification: text "
+        "or {tokens} or {text}; question-answering: {question, context}. A list is a batch; a single "
+        "string or object (the Hugging Face shape) is one input and is answered in the Hugging Face shape",
     )
     version: int | None = Field(None, ge=1, le=2**31 - 1, description="a version other than the active one")
+    parameters: PredictParameters | None = Field(
+        None, description="Hugging Face parameters; when sent, the answer has the Hugging Face shape"
+    )
+
+
+class ClassificationPrediction(BaseModel):
+    label: str
+    score: float = Field(description="the probability of `label`")
+    scores: dict[str, float] = Field(description="the probability of every label")
+
+
+class Entity(BaseModel):
+    type: str
+    start: int = Field(description="character offset of the first character")
+    end: int = Field(description="character offset after the last character")
+    text: str
+
+
+class TokenClassificationPrediction(BaseModel):
+    tokens: list[str]
+    tags: list[str] = Field(description="one tag per token (word)")
+    entities: list[Entity]
+    truncated: bool = Field(description="words past the model's length were tagged without being read")
+    scores: list[float | None] = Field(
+        default_factory=list, description="probability of each word's tag (null: truncated)"
+    )
+    offsets: list[list[int]] = Field(default_factory=list, description="[start, end) of each word")
+
+
+class QuestionAnsweringPrediction(BaseModel):
+    id: str
+    answer: str = Field(description="the answer span, empty for no answer")
+    start: int
+    end: int
+    score: float
+
+
+class RegressionPrediction(BaseModel):
+    score: float
+
+
+#: one prediction, by the task's type (discriminated by its fields)
+Prediction = (
+    ClassificationPrediction
+    | TokenClassificationPrediction
+    | QuestionAnsweringPrediction
+    | RegressionPrediction
+)
+
+
+def typed_prediction(p: dict[str, Any]) -> Prediction:
+    if "tags" in p:
+        return TokenClassificationPrediction.model_validate(p)
+    if "answer" in p:
+        return QuestionAnsweringPrediction.model_validate(p)
+    if "label" in p:
+        return ClassificationPrediction.model_validate(p)
+    return RegressionPrediction.model_validate(p)
 
 
 class PredictResponse(BaseModel):
     task: str
     version: int
-    predictions: list[dict[str, Any]]
+    predictions: list[Prediction]
+
+
+class HFLabelScore(BaseModel):
+    """text-classification pipeline item (a regression task answers one, label LABEL_0)."""
+
+    label: str
+    score: float
+
+
+class HFEntity(BaseModel):
+    """token-classification pipeline item: `entity_group` when aggregated, `entity` and `index` (the
+    word's 1-based position) with aggregation_strategy=none."""
+
+    entity_group: str | None = None
+    entity: str | None = None
+    index: int | None = None
+    score: float | None
+    word: str
+    start: int
+    end: int
+
+
+class HFAnswer(BaseModel):
+    """question-answering pipeline item."""
+
+    answer: str
+    score: float
+    start: int
+    end: int
+
+
+#: the Hugging Face response: a single input's result, or a list of them for a list
+HFResponse = list[HFLabelScore | HFEntity | list[HFLabelScore] | list[HFEntity]] | HFAnswer | list[HFAnswer]
+
+
+class ErrorResponse(BaseModel):
+    """Every error: the message and a stable code (docs/contracts.md)."""
+
+    detail: str
+    code: str
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(BaseModel):
+    """422: each problem with its location in the request."""
+
+    detail: list[ValidationIssue]
+    code: str = "invalid_input"
 
 
 # ---------------------------------------------------------------------- train

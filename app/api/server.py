@@ -104,8 +104,9 @@ def serve_command(args: argparse.Namespace) -> int:
     host = getattr(args, "host", None) or settings.host or "127.0.0.1"
     port = getattr(args, "port", None) or settings.port or 8000
     settings = settings.model_copy(update={"host": host, "port": int(port)})  # auth=auto looks at the bind
-    level = settings.log_level.upper()
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from app.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     try:
         settings.check_auth()
     except ValueError as e:
@@ -117,7 +118,8 @@ def serve_command(args: argparse.Namespace) -> int:
         host=host,
         port=int(port),
         log_level=settings.log_level,
-        access_log=False,
+        access_log=False,  # one access line per request comes from the edge (prompthub.access)
+        **({"log_config": None} if settings.log_format == "json" else {}),  # uvicorn's lines as JSON too
         **uvicorn_options(settings),
     )
     return 0

@@ -44,21 +44,35 @@ class _Bar:
             self.bar.close()
 
 
-def _fail(msg: str) -> int:
+#: exit statuses of the commands (README): sysexits.h's EX_DATAERR and EX_NOINPUT for the data
+EXIT_OK = 0
+EXIT_RUNTIME = 1  # the backbone could not be loaded, an unexpected error
+EXIT_USAGE = 2  # bad arguments or options (argparse uses 2 as well)
+EXIT_DATA = 65  # an input file's content is invalid (the message names file, line and field)
+EXIT_NO_INPUT = 66  # an input file is missing or unreadable
+
+
+def _fail(msg: str, status: int = EXIT_USAGE) -> int:
     print(f"prompthub: error: {msg}", file=sys.stderr)
-    return 2
+    return status
 
 
 class _InputError(Exception):
     """A data file cannot be read; the message names the file."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 def _read(path: str, task_type: str) -> list:
     """Examples of one file; errors name that file (not another one of the command's files)."""
     try:
         return D.read_examples(path, task_type)
-    except (D.DataError, OSError) as e:
-        raise _InputError(f"{path}: {e}") from None
+    except D.DataError as e:
+        raise _InputError(f"{path}: {e}", EXIT_DATA) from None
+    except OSError as e:
+        raise _InputError(f"{path}: {e}", EXIT_NO_INPUT) from None
 
 
 def training_hyperparameters(args) -> dict:
@@ -82,7 +96,7 @@ def train_command(args) -> int:
         train = _read(args.train, args.task_type)
         evals = _read(args.eval, args.task_type) if args.eval else None
     except _InputError as e:
-        return _fail(str(e))
+        return _fail(str(e), e.status)
     try:
         spec, config = build_training(args.task_type, training_hyperparameters(args))
     except SpecError as e:
@@ -90,12 +104,15 @@ def train_command(args) -> int:
     try:
         backbone = load_backbone(args.backbone, device=args.device)
     except BackboneError as e:
-        return _fail(str(e))
+        return _fail(str(e), EXIT_RUNTIME)
     bar = _Bar(not args.no_progress)
     t0 = time.time()
     try:
         result = train_task(backbone, spec, train, evals, config, progress=bar)
-    except (D.DataError, SpecError, LayerSpecError) as e:
+    except D.DataError as e:
+        bar.close()
+        return _fail(str(e), EXIT_DATA)
+    except (SpecError, LayerSpecError) as e:
         bar.close()
         return _fail(str(e))
     finally:
@@ -140,18 +157,25 @@ def predict_command(args) -> int:
         path = path / "checkpoint.safetensors"
     try:
         meta = read_metadata(path)
-    except (CheckpointError, OSError) as e:
-        return _fail(str(e))
+    except CheckpointError as e:
+        return _fail(str(e), EXIT_DATA)
+    except OSError as e:
+        return _fail(str(e), EXIT_NO_INPUT)
     try:
         backbone = load_backbone(args.backbone or meta.get("backbone", {}).get("name"), device=args.device)
+    except BackboneError as e:
+        return _fail(str(e), EXIT_RUNTIME)
+    try:
         task = load_checkpoint(path, backbone)
-    except (BackboneError, CheckpointError) as e:
-        return _fail(str(e))
+    except CheckpointError as e:
+        return _fail(str(e), EXIT_DATA)
     try:
         examples_raw = _read_raw(args.input, task.spec.task_type)
         preds = predict(backbone, task, examples_raw, batch_size=args.batch_size)
-    except (D.DataError, OSError) as e:
-        return _fail(f"{args.input}: {e}")
+    except D.DataError as e:
+        return _fail(f"{args.input}: {e}", EXIT_DATA)
+    except OSError as e:
+        return _fail(f"{args.input}: {e}", EXIT_NO_INPUT)
     for p in preds:
         sys.stdout.write(json.dumps(p) + "\n")
     return 0

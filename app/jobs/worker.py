@@ -440,9 +440,9 @@ def worker_command(args: argparse.Namespace) -> int:
     settings = get_settings()
     if getattr(args, "poll", None) is not None:
         settings = settings.model_copy(update={"worker_poll_s": float(args.poll)})
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    from app.logs import configure_logging
+
+    configure_logging(settings.log_level, settings.log_format)
     run_migrations(settings.database_url)
     stop_event = threading.Event()
 

@@ -236,7 +236,9 @@ class Hub:
                         field=field,
                     )
 
-    def _prepare(self, name: str, version: int | None, records: list[dict]) -> tuple[Resolved, Prepared]:
+    def _prepare(
+        self, name: str, version: int | None, records: list[dict], overflow: str | None = None
+    ) -> tuple[Resolved, Prepared]:
         resolved = self.resolve(name, version)
         backbone = self.backbone
         with self._tok_lock:
@@ -244,7 +246,7 @@ class Hub:
                 resolved.task,
                 backbone.tokenizer,
                 records,
-                overflow=self.settings.text_overflow,
+                overflow=overflow or self.settings.text_overflow,
                 backbone_max=backbone.max_positions,
             )
         return resolved, prepared
@@ -256,9 +258,11 @@ class Hub:
         version: int | None = None,
         *,
         client: str | None = None,
+        overflow: str | None = None,
     ) -> tuple[int, list[dict]]:
         """(served version, one prediction per input). `client`: the caller's key id (None: keyless),
-        whose work in flight is bounded. Raises TaskNotFound, DataError, QueueFull (Overloaded when
+        whose work in flight is bounded; `overflow`: "truncate" or "refuse" for over-long inputs
+        (None: the server's setting). Raises TaskNotFound, DataError, QueueFull (Overloaded when
         the client or the server has too much work in flight), PredictTimeout."""
         if not self.ready or self.batcher is None:
             raise NotReady(self.load_error or "the backbone is still loading")
@@ -268,19 +272,26 @@ class Hub:
         try:
             timeout = self.settings.predict_timeout_s
             try:
-                return await asyncio.wait_for(self._predict(name, version, records, client), timeout)
+                return await asyncio.wait_for(
+                    self._predict(name, version, records, client, overflow), timeout
+                )
             except TimeoutError:
                 raise PredictTimeout(timeout) from None
         finally:
             ticket.release()
 
     async def _predict(
-        self, name: str, version: int | None, records: list[dict], client: str | None
+        self,
+        name: str,
+        version: int | None,
+        records: list[dict],
+        client: str | None,
+        overflow: str | None = None,
     ) -> tuple[int, list[dict]]:
         batcher = self.batcher
         if batcher is None:
             raise NotReady(self.load_error or "the backbone is still loading")
-        resolved, prepared = await asyncio.to_thread(self._prepare, name, version, records)
+        resolved, prepared = await asyncio.to_thread(self._prepare, name, version, records, overflow)
         future = batcher.submit([(resolved.task, f) for f in prepared.features], client)
         try:
             logits = await asyncio.wrap_future(future)

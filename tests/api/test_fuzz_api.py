@@ -15,7 +15,7 @@ from starlette.testclient import TestClient
 from app.db import keys
 from tests.helpers import session_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # 26 operations, a shared 2-core machine
 
 MAX_EXAMPLES = 60  # per operation
 CALL_LIMIT_S = 20.0

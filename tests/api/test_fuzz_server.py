@@ -19,7 +19,7 @@ from schemathesis.generation.modes import GenerationMode
 from app.db import keys
 from tests.helpers import ServerThread, publish_task, session_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]  # 26 operations, a shared 2-core machine
 
 MAX_EXAMPLES = 60  # per operation and mode
 CALL_LIMIT_S = 20.0

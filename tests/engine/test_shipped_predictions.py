@@ -32,4 +32,7 @@ def test_shipped_task_predictions_are_bit_identical(name, minilm):
         got = predict(minilm, task, ref["inputs"])
     finally:
         torch.set_num_threads(threads)
-    assert json.loads(json.dumps(got)) == ref["predictions"]
+    got = json.loads(json.dumps(got))
+    # fields added since (token classification's per-word "scores" and "offsets") are not compared
+    got = [{k: g[k] for k in want} for g, want in zip(got, ref["predictions"], strict=True)]
+    assert got == ref["predictions"]

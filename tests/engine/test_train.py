@@ -247,7 +247,7 @@ def test_cli_reports_bad_records_with_line_and_field(tmp_path, capsys):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok", "label": "a"}\n{"text": "missing label"}\n')
     rc = main(["train", "--task-type", "classification", "--train", str(bad), "--out", str(tmp_path / "o")])
-    assert rc == 2
+    assert rc == 65  # a data error, told apart from usage errors (2)
     err = capsys.readouterr().err
     assert "line 2" in err and "label" in err
 
@@ -260,7 +260,7 @@ def test_cli_names_the_file_that_holds_the_bad_record(tmp_path, capsys):
     bad = tmp_path / "b.jsonl"
     bad.write_text('{"text": "ok", "label": "a"}\n{"text": "missing label"}\n')
     argv = ["train", "--task-type", "classification", "--train", str(good), "--eval", str(bad)]
-    assert main([*argv, "--out", str(tmp_path / "o")]) == 2
+    assert main([*argv, "--out", str(tmp_path / "o")]) == 65
     err = capsys.readouterr().err
     assert f"{bad}: line 2: field 'label'" in err and str(good) not in err
 

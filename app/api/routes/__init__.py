@@ -1,6 +1,6 @@
 """One APIRouter a file."""
 
-from app.api.routes import console, datasets, embed, health, jobs, keys, peft, predict, tasks, train
+from app.api.routes import console, datasets, embed, health, jobs, keys, peft, predict, tasks, train, v2
 
 ROUTERS = [
     health.router,
@@ -13,6 +13,7 @@ ROUTERS = [
     datasets.router,
     keys.router,
     console.router,
+    v2.router,
 ]
 
 __all__ = ["ROUTERS"]

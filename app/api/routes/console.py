@@ -93,7 +93,7 @@ def preview_dataset(
     read as `task_type` (default: the type it was uploaded for). Bad rows: 422 naming line and field."""
     ds = db_datasets.get_dataset(s, dataset_id)
     if ds is None:
-        raise ApiError(404, f"no dataset with id {dataset_id!r}")
+        raise ApiError(404, f"no dataset with id {dataset_id!r}", code="dataset_not_found")
     task_type = task_type or ds.task_type
     if task_type is None:
         raise InputError.at(["query", "task_type"], "give the task type to read this dataset as")

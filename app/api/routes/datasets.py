@@ -188,7 +188,7 @@ def delete_dataset(
     409 while a queued or running job refers to it."""
     ds = db.get_dataset(s, dataset_id)
     if ds is None:
-        raise ApiError(404, f"no dataset with id {dataset_id!r}")
+        raise ApiError(404, f"no dataset with id {dataset_id!r}", code="dataset_not_found")
     jobs = db.datasets_in_use(s).get(dataset_id)
     if jobs:
         raise ApiError(

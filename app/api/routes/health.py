@@ -50,8 +50,12 @@ def readyz(request: Request, hub: HubDep) -> JSONResponse:
             }
         )
     if hub.load_error:
-        return JSONResponse({"status": "failed", "error": hub.load_error, **extra}, status_code=503)
-    return JSONResponse({"status": "loading", **extra}, status_code=503, headers={"Retry-After": "5"})
+        return JSONResponse(
+            {"status": "failed", "error": hub.load_error, "code": "not_ready", **extra}, status_code=503
+        )
+    return JSONResponse(
+        {"status": "loading", "code": "not_ready", **extra}, status_code=503, headers={"Retry-After": "5"}
+    )
 
 
 @router.get("/metrics", include_in_schema=False)

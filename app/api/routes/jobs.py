@@ -38,7 +38,9 @@ def list_jobs(
 def _job_for(s: Session, job_id: str, principal: Principal) -> models.Job:
     job = db.get_job(s, job_id)
     if job is None or not principal.allows_tasks(list(job.task_names or [])):
-        raise ApiError(404, f"no job with id {job_id!r}")  # a key limited to some tasks sees only their jobs
+        raise ApiError(
+            404, f"no job with id {job_id!r}", code="job_not_found"
+        )  # a key limited to some tasks sees only their jobs
     return job
 
 

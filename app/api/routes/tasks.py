@@ -18,7 +18,7 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 def task_detail(s: Session, name: str) -> TaskDetail:
     task = db.get_task(s, name)
     if task is None:
-        raise ApiError(404, f"task {name!r} not found")
+        raise ApiError(404, f"task {name!r} not found", code="task_not_found")
     versions = [
         VersionOut.model_validate(v).model_copy(update={"active": v.version == task.active_version})
         for v in db.get_versions(s, name)

@@ -184,6 +184,18 @@ def word_tags(spec: Any, feature: dict, row: Tensor) -> list[str]:
     return tags + [fill] * (feature["n_words"] - len(tags))
 
 
+def word_scores(feature: dict, row: Tensor) -> list[float | None]:
+    """The probability of each word's tag (at its first word piece); None for words cut by truncation."""
+    probs = torch.softmax(row.float(), dim=-1).max(dim=-1).values.tolist()
+    scores: list[float | None] = []
+    prev = None
+    for pos, w in enumerate(feature["word_ids"]):
+        if w is not None and w != prev:
+            scores.append(probs[pos])
+        prev = w
+    return scores + [None] * (feature["n_words"] - len(scores))
+
+
 def _response(spec: Any, ex: TokenExample, feature: dict, row: Tensor) -> dict:
     tags = word_tags(spec, feature, row)
     if ex.text is not None and ex.offsets is not None:
@@ -198,6 +210,8 @@ def _response(spec: Any, ex: TokenExample, feature: dict, row: Tensor) -> dict:
         "tags": tags,
         "entities": spans_with_offsets(tags, offsets, text),
         "truncated": feature["n_words_kept"] < feature["n_words"],
+        "scores": word_scores(feature, row),
+        "offsets": [[a, b] for a, b in offsets],
     }
 
 

@@ -163,6 +163,8 @@ def test_head_loss_decode_and_metrics(tiny_backbone, tokenizer):
     out = TT.decode(spec, examples, feats, list(gold))
     assert out[0]["tags"] == ["B-PER", "I-PER", "O"] and out[0]["truncated"] is False
     assert out[0]["entities"] == [{"type": "PER", "start": 0, "end": 7, "text": "Ann Lee"}]
+    assert len(out[0]["scores"]) == 3 and all(p > 0.99 for p in out[0]["scores"])  # each word's tag
+    assert out[0]["offsets"][:2] == [[0, 3], [4, 7]]
     result = TT.evaluate(spec, examples, feats, list(gold))
     assert result == {"precision": 1.0, "recall": 1.0, "f1": 1.0, "token_accuracy": 1.0, "n": 2}
     assert TT.primary_metric(spec) == "f1"
