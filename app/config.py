@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     #: deleted at start and by `prompthub doctor --repair` (0: kept forever)
     dataset_retention_days: float = 30.0
 
+    # --- safe promotion, idempotency (issue 15: item 6) ---
+    #: how long an Idempotency-Key of POST /train is remembered, in seconds (a retry with the key
+    #: within it gets the first job back; after it the key is forgotten)
+    idempotency_ttl_s: float = 86_400.0
+
     @field_validator("devices")
     @classmethod
     def _check_devices(cls, v: str) -> str:
