@@ -44,6 +44,22 @@ CursorQuery = Annotated[
 
 T = TypeVar("T")
 
+#: OpenAPI: the headers a page answers with (the list routes' `responses=`)
+PAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "headers": {
+            "X-Next-Cursor": {
+                "description": "the cursor of the next page (pass it as ?cursor=); absent on the last page",
+                "schema": {"type": "string"},
+            },
+            "Link": {
+                "description": 'the next page\'s URL, rel="next" (RFC 8288); absent on the last page',
+                "schema": {"type": "string"},
+            },
+        }
+    }
+}
+
 
 def encode_cursor(key: Sequence[Any]) -> str:
     plain = [v.isoformat() if isinstance(v, datetime) else v for v in key]

@@ -16,7 +16,15 @@ from fastapi import Path as PathParam
 from app.api.auth import Train
 from app.api.deps import DatasetFilesDep, SessionDep, SettingsDep
 from app.api.errors import ApiError, InputError
-from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, decode_cursor, fill_page, set_next
+from app.api.pagination import (
+    DEFAULT_LIMIT,
+    PAGE_RESPONSES,
+    CursorQuery,
+    LimitQuery,
+    decode_cursor,
+    fill_page,
+    set_next,
+)
 from app.api.schemas import DatasetOut, TaskType
 from app.db import datasets as db
 from app.engine import data as D
@@ -173,7 +181,7 @@ def upload_dataset(
     return DatasetOut.model_validate(ds)
 
 
-@router.get("", response_model=list[DatasetOut])
+@router.get("", response_model=list[DatasetOut], responses=PAGE_RESPONSES)
 def list_datasets(
     _: Train,
     s: SessionDep,

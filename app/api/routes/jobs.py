@@ -11,7 +11,15 @@ from sqlalchemy.orm import Session
 from app.api.auth import Train
 from app.api.deps import SessionDep
 from app.api.errors import ApiError, InputError
-from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, decode_cursor, fill_page, set_next
+from app.api.pagination import (
+    DEFAULT_LIMIT,
+    PAGE_RESPONSES,
+    CursorQuery,
+    LimitQuery,
+    decode_cursor,
+    fill_page,
+    set_next,
+)
 from app.api.schemas import JobOut
 from app.db import jobs as db
 from app.db import models
@@ -22,7 +30,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 StateQuery = Annotated[str | None, Query(description=f"one of {', '.join(models.JOB_STATES)}")]
 
 
-@router.get("", response_model=list[JobOut])
+@router.get("", response_model=list[JobOut], responses=PAGE_RESPONSES)
 def list_jobs(
     principal: Train,
     s: SessionDep,

@@ -11,7 +11,15 @@ from app import versions
 from app.api.auth import AdminTask, PrincipalDep, ReadTask
 from app.api.deps import HubDep, SessionDep, StoreDep, TaskNameDep
 from app.api.errors import ApiError
-from app.api.pagination import DEFAULT_LIMIT, CursorQuery, LimitQuery, decode_cursor, fill_page, set_next
+from app.api.pagination import (
+    DEFAULT_LIMIT,
+    PAGE_RESPONSES,
+    CursorQuery,
+    LimitQuery,
+    decode_cursor,
+    fill_page,
+    set_next,
+)
 from app.api.schemas import TaskDetail, TaskOut, TaskType, VersionOut
 from app.db import tasks as db
 
@@ -29,7 +37,7 @@ def task_detail(s: Session, name: str) -> TaskDetail:
     return TaskDetail(**TaskOut.model_validate(task).model_dump(), versions=versions)
 
 
-@router.get("", response_model=list[TaskOut])
+@router.get("", response_model=list[TaskOut], responses=PAGE_RESPONSES)
 def list_tasks(
     principal: PrincipalDep,
     s: SessionDep,
