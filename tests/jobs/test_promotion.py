@@ -181,3 +181,32 @@ def test_if_better_with_an_incomparable_active_version_keeps_it(settings, worker
         assert active == 1
     else:  # the engine scored it (labels it does not know count as wrong): compared normally
         assert p["metric"] == "accuracy" and active == (2 if p["promoted"] else 1)
+
+
+def test_multitask_decides_per_task(settings, worker, tiny_backbone):
+    constant_version(settings, tiny_backbone, "sent", "pos")  # 1.0 on EVAL_POS: cannot be beaten
+    task = {"task_type": "classification", "train": {"records": TRAIN}, "eval": {"records": EVAL_POS}}
+    payload = {
+        "tasks": [{**task, "task": "sent", "labels": LABELS}, {**task, "task": "fresh", "labels": LABELS}],
+        "hyperparameters": {**HP, "epochs": 1},
+        "per_task_epochs": 0,
+        "activate": "if_better",
+    }
+    with get_sessionmaker(settings.database_url)() as s:
+        job_id = db_jobs.create_job(
+            s, kind="multitask", payload=payload, task_names=["sent", "fresh"], max_queued=50
+        ).id
+    assert worker.run_once()
+    with get_sessionmaker(settings.database_url)() as s:
+        job = db_jobs.get_job(s, job_id)
+        assert job.state == "succeeded", job.error
+        assert db_tasks.get_task(s, "sent").active_version == 1
+        assert db_tasks.get_task(s, "fresh").active_version == 1
+    assert job.result == {"sent": 2, "fresh": 1}
+    assert job.promotion["sent"]["promoted"] is False and job.promotion["sent"]["active"] == 1.0
+    assert job.promotion["fresh"] == {
+        "mode": "if_better",
+        "promoted": True,
+        "reason": "the task had no active version",
+        "version": 1,
+    }

@@ -353,6 +353,7 @@ async function pageJob(id) {
       <dl class="kv"><dt>Epoch</dt><dd>${fmt(p.epoch, 2)}</dd><dt>Loss</dt><dd id="job-loss">${fmt(p.loss, 4)}</dd>
         <dt>Message</dt><dd>${esc(p.message || "—")}</dd>
         ${produced ? `<dt>Version produced</dt><dd id="job-version">${produced}</dd>` : ""}
+        ${j.promotion ? `<dt>Activated</dt><dd id="job-promotion">${Object.entries(j.promotion).map(([t, d]) => `${esc(t)}: ${d.promoted ? "yes" : "no"} (${esc(d.reason || "")})`).join("; ")}</dd>` : ""}
         ${j.metrics ? `<dt>Final metrics</dt><dd>${esc(Object.entries(j.metrics).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : fmt(v)}`).join("; "))}</dd>` : ""}</dl>
       ${j.error ? `<div class="error" role="alert" id="job-error"><strong>Failed:</strong> ${esc(j.error)}</div>` : ""}
     </div>
