@@ -207,7 +207,8 @@ def _accepted(
             s, kind=kind, payload=payload, task_names=names, max_queued=settings.max_queued_jobs, guard=guard
         )
     except IntegrityError:  # another request with this key won the race: its job is the answer
-        assert idem is not None
+        if idem is None:
+            raise
         replay = _replay(s, idem)
         if replay is None:
             raise
@@ -220,7 +221,10 @@ def _accepted(
     "/train",
     status_code=202,
     response_model=JobAccepted,
-    responses={200: {"model": JobAccepted, "description": "a retry with a known Idempotency-Key"}},
+    responses={
+        200: {"model": JobAccepted, "description": "a retry with a known Idempotency-Key: the first job"},
+        409: {"description": "the Idempotency-Key came with another body (code idempotency_key_reused)"},
+    },
 )
 def train(
     principal: Train,
