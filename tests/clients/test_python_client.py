@@ -102,6 +102,24 @@ def test_errors_carry_status_code_and_detail():
     assert isinstance(ph.errors.error_for(503, "down"), ph.ServerError)
 
 
+def test_progress_without_tqdm_prints_plain_lines():
+    import io
+
+    from prompthub_client.progress import Progress
+
+    out = io.StringIO()
+    bar = Progress("0123456789abcdef", use_tqdm=False, stream=out)
+    bar.update("queued", {"step": 0, "total": None, "message": "queued"})
+    bar.update("running", {"step": 3, "total": 10, "epoch": 0.3, "loss": 0.69314, "message": "training"})
+    bar.update("running", {"step": 4, "total": 10, "epoch": 0.4, "loss": 0.6})  # throttled: < 2 s later
+    bar.close("succeeded", {"step": 10, "total": 10, "epoch": 1.0, "loss": 0.5, "message": "done"})
+    lines = out.getvalue().splitlines()
+    assert lines[0] == "job 01234567 queued: step 0"
+    assert lines[1] == "job 01234567 running: step 3/10 epoch 0.30 loss 0.6931"
+    assert lines[-1] == "job 01234567 succeeded: step 10/10 epoch 1.00 loss 0.5000 (done)"
+    assert len(lines) == 3
+
+
 # ------------------------------------------------------------------------------ a real server
 
 

@@ -1,5 +1,5 @@
 """The progress of a training job while `Job.wait()` polls it: a tqdm bar when tqdm is installed,
-else one plain line on stderr when the step or message changes (at most one every few seconds)."""
+else one plain line on stderr when the state changes, and while it runs at most one every 2 s."""
 
 from __future__ import annotations
 
@@ -25,6 +25,7 @@ class Progress:
                 if use_tqdm:
                     raise
         self._last_line = ""
+        self._last_state = ""
         self._last_time = 0.0
 
     def update(self, state: str, progress: dict[str, Any] | None) -> None:
@@ -57,9 +58,10 @@ class Progress:
         if message and message not in (state, "training"):
             line += f" ({message})"
         now = time.monotonic()
-        if line != self._last_line and (now - self._last_time >= PLAIN_MIN_INTERVAL_S or state != "running"):
+        due = now - self._last_time >= PLAIN_MIN_INTERVAL_S or state != self._last_state
+        if line != self._last_line and due:
             print(line, file=self.stream, flush=True)
-            self._last_line, self._last_time = line, now
+            self._last_line, self._last_state, self._last_time = line, state, now
 
     def close(self, state: str, progress: dict[str, Any] | None) -> None:
         if self._bar is not None:
@@ -67,5 +69,5 @@ class Progress:
             self._bar.close()
             self._bar = None
         else:
-            self._last_time = 0.0
+            self._last_state = ""
             self.update(state, progress)
