@@ -164,6 +164,8 @@ def test_predict_typed_and_errors(hub):
     out = hub.predict("seeded-cls", ["a fine day", {"text": "a bad day"}])
     assert isinstance(out, ph.Prediction) and out.task == "seeded-cls" and out.version == 1
     assert len(out.predictions) == 2 and "label" in out.predictions[0]
+    qa = hub.predict("seeded-qa", {"question": "Who?", "context": "Ann wrote it."})  # one input alone
+    assert len(qa.predictions) == 1 and "answer" in qa.predictions[0]
     with pytest.raises(ph.NotFound) as e:
         hub.predict("no-such-task", ["x"])
     assert e.value.status == 404 and e.value.code and "no-such-task" in str(e.value.detail)

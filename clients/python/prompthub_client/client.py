@@ -149,11 +149,15 @@ class Client:
 
     # ------------------------------------------------------------------ inference
     def predict(
-        self, task: str, inputs: str | Sequence[str | Mapping[str, Any]], version: int | None = None
+        self,
+        task: str,
+        inputs: str | Mapping[str, Any] | Sequence[str | Mapping[str, Any]],
+        version: int | None = None,
     ) -> Prediction:
         """Predictions of `task` (its active version, or `version`) for `inputs`: texts, or dicts
         such as {"text", "text_pair"}, {"tokens"}, {"question", "context"}."""
-        body: dict[str, Any] = {"inputs": [inputs] if isinstance(inputs, str) else list(inputs)}
+        one = isinstance(inputs, (str, Mapping))
+        body: dict[str, Any] = {"inputs": [inputs] if one else list(inputs)}
         if version is not None:
             body["version"] = version
         return Prediction.from_json(self._request("POST", f"/predict/{task}", json=body).json())
