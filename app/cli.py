@@ -1,4 +1,4 @@
-"""Command line: `prompthub train | predict | serve | worker | migrate | keys | doctor | peft`.
+"""Command line: `prompthub train | predict | serve | worker | migrate | keys | doctor | peft | remote`.
 
 Each subcommand lives in the module that owns it; this file only parses and dispatches.
 """
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+from types import ModuleType
 
 
 def _comma_list(value: str) -> list[str]:
@@ -95,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--poll", type=float, default=None, help="seconds between polls for queued jobs")
     sub.add_parser("migrate", help="apply database migrations")
     _add_keys(sub)
+    _remote_cli().add_remote_commands(sub)
     d = sub.add_parser("doctor", help="check that the database and the prompt store agree (and repair)")
     d.add_argument("--repair", action="store_true", help="fix what is safe to fix, then check again")
     d.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -139,6 +142,17 @@ def _add_keys(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--json", action="store_true")
 
 
+def _remote_cli() -> ModuleType:
+    """`prompthub remote ...` is the client package's command line (clients/python, installed by
+    scripts/setup.sh; found in the source tree when it is not installed)."""
+    try:
+        import prompthub_client.cli as remote
+    except ImportError:
+        sys.path.append(str(Path(__file__).resolve().parents[1] / "clients" / "python"))
+        import prompthub_client.cli as remote
+    return remote
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "train":
@@ -173,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
         from app.peft_cli import peft_command
 
         return peft_command(args)
+    if args.command == "remote":
+        return _remote_cli().run(args)
     return 2
 
 

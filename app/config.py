@@ -135,6 +135,11 @@ class Settings(BaseSettings):
             raise ValueError(f"store_url: expected s3://bucket or s3://bucket/prefix, got {v!r}")
         return v
 
+    # --- safe promotion, idempotency (issue 15: item 6) ---
+    #: how long an Idempotency-Key of POST /train is remembered, in seconds (a retry with the key
+    #: within it gets the first job back; after it the key is forgotten)
+    idempotency_ttl_s: float = 86_400.0
+
     @field_validator("devices")
     @classmethod
     def _check_devices(cls, v: str) -> str:

@@ -59,12 +59,14 @@ def _prepare_database(
     store: Store,
     datasets: DatasetFiles | None = None,
 ) -> None:
+    from app.db.idempotency import purge_expired as purge_expired_idempotency_keys
     from app.db.session import run_migrations
     from app.ops.maintenance import startup_sync
 
     run_migrations(settings.database_url)
     with sessionmaker() as s:
         startup_sync(s, store, dataset_retention_days=settings.dataset_retention_days, datasets=datasets)
+        purge_expired_idempotency_keys(s)  # expired Idempotency-Keys of POST /train
     _prepare_keys(settings, sessionmaker)
 
 

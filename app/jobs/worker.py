@@ -34,7 +34,19 @@ from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes
 from app.engine.data import DataError
 from app.engine.model import ServingTask
 from app.engine.options import build_training, validate_training
-from app.engine.train import Cancelled, Progress, TrainConfig, TrainResult, train_multitask, train_task
+from app.engine.train import (
+    MIN_HOLDOUT_EXAMPLES,
+    Cancelled,
+    Progress,
+    TrainConfig,
+    TrainResult,
+    evaluate,
+    infer_labels,
+    primary_metric,
+    split_holdout,
+    train_multitask,
+    train_task,
+)
 from app.jobs.payload import DataRef, load_split, training_doc
 from app.store import StoreError, open_datasets, open_store
 
@@ -224,9 +236,9 @@ class Worker:
         with _JobRun(self, job_id) as run:
             try:
                 if kind == "multitask":
-                    result, metrics = self._train_multitask(job_id, payload, backbone, run)
+                    result, metrics, promotion = self._train_multitask(job_id, payload, backbone, run)
                 else:
-                    result, metrics = self._train_single(job_id, payload, backbone, run)
+                    result, metrics, promotion = self._train_single(job_id, payload, backbone, run)
             except versions.JobNotLive as e:  # cancelled, or its task deleted, while it finished
                 self._finish(job_id, CANCELLED, error=str(e))
                 log.info("job %s cancelled before publishing: %s", job_id, e)
@@ -257,7 +269,9 @@ class Worker:
                 self._finish(job_id, FAILED, error=message or type(e).__name__)
                 return
             run.flush("done")
-            self._finish(job_id, SUCCEEDED, result=result, metrics=_jsonable(metrics))
+            self._finish(
+                job_id, SUCCEEDED, result=result, metrics=_jsonable(metrics), promotion=_jsonable(promotion)
+            )
             log.info("job %s succeeded: %s", job_id, result)
 
     def _lookup_dataset(self, dataset_id: str) -> tuple[Path, str, str] | None:
@@ -331,7 +345,7 @@ class Worker:
 
     def _train_single(
         self, job_id: str, payload: dict[str, Any], backbone: Backbone, run: _JobRun
-    ) -> tuple[dict[str, int], dict[str, Any]]:
+    ) -> tuple[dict[str, int], dict[str, Any], dict[str, Any]]:
         # the API validated the request (name, task type, hyperparameters, records) when it queued
         # it; a task made meanwhile with another task type makes publish() refuse the version
         name, task_type = payload["task"], payload["task_type"]
@@ -339,6 +353,10 @@ class Worker:
         train, ev, data = self._splits(payload, task_type, "")
         self._check_labels(task_type, hp, payload.get("labels"), train, ev)
         spec, config = build_training(task_type, hp, payload.get("labels"))
+        mode = payload.get("activate") or "always"
+        if mode == "if_better":  # the eval split train_task would make, made here to compare on it
+            infer_labels(spec, train)
+            train, ev = split_holdout(train, ev, config.holdout_fraction, config.seed)
         init_kv = self._init_from(payload.get("init_from"), backbone)
         result = train_task(
             backbone,
@@ -352,13 +370,17 @@ class Worker:
             task_name=name,
         )
         extra = {"init_from": payload.get("init_from")} if payload.get("init_from") else {}
-        version = self._publish(job_id, name, result, backbone, hp, config, data, **extra)
-        return {name: version}, _jsonable(result.metrics)
+        promote, why = self._promotion(name, mode, result, ev, backbone, config)
+        version = self._publish(
+            job_id, name, result, backbone, hp, config, data, activate=promote, promotion=why, **extra
+        )
+        return {name: version}, _jsonable(result.metrics), {name: {**why, "version": version}}
 
     def _train_multitask(
         self, job_id: str, payload: dict[str, Any], backbone: Backbone, run: _JobRun
-    ) -> tuple[dict[str, int], dict[str, Any]]:
+    ) -> tuple[dict[str, int], dict[str, Any], dict[str, Any]]:
         hp = payload.get("hyperparameters") or {}
+        mode = payload.get("activate") or "always"
         tasks: dict[str, tuple[Any, Any, Any]] = {}
         datas: dict[str, dict[str, Any]] = {}
         for i, t in enumerate(payload.get("tasks") or []):
@@ -366,6 +388,9 @@ class Worker:
             train, ev, data = self._splits(t, t["task_type"], f"tasks[{i}].")
             self._check_labels(t["task_type"], hp, t.get("labels"), train, ev)
             spec, config = build_training(t["task_type"], hp, t.get("labels"))
+            if mode == "if_better":  # the eval split train_multitask would make, made here
+                infer_labels(spec, train)
+                train, ev = split_holdout(train, ev, config.holdout_fraction, config.seed)
             tasks[name] = (spec, train, ev)
             datas[name] = data
         results = train_multitask(
@@ -377,11 +402,82 @@ class Worker:
             per_task_epochs=int(payload.get("per_task_epochs") or 0),
         )
         published: dict[str, int] = {}
+        promotion: dict[str, Any] = {}
         for name, result in results.items():
+            promote, why = self._promotion(name, mode, result, tasks[name][2], backbone, config)
             published[name] = self._publish(
-                job_id, name, result, backbone, hp, config, datas[name], multitask=sorted(tasks)
+                job_id,
+                name,
+                result,
+                backbone,
+                hp,
+                config,
+                datas[name],
+                activate=promote,
+                promotion=why,
+                multitask=sorted(tasks),
             )
-        return published, {name: _jsonable(r.metrics) for name, r in results.items()}
+            promotion[name] = {**why, "version": published[name]}
+        return published, {name: _jsonable(r.metrics) for name, r in results.items()}, promotion
+
+    def _promotion(
+        self,
+        name: str,
+        mode: str,
+        result: TrainResult,
+        ev: Any,
+        backbone: Backbone,
+        config: TrainConfig,
+    ) -> tuple[bool, dict[str, Any]]:
+        """Whether the new version of `name` becomes the active one, and why (POST /train's
+        `activate`). if_better evaluates the active version and the new one on the same eval
+        examples (the job's eval split, or the held-out part of its training data) with the task
+        type's primary metric; the new one must be strictly better (a tie keeps the active one). A task without an active version takes its
+        first version whatever the mode."""
+        with self.sessionmaker() as s:
+            active = db_tasks.get_active_version(s, name)
+            current = (active.version, active.sha256) if active is not None else None
+        doc: dict[str, Any] = {"mode": mode}
+        if current is None:
+            return True, {**doc, "promoted": True, "reason": "the task had no active version"}
+        number, sha = current
+        doc["compared_with"] = number
+        if mode == "always":
+            return True, {**doc, "promoted": True, "reason": f"activate=always: replaces v{number}"}
+        if mode == "never":
+            return False, {**doc, "promoted": False, "reason": f"activate=never: v{number} stays active"}
+        if not ev:
+            return False, {
+                **doc,
+                "promoted": False,
+                "reason": f"no eval data to compare with v{number} on (give `eval`, or "
+                f"holdout_fraction with {MIN_HOLDOUT_EXAMPLES}+ training rows): v{number} stays active",
+            }
+        metric = primary_metric(result.task.spec)
+        new = evaluate(backbone, result.task, ev, config.eval_batch_size).get(metric)
+        try:
+            old_task = load_checkpoint_bytes(
+                self.store.read_version(name, number, sha), backbone, where=f"task {name!r} v{number}"
+            )
+            old = evaluate(backbone, old_task, ev, config.eval_batch_size).get(metric)
+        except Exception as e:  # another label set, another backbone, a missing file...
+            log.warning("task %s: v%d could not be evaluated for if_better: %s", name, number, e)
+            return False, {
+                **doc,
+                "promoted": False,
+                "reason": f"the active v{number} could not be evaluated on this eval data ({e}); it stays "
+                "active: activate the new version by hand if it should be served",
+            }
+        doc.update(metric=metric, new=new, active=old, eval_rows=len(ev))
+        where = f"on the same eval data ({len(ev)} rows)"
+        if new is None or old is None or not float(new) > float(old):
+            sign = "=" if new is not None and old is not None and float(new) == float(old) else "<"
+            reason = (
+                f"{metric} {_fmt(new)} {sign} active v{number}'s {_fmt(old)} {where}: v{number} stays active"
+            )
+            return False, {**doc, "promoted": False, "reason": reason}
+        reason = f"{metric} {_fmt(new)} > active v{number}'s {_fmt(old)} {where}"
+        return True, {**doc, "promoted": True, "reason": reason}
 
     def _publish(
         self,
@@ -392,9 +488,11 @@ class Worker:
         hp: dict[str, Any],
         config: TrainConfig,
         data: dict[str, Any],
+        activate: bool = True,
         **extra: Any,
     ) -> int:
-        """Publish the trained task (store, then database, then activation); returns the version."""
+        """Publish the trained task (store, then database, then activation unless `activate` is
+        False); returns the version."""
         training = _jsonable(
             training_doc(
                 hp,
@@ -413,7 +511,13 @@ class Worker:
         meta = {"training": training, "metrics": metrics, "source": f"job:{job_id}", "data": data}
         blob = checkpoint_bytes(result.task, backbone, meta=meta)
         with self.sessionmaker() as s:
-            return versions.publish(s, self.store, name, blob, source=f"job:{job_id}", job_id=job_id).version
+            return versions.publish(
+                s, self.store, name, blob, source=f"job:{job_id}", job_id=job_id, activate=activate
+            ).version
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{float(value):.4f}"
 
 
 def _ref(ref: DataRef | None) -> dict[str, Any] | None:

@@ -36,7 +36,19 @@ async function api(method, path, body) {
   const text = await res.text();
   let data = text;
   try { data = JSON.parse(text); } catch (_) { /* plain text, e.g. /metrics */ }
-  return { ok: res.ok, status: res.status, data };
+  return { ok: res.ok, status: res.status, data, next: res.headers.get("X-Next-Cursor") };
+}
+
+// A list route (/tasks, /jobs, /datasets) page after page: its cursor comes in X-Next-Cursor
+async function apiAll(path) {
+  const sep = path.includes("?") ? "&" : "?";
+  let r = await api("GET", `${path}${sep}limit=1000`);
+  const rows = r.ok ? [...r.data] : null;
+  while (r.ok && r.next) {
+    r = await api("GET", `${path}${sep}limit=1000&cursor=${encodeURIComponent(r.next)}`);
+    if (r.ok) rows.push(...r.data);
+  }
+  return r.ok ? { ...r, data: rows } : r;
 }
 
 // The API's errors: {"detail": "message"} or {"detail": [{"loc": [...], "msg": ...}]}
@@ -111,7 +123,7 @@ function primaryMetric(metrics) {
 
 // ------------------------------------------------------------------ 1. tasks
 async function pageTasks() {
-  const r = await api("GET", "/tasks");
+  const r = await apiAll("/tasks");
   if (!r.ok) return (main.innerHTML = `<h2>Tasks</h2>${errorHtml(r)}`);
   const rows = r.data.map((t) => `<tr>
       <td><a href="#/tasks/${encodeURIComponent(t.name)}">${esc(t.name)}</a></td><td>${esc(t.task_type)}</td>
@@ -341,6 +353,7 @@ async function pageJob(id) {
       <dl class="kv"><dt>Epoch</dt><dd>${fmt(p.epoch, 2)}</dd><dt>Loss</dt><dd id="job-loss">${fmt(p.loss, 4)}</dd>
         <dt>Message</dt><dd>${esc(p.message || "—")}</dd>
         ${produced ? `<dt>Version produced</dt><dd id="job-version">${produced}</dd>` : ""}
+        ${j.promotion ? `<dt>Activated</dt><dd id="job-promotion">${Object.entries(j.promotion).map(([t, d]) => `${esc(t)}: ${d.promoted ? "yes" : "no"} (${esc(d.reason || "")})`).join("; ")}</dd>` : ""}
         ${j.metrics ? `<dt>Final metrics</dt><dd>${esc(Object.entries(j.metrics).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : fmt(v)}`).join("; "))}</dd>` : ""}</dl>
       ${j.error ? `<div class="error" role="alert" id="job-error"><strong>Failed:</strong> ${esc(j.error)}</div>` : ""}
     </div>
@@ -399,7 +412,7 @@ function renderPrediction(type, input, p) {
 }
 
 async function pageTry(name, version) {
-  const list = await api("GET", "/tasks");
+  const list = await apiAll("/tasks");
   if (!list.ok) return (main.innerHTML = `<h2>Try it</h2>${errorHtml(list)}`);
   if (!list.data.length) return (main.innerHTML = `<h2>Try it</h2><p>No tasks yet: <a href="#/new">train one</a>.</p>`);
   name = name || list.data[0].name;

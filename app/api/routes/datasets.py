@@ -6,15 +6,25 @@ from __future__ import annotations
 
 import csv
 import json
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, File, Form, Query, Request, Response, UploadFile
 from fastapi import Path as PathParam
 
 from app.api.auth import Train
 from app.api.deps import DatasetFilesDep, SessionDep, SettingsDep
 from app.api.errors import ApiError, InputError
+from app.api.pagination import (
+    DEFAULT_LIMIT,
+    PAGE_RESPONSES,
+    CursorQuery,
+    LimitQuery,
+    decode_cursor,
+    fill_page,
+    set_next,
+)
 from app.api.schemas import DatasetOut, TaskType
 from app.db import datasets as db
 from app.engine import data as D
@@ -171,10 +181,37 @@ def upload_dataset(
     return DatasetOut.model_validate(ds)
 
 
-@router.get("", response_model=list[DatasetOut])
-def list_datasets(_: Train, s: SessionDep) -> list[DatasetOut]:
-    """Every uploaded dataset, oldest first."""
-    return [DatasetOut.model_validate(d) for d in db.list_datasets(s)]
+@router.get("", response_model=list[DatasetOut], responses=PAGE_RESPONSES)
+def list_datasets(
+    _: Train,
+    s: SessionDep,
+    request: Request,
+    response: Response,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+    task_type: Annotated[TaskType | None, Query(description="only datasets uploaded for this type")] = None,
+    filename_prefix: Annotated[
+        str | None, Query(max_length=MAX_FILENAME_CHARS, description="only files whose name starts with this")
+    ] = None,
+) -> list[DatasetOut]:
+    """Uploaded datasets, oldest first, a page at a time: the next page's cursor is in
+    `X-Next-Cursor` (and `Link`), absent on the last page."""
+    after = decode_cursor(cursor, [datetime, str])
+    rows, next_key = fill_page(
+        lambda a, n: db.page_datasets(
+            s,
+            after=a,  # type: ignore[arg-type]
+            limit=n,
+            task_type=task_type,
+            filename_prefix=filename_prefix,
+        ),
+        lambda d: (d.created_at, d.id),
+        lambda d: True,
+        after,
+        limit,
+    )
+    set_next(response, request, next_key)
+    return [DatasetOut.model_validate(d) for d in rows]
 
 
 @router.delete("/{dataset_id}")

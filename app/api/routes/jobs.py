@@ -2,14 +2,24 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from app.api.auth import Train
 from app.api.deps import SessionDep
 from app.api.errors import ApiError, InputError
+from app.api.pagination import (
+    DEFAULT_LIMIT,
+    PAGE_RESPONSES,
+    CursorQuery,
+    LimitQuery,
+    decode_cursor,
+    fill_page,
+    set_next,
+)
 from app.api.schemas import JobOut
 from app.db import jobs as db
 from app.db import models
@@ -20,19 +30,38 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 StateQuery = Annotated[str | None, Query(description=f"one of {', '.join(models.JOB_STATES)}")]
 
 
-@router.get("", response_model=list[JobOut])
+@router.get("", response_model=list[JobOut], responses=PAGE_RESPONSES)
 def list_jobs(
     principal: Train,
     s: SessionDep,
+    request: Request,
+    response: Response,
     state: StateQuery = None,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    task: Annotated[str | None, Query(max_length=64, description="only jobs that train this task")] = None,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
 ) -> list[JobOut]:
+    """Jobs newest first, a page at a time: the next page's cursor is in `X-Next-Cursor` (and
+    `Link`), absent on the last page."""
     if state is not None and state not in models.JOB_STATES:
         raise InputError.at(
             ["query", "state"], f"unknown job state {state!r}; use one of {', '.join(models.JOB_STATES)}"
         )
-    jobs = db.list_jobs(s, state=state, limit=limit)
-    return [JobOut.model_validate(j) for j in jobs if principal.allows_tasks(list(j.task_names or []))]
+    after = decode_cursor(cursor, [datetime, str])
+
+    def keep(j: models.Job) -> bool:
+        names = list(j.task_names or [])
+        return principal.allows_tasks(names) and (task is None or task in names)
+
+    rows, next_key = fill_page(
+        lambda a, n: db.page_jobs(s, after=a, limit=n, state=state),  # type: ignore[arg-type]
+        lambda j: (j.created_at, j.id),
+        keep,
+        after,
+        limit,
+    )
+    set_next(response, request, next_key)
+    return [JobOut.model_validate(j) for j in rows]
 
 
 def _job_for(s: Session, job_id: str, principal: Principal) -> models.Job:

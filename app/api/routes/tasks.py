@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Path
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Query, Request, Response
 from sqlalchemy.orm import Session
 
 from app import versions
 from app.api.auth import AdminTask, PrincipalDep, ReadTask
 from app.api.deps import HubDep, SessionDep, StoreDep, TaskNameDep
 from app.api.errors import ApiError
-from app.api.schemas import TaskDetail, TaskOut, VersionOut
+from app.api.pagination import (
+    DEFAULT_LIMIT,
+    PAGE_RESPONSES,
+    CursorQuery,
+    LimitQuery,
+    decode_cursor,
+    fill_page,
+    set_next,
+)
+from app.api.schemas import TaskDetail, TaskOut, TaskType, VersionOut
 from app.db import tasks as db
 
 router = APIRouter(prefix="/tasks", tags=["tasks"])
@@ -26,9 +37,33 @@ def task_detail(s: Session, name: str) -> TaskDetail:
     return TaskDetail(**TaskOut.model_validate(task).model_dump(), versions=versions)
 
 
-@router.get("", response_model=list[TaskOut])
-def list_tasks(principal: PrincipalDep, s: SessionDep) -> list[TaskOut]:
-    return [TaskOut.model_validate(t) for t in db.list_tasks(s) if principal.allows_task(t.name)]
+@router.get("", response_model=list[TaskOut], responses=PAGE_RESPONSES)
+def list_tasks(
+    principal: PrincipalDep,
+    s: SessionDep,
+    request: Request,
+    response: Response,
+    limit: LimitQuery = DEFAULT_LIMIT,
+    cursor: CursorQuery = None,
+    task_type: Annotated[TaskType | None, Query(description="only tasks of this type")] = None,
+    name_prefix: Annotated[
+        str | None, Query(max_length=64, description="only tasks whose name starts with this")
+    ] = None,
+) -> list[TaskOut]:
+    """Tasks by name, a page at a time: the next page's cursor is in `X-Next-Cursor` (and `Link`),
+    absent on the last page."""
+    after = decode_cursor(cursor, [str])
+    rows, next_key = fill_page(
+        lambda a, n: db.page_tasks(
+            s, after=a[0] if a else None, limit=n, task_type=task_type, name_prefix=name_prefix
+        ),
+        lambda t: (t.name,),
+        lambda t: principal.allows_task(t.name),
+        after,
+        limit,
+    )
+    set_next(response, request, next_key)
+    return [TaskOut.model_validate(t) for t in rows]
 
 
 @router.get("/{task}", response_model=TaskDetail)

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body
+from fastapi import APIRouter, Body, Header
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ValidationError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.api.auth import Train, check_tasks
@@ -21,14 +27,17 @@ from app.api.schemas import (
     TrainTask,
 )
 from app.db import datasets as db_datasets
+from app.db import idempotency as db_idempotency
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
 from app.db.errors import Conflict
+from app.db.models import utcnow
 from app.engine.data import DataError, parse_records
 from app.engine.model import SpecError
 from app.engine.options import validate_training
 from app.jobs.payload import examples_split
 from app.names import validate_task_name
+from app.security import Principal
 
 router = APIRouter(tags=["train"])
 
@@ -118,23 +127,117 @@ def _check_task(
     return doc
 
 
-def _accepted(s: Session, settings: Any, kind: str, payload: dict, names: list[str]) -> JSONResponse:
-    job = db_jobs.create_job(
-        s, kind=kind, payload=payload, task_names=names, max_queued=settings.max_queued_jobs
-    )
+@dataclass(frozen=True)
+class _Idempotency:
+    owner: str  # the API key's id, or "keyless"
+    key: str
+    request_sha256: str
+
+
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]{1,255}$")  # printable ASCII, no spaces
+
+IdempotencyHeader = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=MAX_IDEMPOTENCY_KEY_CHARS,
+        description="a retried POST /train with the same key (and the same API key) answers 200 with "
+        "the first request's job instead of queuing another; the same key with another body is a "
+        "409 (code idempotency_key_reused). Keys are remembered for PROMPTHUB_IDEMPOTENCY_TTL_S.",
+    ),
+]
+
+
+def _idempotency(principal: Principal, key: str | None, body: dict[str, Any]) -> _Idempotency | None:
+    if key is None:
+        return None
+    if not _IDEMPOTENCY_KEY.fullmatch(key):
+        raise InputError.at(
+            ["header", "Idempotency-Key"], "use 1-255 printable ASCII characters without spaces"
+        )
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return _Idempotency(principal.key_id or "keyless", key, hashlib.sha256(canonical.encode()).hexdigest())
+
+
+def _replay(s: Session, idem: _Idempotency) -> JSONResponse | None:
+    """The answer to a request whose key was seen before (None: not seen, or expired)."""
+    found = db_idempotency.lookup(s, idem.owner, idem.key)
+    if found is None:
+        return None
+    row, job = found
+    if row.request_sha256 != idem.request_sha256:
+        return JSONResponse(
+            {
+                "detail": f"Idempotency-Key {idem.key!r} was used with another request body "
+                f"(job {job.id}); use a new key for a new request",
+                "code": "idempotency_key_reused",
+            },
+            status_code=409,
+        )
+    body = JobAccepted(job_id=job.id, state=job.state).model_dump()
+    headers = {"Location": f"/jobs/{job.id}", "Idempotent-Replayed": "true"}
+    return JSONResponse(body, status_code=200, headers=headers)
+
+
+def _accepted(
+    s: Session,
+    settings: Any,
+    kind: str,
+    payload: dict,
+    names: list[str],
+    idem: _Idempotency | None = None,
+) -> JSONResponse:
+    guard = None
+    if idem is not None:
+        expires = utcnow() + timedelta(seconds=settings.idempotency_ttl_s)
+
+        def guard(s_: Session, job: Any) -> None:
+            db_idempotency.record(
+                s_,
+                owner=idem.owner,
+                key=idem.key,
+                request_sha256=idem.request_sha256,
+                job_id=job.id,
+                expires_at=expires,
+            )
+
+    try:
+        job = db_jobs.create_job(
+            s, kind=kind, payload=payload, task_names=names, max_queued=settings.max_queued_jobs, guard=guard
+        )
+    except IntegrityError:  # another request with this key won the race: its job is the answer
+        if idem is None:
+            raise
+        replay = _replay(s, idem)
+        if replay is None:
+            raise
+        return replay
     body = JobAccepted(job_id=job.id, state=job.state).model_dump()
     return JSONResponse(body, status_code=202, headers={"Location": f"/jobs/{job.id}"})
 
 
-@router.post("/train", status_code=202, response_model=JobAccepted)
+@router.post(
+    "/train",
+    status_code=202,
+    response_model=JobAccepted,
+    responses={
+        200: {"model": JobAccepted, "description": "a retry with a known Idempotency-Key: the first job"},
+        409: {"description": "the Idempotency-Key came with another body (code idempotency_key_reused)"},
+    },
+)
 def train(
     principal: Train,
     s: SessionDep,
     settings: SettingsDep,
     body: Annotated[dict[str, Any], Body(examples=[_EXAMPLE])],
+    idempotency_key: IdempotencyHeader = None,
 ) -> JSONResponse:
     """One task (`task`, `task_type`, `train`, ...) or several sharing one prefix (`tasks`: [...])."""
     check_json(body, ["body"])
+    idem = _idempotency(principal, idempotency_key, body)
+    if idem is not None and (replay := _replay(s, idem)) is not None:
+        return replay
     if "tasks" in body:
         multi: MultiTrainRequest = _parse(MultiTrainRequest, body)
         names = [t.task for t in multi.tasks]
@@ -153,7 +256,7 @@ def train(
             )
             for i, t in enumerate(multi.tasks)
         ]
-        return _accepted(s, settings, "multitask", payload, names)
+        return _accepted(s, settings, "multitask", payload, names, idem)
     single: TrainRequest = _parse(TrainRequest, body)
     check_tasks(principal, [single.task] + ([single.init_from] if single.init_from else []))
     payload = _check_task(
@@ -163,4 +266,4 @@ def train(
         _check_name(single.init_from, ["body", "init_from"])
         if db_tasks.get_task(s, single.init_from) is None:
             raise InputError.at(["body", "init_from"], f"no task named {single.init_from!r} to start from")
-    return _accepted(s, settings, "single", payload, [single.task])
+    return _accepted(s, settings, "single", payload, [single.task], idem)
