@@ -67,6 +67,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "request_timeout": (408, "the request body did not arrive in time"),
     "conflict": (409, "the change contradicts what is stored (e.g. another task type)"),
     "backbone_mismatch": (409, "the checkpoint was trained on another backbone"),
+    "idempotency_key_reused": (409, "the Idempotency-Key of POST /train came before with another body"),
     "payload_too_large": (413, "the request body or upload is over its limit"),
     "unsupported_media_type": (415, "the body is not in a media type the route reads"),
     "invalid_input": (422, "a field is invalid: `detail` lists each problem with its location"),
@@ -77,6 +78,7 @@ ERROR_CODES: dict[str, tuple[int, str]] = {
     "internal_error": (500, "an unexpected server error (logged with the request id)"),
     "store_error": (500, "a stored task could not be read or loaded"),
     "not_ready": (503, "the backbone is still loading (or failed to load), or the server is stopping"),
+    "store_unavailable": (503, "the object store cannot be reached; retry later"),
     "timeout": (504, "the prediction was not answered in time"),
 }
 
@@ -280,13 +282,10 @@ async def _checkpoint(request: Request, exc: Exception) -> JSONResponse:
     return _json(request, f"the stored task could not be loaded: {exc}", 500, "store_error")
 
 
-async def _store_unavailable(_: Request, exc: Exception) -> JSONResponse:
+async def _store_unavailable(request: Request, exc: Exception) -> JSONResponse:
     log.error("store unavailable: %s", exc)
-    return JSONResponse(
-        {"detail": f"the store cannot be reached; retry later: {exc}"},
-        status_code=503,
-        headers={"Retry-After": "5"},
-    )
+    detail = f"the store cannot be reached; retry later: {exc}"
+    return _json(request, detail, 503, "store_unavailable", headers={"Retry-After": "5"})
 
 
 def install_error_handlers(app: FastAPI) -> None:
