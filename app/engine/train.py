@@ -97,6 +97,8 @@ def primary_metric(spec: TaskSpec) -> str:
 
 
 MIN_HOLDOUT_EXAMPLES = 20
+#: a held-out split carved from train is at most this large (enough to rank epochs; the rest trains)
+MAX_HOLDOUT_EXAMPLES = 1000
 
 
 def split_holdout(
@@ -108,7 +110,7 @@ def split_holdout(
         return train, list(evals) if evals else None
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
-    n = max(1, int(len(train) * fraction))
+    n = min(MAX_HOLDOUT_EXAMPLES, max(1, int(len(train) * fraction)))
     held = set(order[:n])
     return [e for i, e in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
 
