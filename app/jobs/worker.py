@@ -232,7 +232,8 @@ class Worker:
         every = self.settings.checkpoint_every_s
         if every <= 0:
             return None
-        return RunCheckpointer(Path(self.settings.train_state_dir) / f"{job_id}.state", every_s=every)
+        root = self.settings.train_state_dir or Path(self.settings.data_dir).parent / "train-state"
+        return RunCheckpointer(Path(root) / f"{job_id}.state", every_s=every)
 
     def _run_job(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> None:
         try:
