@@ -49,6 +49,11 @@ def test_bad_search_requests_are_422_naming_the_field(client, search, loc):
     assert any(e["loc"] == loc for e in r.json()["detail"]), r.json()
 
 
+def test_a_search_cannot_start_from_another_task(client):
+    r = client.post("/train", json=_body(search={"trials": 2}, init_from="other"))
+    assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "search"], r.text
+
+
 def test_a_three_trial_search_publishes_the_best_with_its_log(client, settings, tiny_backbone, monkeypatch):
     from app.jobs import worker as worker_mod
 

@@ -158,6 +158,8 @@ def train(
     single: TrainRequest = _parse(TrainRequest, body)
     check_tasks(principal, [single.task] + ([single.init_from] if single.init_from else []))
     if single.search is not None:
+        if single.init_from is not None:
+            raise InputError.at(["body", "search"], "a search trains from scratch: drop init_from or search")
         try:
             check_search(
                 single.task_type, single.search.trials, single.search.metric, single.search.timeout_s
