@@ -197,7 +197,7 @@ def report(records: list[dict]) -> str:
         lines.append("")
         secs = sum(r["seconds"] for r in records if r["task_type"] == task_type)
         lines += [
-            f"{task_type}: {len([r for r in records if r['task_type'] == task_type])} runs, {secs / 60:.1f} CPU-minutes.",
+            f"{task_type}: {len([r for r in records if r['task_type'] == task_type])} runs, {secs / 60:.1f} wall-clock minutes on a shared 2-core machine.",
             "",
         ]
     sizes = sorted({(r["dataset"], r["n_train"], r["n_eval"], r["max_length"]) for r in records})
