@@ -25,9 +25,12 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
         if o.kind == "bool":
             p.add_argument(*flags, dest=o.name, action="store_true", default=None, help=o.help)
             continue
-        default = None if o.method_defaults else o.default
+        default = None if o.method_defaults or o.task_defaults else o.default
         help_ = o.help
-        if o.method_defaults:
+        if o.task_defaults:
+            per = ", ".join(f"{v:g} for {t}" for t, v in o.task_defaults.items())
+            help_ += f" (default {o.default:g}; {per})"
+        elif o.method_defaults:
             per = ", ".join(f"{v:g} for {m}" for m, v in o.method_defaults.items())
             help_ += f" (default {o.default:g}; {per})"
         elif o.default is not None:
@@ -55,6 +58,19 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--backbone", default=None, help="backbone name or local directory (default all-MiniLM-L6-v2)"
     )
     add_training_options(p)
+    p.add_argument(
+        "--search",
+        type=int,
+        default=None,
+        metavar="N",
+        help="search N settings (lr, prefix length, layers, MLP) on the held-out split; keep the best",
+    )
+    p.add_argument(
+        "--search-metric", default=None, help="metric the search maximises (default: the primary one)"
+    )
+    p.add_argument(
+        "--search-timeout", type=float, default=None, help="stop starting trials after this many seconds"
+    )
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
 

@@ -59,6 +59,12 @@ class Settings(BaseSettings):
 
     max_running_jobs: int = 4  # concurrent jobs over the whole worker fleet, enforced when a job is claimed
 
+    # resumable training: a running job saves its whole state this often (seconds; 0: never) to
+    # <train_state_dir>/<job id>.state (unset: train-state beside data_dir, var/train-state by
+    # default; workers that share jobs must share it); a requeued job resumes from it
+    checkpoint_every_s: float = 180.0
+    train_state_dir: str | None = None
+
     # access control (docs/security.md)
     auth: Literal["auto", "required", "off"] = "auto"
     auth_cache_s: float = 5.0  # how long a verified key is trusted before it is read again

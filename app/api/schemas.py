@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, create_model, model_validator
 
 from app.engine.options import OPTIONS, Option
+from app.engine.search import MAX_TRIALS
 from app.engine.tasks import TASK_TYPES
 
 TaskType = Literal[TASK_TYPES]  # type: ignore[valid-type]
@@ -203,9 +204,12 @@ def _hyperparameter_field(o: Option) -> tuple[Any, Any]:
         return list[str] | None, Field(o.default, min_length=1, description=o.help)
     choices = o.api_choices or o.choices
     annotation = Literal[choices] if choices else kinds[o.kind]  # type: ignore[valid-type]
-    if o.nullable:
+    # an option whose default depends on the task type stays unset (None) until the engine
+    # builds the run (app.engine.options.TASK_DEFAULTS)
+    default = None if o.task_defaults else o.default
+    if o.nullable or default is None:
         annotation = annotation | None
-    return annotation, Field(o.default, ge=o.ge, gt=o.gt, le=o.le, description=o.help)
+    return annotation, Field(default, ge=o.ge, gt=o.gt, le=o.le, description=o.help)
 
 
 #: training hyperparameters, one field per row of app.engine.options.OPTIONS
@@ -237,10 +241,21 @@ ACTIVATE_HELP = (
 )
 
 
+class SearchRequest(BaseModel):
+    """A built-in hyperparameter search (app.engine.search): the best of `trials` runs on a
+    held-out split is published, with the search log in its metadata."""
+
+    model_config = ConfigDict(extra="forbid")
+    trials: int = Field(ge=1, le=MAX_TRIALS)
+    metric: str | None = Field(None, max_length=32, description="default: the task type's primary metric")
+    timeout_s: float | None = Field(None, gt=0, le=7 * 86400)
+
+
 class TrainRequest(TrainTask):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     init_from: str | None = None
     activate: Activate = Field("always", description=ACTIVATE_HELP)
+    search: SearchRequest | None = None
 
 
 class MultiTrainRequest(BaseModel):

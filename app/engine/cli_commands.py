@@ -99,6 +99,10 @@ def train_command(args) -> int:
         return _fail(str(e), e.status)
     try:
         spec, config = build_training(args.task_type, training_hyperparameters(args))
+        if args.search is not None:
+            from app.engine.search import check_search
+
+            check_search(args.task_type, args.search, args.search_metric, args.search_timeout)
     except SpecError as e:
         return _fail(str(e))
     try:
@@ -108,7 +112,24 @@ def train_command(args) -> int:
     bar = _Bar(not args.no_progress)
     t0 = time.time()
     try:
-        result = train_task(backbone, spec, train, evals, config, progress=bar)
+        search = None
+        if args.search is not None:
+            from app.engine.search import run_search
+
+            search = run_search(
+                backbone,
+                spec,
+                train,
+                evals,
+                config,
+                trials=args.search,
+                metric=args.search_metric,
+                timeout_s=args.search_timeout,
+                progress=bar,
+            )
+            result, spec = search.best, search.best.task.spec
+        else:
+            result = train_task(backbone, spec, train, evals, config, progress=bar)
     except D.DataError as e:
         bar.close()
         return _fail(str(e), EXIT_DATA)
@@ -131,6 +152,8 @@ def train_command(args) -> int:
         "num_trainable": result.num_trainable,
         "trainable_fraction": result.trainable_fraction,
     }
+    if search is not None:
+        meta["search"] = search.log
     sha = save_checkpoint(result.task, out / "checkpoint.safetensors", backbone, meta)
     summary = {
         "metrics": result.metrics,
@@ -142,6 +165,8 @@ def train_command(args) -> int:
         "checkpoint": str(out / "checkpoint.safetensors"),
         "sha256": sha,
     }
+    if search is not None:
+        summary["search"] = {k: search.log[k] for k in ("best_trial", "best_value", "best_params", "metric")}
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(json.dumps(summary))
     return 0

@@ -27,6 +27,16 @@ PREFIX_INITS = ("random", "tokens")
 DEFAULT_MAX_LABELS = 5000
 
 
+#: Per task type, the defaults that differ from the table's (what POST /train, `prompthub train`
+#: and the quality bench's "defaults" rows use when a value is not given). Chosen from the sweeps in
+#: docs/quality.md ("Defaults"): prefixes want a learning rate near 3e-2 at this scale, and
+#: sequence labelling wants a long prefix and small batches (many small updates).
+TASK_DEFAULTS: dict[str, dict[str, Any]] = {
+    "classification": {"lr": 3e-2, "prefix_length": 16, "batch_size": 16},
+    "token-classification": {"lr": 3e-2, "prefix_length": 64, "batch_size": 8},
+}
+
+
 @dataclass(frozen=True)
 class Option:
     name: str
@@ -56,8 +66,17 @@ class Option:
     def flag(self) -> str:
         return "--" + self.name.replace("_", "-")
 
-    def default_for(self, method: str) -> Any:
-        return self.method_defaults.get(method, self.default)
+    @property
+    def task_defaults(self) -> dict[str, Any]:
+        """{task type: its default} where it differs from the table's."""
+        return {t: d[self.name] for t, d in TASK_DEFAULTS.items() if self.name in d}
+
+    def default_for(self, method: str, task_type: str | None = None) -> Any:
+        """The method's own default (full fine-tuning's learning rate), else the task type's,
+        else the table's."""
+        if method in self.method_defaults:
+            return self.method_defaults[method]
+        return TASK_DEFAULTS.get(task_type or "", {}).get(self.name, self.default)
 
 
 OPTIONS: tuple[Option, ...] = (
@@ -117,7 +136,15 @@ OPTIONS: tuple[Option, ...] = (
         le=1.0,
         api=False,
     ),
-    Option("epochs", "int", 3, "config", "training epochs", ge=1, le=100),
+    Option(
+        "epochs",
+        "int",
+        30,
+        "config",
+        "training epochs at most (early stopping on the held-out split ends most runs sooner)",
+        ge=1,
+        le=100,
+    ),
     Option("batch_size", "int", 16, "config", "training batch size", ge=1, le=512),
     Option("max_length", "int", 128, "spec", "longest input in tokens", ge=8, le=4096),
     Option(
@@ -133,7 +160,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "early_stopping_patience",
         "int",
-        2,
+        3,
         "config",
         "stop after this many epochs without a better eval score (0: never)",
         ge=0,
@@ -146,7 +173,8 @@ OPTIONS: tuple[Option, ...] = (
         "float",
         0.1,
         "config",
-        "with no eval data, this seeded share of train is held out for metrics",
+        "with no eval data, this seeded share of train (at most 1,000 examples) is held out for "
+        "metrics, best-epoch selection and early stopping",
         ge=0.0,
         le=0.5,
         cli_aliases=("--holdout",),
@@ -220,7 +248,7 @@ def build_training(
     values = {"spec": {}, "config": {}}
     for opt in OPTIONS:
         value = hp.get(opt.name)
-        value = opt.default_for(method) if value is None else _check(opt, value)
+        value = opt.default_for(method, task_type) if value is None else _check(opt, value)
         values[opt.target][opt.name] = value
     if method == "fine-tuning" and hp.get("backbone_lr") is None:
         values["config"]["backbone_lr"] = values["config"]["lr"]  # the encoder is what it trains

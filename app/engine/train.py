@@ -21,10 +21,12 @@ from app.engine import data as D
 from app.engine import tasks as registry
 from app.engine.backbone import Backbone
 from app.engine.batch import collate
+from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes
 from app.engine.model import ServingTask, TaskModel, TaskSpec, new_prefix_encoder
 from app.engine.options import default
 from app.engine.predict import encode_examples, run_features
 from app.engine.prefix import PrefixEncoder
+from app.engine.resume import RunCheckpointer, bytes_tensor, tensor_bytes
 
 
 class Cancelled(Exception):
@@ -81,6 +83,8 @@ class TrainResult:
 
 ProgressFn = Callable[[Progress], None]
 StopFn = Callable[[], bool]
+#: called after every evaluated epoch with (epoch, mean primary score); may raise to stop the run
+EpochFn = Callable[[int, float], None]
 
 
 def seed_everything(seed: int) -> None:
@@ -93,6 +97,8 @@ def primary_metric(spec: TaskSpec) -> str:
 
 
 MIN_HOLDOUT_EXAMPLES = 20
+#: a held-out split carved from train is at most this large (enough to rank epochs; the rest trains)
+MAX_HOLDOUT_EXAMPLES = 1000
 
 
 def split_holdout(
@@ -104,7 +110,7 @@ def split_holdout(
         return train, list(evals) if evals else None
     order = list(range(len(train)))
     random.Random(seed).shuffle(order)
-    n = max(1, int(len(train) * fraction))
+    n = min(MAX_HOLDOUT_EXAMPLES, max(1, int(len(train) * fraction)))
     held = set(order[:n])
     return [e for i, e in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
 
@@ -193,7 +199,12 @@ def train_task(
     init_kv: ServingTask | None = None,
     shared_prefix: PrefixEncoder | None = None,
     task_name: str | None = None,
+    checkpointer: RunCheckpointer | None = None,
+    epoch_end: EpochFn | None = None,
 ) -> TrainResult:
+    """Train one task. `checkpointer`: save the run's state now and then and resume from a saved
+    one (app.engine.resume); `epoch_end(epoch, score)` after every evaluated epoch (a search's
+    pruner: it may raise to stop the run)."""
     config = config or TrainConfig()
     if not train_examples:
         raise D.DataError("training data is empty", field="train")
@@ -217,7 +228,13 @@ def train_task(
         model.head.load_state_dict(init_kv.head.state_dict())
     features = encode_examples(spec, backbone.tokenizer, train_examples, with_labels=True)
     return _fit(
-        backbone, {task_name or "task": (model, features, eval_examples)}, config, progress, should_stop
+        backbone,
+        {task_name or "task": (model, features, eval_examples)},
+        config,
+        progress,
+        should_stop,
+        checkpointer=checkpointer,
+        epoch_end=epoch_end,
     )[task_name or "task"]
 
 
@@ -237,6 +254,8 @@ def _fit(
     config: TrainConfig,
     progress: ProgressFn | None,
     should_stop: StopFn | None,
+    checkpointer: RunCheckpointer | None = None,
+    epoch_end: EpochFn | None = None,
 ) -> dict[str, TrainResult]:
     """The training loop over one or more task models (several share a prefix encoder)."""
     start_time = time.monotonic()
@@ -261,17 +280,83 @@ def _fit(
     best_score = -math.inf
     step = 0
     epoch = 0
+    running, count = 0.0, 0
+    trainable = [(n, p) for n, p in joint.named_parameters() if p.requires_grad]
+    fingerprint = {
+        "config": config.to_dict(),
+        "total": total,
+        "tasks": {n: [len(f), len(e or ())] for n, (_, f, e) in tasks.items()},
+        "params": [[n, list(p.shape)] for n, p in trainable],
+    }
+    gen_epoch_state = gen.get_state()
+
+    def run_state() -> dict:
+        """Everything the rest of the run depends on, between two steps (app.engine.resume)."""
+        return {
+            "fingerprint": fingerprint,
+            "step": step,
+            "epoch": epoch,
+            "count": count,
+            "running": running,
+            "params": {n: p.detach().clone() for n, p in trainable},
+            "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(),
+            "gen_epoch": gen_epoch_state,
+            "torch_rng": torch.get_rng_state(),
+            "py_rng": random.getstate(),
+            "history": history,
+            "bad_epochs": bad_epochs,
+            "best_score": best_score,
+            "best": {
+                n: [sc, bytes_tensor(checkpoint_bytes(srv, backbone)), m, ep]
+                for n, (sc, srv, m, ep) in best.items()
+            },
+        }
+
+    skip, resuming = 0, False
+    saved = checkpointer.load(fingerprint) if checkpointer is not None else None
+    if saved is not None:
+        with torch.no_grad():
+            for n, p in trainable:
+                p.copy_(saved["params"][n])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        step, epoch, skip = saved["step"], saved["epoch"] - 1, saved["count"]
+        history, bad_epochs, best_score = saved["history"], saved["bad_epochs"], saved["best_score"]
+        best = {
+            n: (sc, load_checkpoint_bytes(tensor_bytes(blob), backbone), m, ep)
+            for n, (sc, blob, m, ep) in saved["best"].items()
+        }
+        gen.set_state(saved["gen_epoch"])
+        resume_rng = (saved["torch_rng"], saved["py_rng"], saved["running"])
+        resuming = True
+        _emit(
+            progress,
+            step=step,
+            total=total,
+            epoch=float(epoch),
+            loss=None,
+            message=f"resumed from step {step}",
+        )
     while step < total:
         epoch += 1
+        gen_epoch_state = gen.get_state()
         plan = [(name, b) for name in names for b in _batches(len(tasks[name][1]), config.batch_size, gen)]
         order = torch.randperm(len(plan), generator=gen).tolist()
         joint.train()
         running, count = 0.0, 0
+        if resuming:  # resuming inside this epoch: its first `skip` steps are done
+            resuming = False
+            torch.set_rng_state(resume_rng[0])
+            random.setstate(resume_rng[1])
+            running, count = resume_rng[2], skip
         try:  # whatever stops the epoch (a cancel, an error), the modules go back to eval
-            for k in order:
+            for k in order[skip:]:
                 if step >= total:
                     break
                 if should_stop is not None and should_stop():
+                    if checkpointer is not None:  # stopped from outside: the next run goes on from here
+                        checkpointer.save(run_state())
                     raise Cancelled(f"cancelled at step {step} of {total}")
                 name, idx = plan[k]
                 model, feats, _ = tasks[name]
@@ -293,8 +378,11 @@ def _fit(
                     loss=running / count,
                     task=name if len(names) > 1 else None,
                 )
+                if checkpointer is not None and checkpointer.due(step):
+                    checkpointer.save(run_state())
         finally:
             joint.eval()
+        skip = 0
         record = {"epoch": epoch, "step": step, "loss": running / max(1, count), "metrics": {}}
         scores = []
         snapshot: dict[str, tuple[ServingTask, dict]] = {}
@@ -321,6 +409,8 @@ def _fit(
             metrics=record["metrics"],
             message=f"epoch {epoch} done",
         )
+        if epoch_end is not None:
+            epoch_end(epoch, mean)
         if mean > best_score:
             best_score, bad_epochs = mean, 0
             best = {

@@ -34,6 +34,8 @@ from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes
 from app.engine.data import DataError
 from app.engine.model import ServingTask
 from app.engine.options import build_training, validate_training
+from app.engine.resume import RunCheckpointer
+from app.engine.search import run_search
 from app.engine.train import (
     MIN_HOLDOUT_EXAMPLES,
     Cancelled,
@@ -83,6 +85,7 @@ class _JobRun:
         self._pending: dict[str, Any] | None = None
         self._latest: dict[str, Any] | None = None  # the last progress reported, written or not
         self._history: list[dict[str, Any]] = []  # per-epoch loss and eval metrics, shown while it runs
+        self.resumed_from: int | None = None  # the step a requeued job resumed from (its saved state)
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
 
@@ -124,6 +127,10 @@ class _JobRun:
             "loss": float(p.loss) if p.loss is not None else None,
             "message": p.message or "training",
         }
+        if p.message.startswith("resumed from step"):
+            self.resumed_from = p.step
+        if self.resumed_from is not None:
+            doc["resumed_from_step"] = self.resumed_from
         if getattr(p, "task", None):
             doc["task"] = p.task
         if p.metrics is not None:  # an epoch ended: keep its record and write it at once
@@ -169,6 +176,7 @@ class Worker:
         self.stop_event = stop_event or threading.Event()
         self._backbone = backbone
         self._last_recovery: float | None = None
+        self._released: str | None = None  # the last job put back in the queue by a stopping worker
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -232,7 +240,25 @@ class Worker:
         with self.sessionmaker() as s:
             db_jobs.finish_job(s, job_id, state, worker_id=self.worker_id, **kw)
 
+    def _state_checkpointer(self, job_id: str) -> RunCheckpointer | None:
+        """Where a single-task job saves its training state (None: PROMPTHUB_CHECKPOINT_EVERY_S=0)."""
+        every = self.settings.checkpoint_every_s
+        if every <= 0:
+            return None
+        root = self.settings.train_state_dir or Path(self.settings.data_dir).parent / "train-state"
+        return RunCheckpointer(Path(root) / f"{job_id}.state", every_s=every)
+
     def _run_job(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> None:
+        try:
+            self._run_job_once(job_id, kind, payload, backbone)
+        finally:
+            # the saved state outlives only a job that goes back to the queue (a stopping worker)
+            # or whose worker dies (then this line never runs)
+            ck = self._state_checkpointer(job_id)
+            if ck is not None and not (self.stop_event.is_set() and self._released == job_id):
+                ck.clear()
+
+    def _run_job_once(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> None:
         with _JobRun(self, job_id) as run:
             try:
                 if kind == "multitask":
@@ -254,6 +280,7 @@ class Worker:
                 elif self.stop_event.is_set() and not run.stop_requested.is_set():
                     with self.sessionmaker() as s:
                         db_jobs.release_job(s, job_id, worker_id=self.worker_id)
+                    self._released = job_id
                     log.info("job %s put back in the queue: the worker is stopping", job_id)
                 else:
                     self._finish(job_id, CANCELLED)
@@ -358,6 +385,35 @@ class Worker:
             infer_labels(spec, train)
             train, ev = split_holdout(train, ev, config.holdout_fraction, config.seed)
         init_kv = self._init_from(payload.get("init_from"), backbone)
+        search = payload.get("search")
+        if search:  # the best of a built-in search (app.engine.search), with its log
+            found = run_search(
+                backbone,
+                spec,
+                train,
+                ev,
+                config,
+                trials=int(search["trials"]),
+                metric=search.get("metric"),
+                timeout_s=search.get("timeout_s"),
+                progress=run.progress,
+                should_stop=run.should_stop,
+                task_name=name,
+            )
+            promote, why = self._promotion(name, mode, found.best, ev, backbone, config)
+            version = self._publish(
+                job_id,
+                name,
+                found.best,
+                backbone,
+                hp,
+                config,
+                data,
+                activate=promote,
+                promotion=why,
+                search=found.log,
+            )
+            return {name: version}, _jsonable(found.best.metrics), {name: {**why, "version": version}}
         result = train_task(
             backbone,
             spec,
@@ -368,8 +424,11 @@ class Worker:
             should_stop=run.should_stop,
             init_kv=init_kv,
             task_name=name,
+            checkpointer=self._state_checkpointer(job_id),
         )
         extra = {"init_from": payload.get("init_from")} if payload.get("init_from") else {}
+        if run.resumed_from is not None:
+            extra["resumed_from_step"] = run.resumed_from
         promote, why = self._promotion(name, mode, result, ev, backbone, config)
         version = self._publish(
             job_id, name, result, backbone, hp, config, data, activate=promote, promotion=why, **extra

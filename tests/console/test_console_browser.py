@@ -138,7 +138,8 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     # 2. new task: a bad file shows the API's error with its line and field
     page.click("nav >> text=New task")
     page.wait_for_selector("#hp-epochs")
-    assert page.input_value("#hp-epochs") == "3"  # the options table's default is shown
+    assert page.input_value("#hp-epochs") == "30"  # the options table's default is shown
+    assert page.input_value("#hp-lr") == ""  # a per-task-type default: the server picks it
     page.fill("#task-name", "reviews")
     page.set_input_files("#file", str(bad))
     alert = page.wait_for_selector("#upload-result [role=alert]")

@@ -59,7 +59,10 @@ def test_swagger_and_redoc_load_their_packaged_assets(client):
 
 def test_options_table_for_the_new_task_form(client):
     opts = {o["name"]: o for o in client.get("/ui/api/options").json()}
-    assert opts["epochs"]["default"] == 3 and opts["epochs"]["ge"] == 1
+    assert opts["epochs"]["default"] == 30 and opts["epochs"]["ge"] == 1
+    # defaults that depend on the task type are listed per type (the form leaves them to the server)
+    assert opts["prefix_length"]["task_defaults"] == {"classification": 16, "token-classification": 64}
+    assert opts["epochs"]["task_defaults"] is None
     assert "holdout_fraction" in opts and "backbone_lr" not in opts  # CLI-only options are not offered
 
 

@@ -8,15 +8,15 @@ import pytest
 
 from app.engine.data import DataError
 from app.engine.model import SpecError, TaskSpec
-from app.engine.options import BY_NAME, OPTIONS, build_training, validate_training
+from app.engine.options import BY_NAME, OPTIONS, TASK_DEFAULTS, build_training, validate_training
 from app.engine.tasks.classification import ClassificationExample
 from app.engine.tasks.token_classification import TokenExample
 from app.engine.train import TrainConfig
 
 
 def test_defaults_come_from_the_table():
-    spec, config = build_training("classification", {}, ["a", "b"])
-    assert spec.labels == ["a", "b"] and spec.task_type == "classification"
+    spec, config = build_training("regression", {}, ["a", "b"])
+    assert spec.labels == ["a", "b"] and spec.task_type == "regression"
     for o in OPTIONS:
         target = spec if o.target == "spec" else config
         assert getattr(target, o.name) == o.default, o.name
@@ -35,7 +35,33 @@ def test_lr_default_depends_on_the_method():
     _, config = build_training("classification", {"method": "fine-tuning", "lr": 1e-4})
     assert config.lr == config.backbone_lr == 1e-4
     _, config = build_training("classification", {"method": "prompt-tuning", "lr": None})
-    assert config.lr == 1e-2
+    assert config.lr == TASK_DEFAULTS["classification"]["lr"]
+
+
+def test_defaults_per_task_type_are_shared_by_every_surface():
+    """One set of defaults per task type: the engine, the CLI (unset flags) and POST /train (unset
+    fields) all end in the same TaskSpec / TrainConfig; a given value always wins."""
+    from app.api.schemas import Hyperparameters
+    from app.engine.cli_commands import training_hyperparameters
+
+    for task_type, defaults in TASK_DEFAULTS.items():
+        spec, config = build_training(task_type, {})
+        for name, value in defaults.items():
+            assert getattr(spec if BY_NAME[name].target == "spec" else config, name) == value, name
+        args = _train_parser().parse_args(["--task-type", task_type, "--train", "t", "--out", "o"])
+        assert build_training(task_type, training_hyperparameters(args)) == (spec, config)
+        assert build_training(task_type, Hyperparameters().model_dump()) == (spec, config)
+    spec, config = build_training("token-classification", {"prefix_length": 8, "lr": 1e-3})
+    assert (spec.prefix_length, config.lr) == (8, 1e-3)
+    assert config.epochs == 30 and config.early_stopping_patience == 3 and config.holdout_fraction == 0.1
+
+
+def test_the_held_out_split_is_capped():
+    from app.engine.train import MAX_HOLDOUT_EXAMPLES, split_holdout
+
+    rows = [ClassificationExample(str(i), label="a") for i in range(20_000)]
+    train, held = split_holdout(rows, None, 0.1, seed=0)
+    assert len(held) == MAX_HOLDOUT_EXAMPLES and len(train) == 20_000 - MAX_HOLDOUT_EXAMPLES
 
 
 def test_values_are_mapped_to_spec_and_config():
@@ -129,8 +155,8 @@ def test_cli_train_arguments_come_from_the_table():
         assert (tuple(a.choices) if a.choices else None) == o.choices
         if o.kind == "bool":
             assert a.default is None and a.nargs == 0
-        elif o.method_defaults:
-            assert a.default is None  # build_training picks the method's default
+        elif o.method_defaults or o.task_defaults:
+            assert a.default is None  # build_training picks the method's or task type's default
         else:
             assert a.default == o.default
     assert "--holdout" in actions["holdout_fraction"].option_strings
@@ -140,7 +166,7 @@ def test_cli_train_arguments_come_from_the_table():
     from app.engine.cli_commands import training_hyperparameters
 
     spec, config = build_training(args.task_type, training_hyperparameters(args))
-    assert spec.label_words == ["a", "b"] and config.epochs == BY_NAME["epochs"].default == 3
+    assert spec.label_words == ["a", "b"] and config.epochs == BY_NAME["epochs"].default == 30
 
 
 def test_api_hyperparameters_come_from_the_table():
@@ -154,13 +180,14 @@ def test_api_hyperparameters_come_from_the_table():
     assert {o.name for o in OPTIONS} - set(fields) == {"backbone_lr"}  # full fine-tuning: CLI only
     hp = Hyperparameters()
     for o in served:
-        assert getattr(hp, o.name) == o.default
+        assert getattr(hp, o.name) == (None if o.task_defaults else o.default)
         assert fields[o.name].description == o.help
     schema = Hyperparameters.model_json_schema()["properties"]
     assert schema["method"]["enum"] == ["p-tuning-v2", "prompt-tuning"]  # no fine-tuning on a server
     assert schema["head"]["enum"] == list(BY_NAME["head"].choices)
     assert (schema["epochs"]["minimum"], schema["epochs"]["maximum"]) == (1, 100)
-    assert schema["lr"]["exclusiveMinimum"] == 0 and schema["doc_stride"]["maximum"] == 4095
+    lr = next(x for x in schema["lr"].get("anyOf", [schema["lr"]]) if x.get("type") == "number")
+    assert lr["exclusiveMinimum"] == 0 and schema["doc_stride"]["maximum"] == 4095  # lr unset: per task type
     with pytest.raises(ValidationError) as info:
         Hyperparameters(epochs=0)
     assert info.value.errors()[0]["loc"] == ("epochs",)

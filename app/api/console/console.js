@@ -227,9 +227,12 @@ async function pageNew() {
   upload = null;
   const hp = options.filter((o) => SHOWN_OPTIONS.includes(o.name)).map((o) => {
     const range = [o.ge != null && `≥ ${o.ge}`, o.gt != null && `> ${o.gt}`, o.le != null && `≤ ${o.le}`].filter(Boolean).join(", ");
+    // a default that depends on the task type is left empty (the server picks it) and listed
+    const per = o.task_defaults ? Object.entries(o.task_defaults).map(([t, v]) => `${t} ${fmt(v, 6)}`).join(", ") : "";
+    const shown = per ? "" : o.default ?? "";
     return `<div class="field"><label for="hp-${o.name}">${esc(o.name)}</label>
-      <input id="hp-${o.name}" name="${o.name}" type="number" step="any" value="${o.default ?? ""}" data-default="${o.default ?? ""}" aria-describedby="hp-${o.name}-help">
-      <small id="hp-${o.name}-help">${esc(o.help)} (default ${fmt(o.default, 6)}${range ? "; " + esc(range) : ""})</small></div>`;
+      <input id="hp-${o.name}" name="${o.name}" type="number" step="any" value="${shown}" data-default="${shown}" placeholder="${per ? "per task type" : ""}" aria-describedby="hp-${o.name}-help">
+      <small id="hp-${o.name}-help">${esc(o.help)} (default ${per ? esc(per) + "; otherwise " : ""}${fmt(o.default, 6)}${range ? "; " + esc(range) : ""})</small></div>`;
   }).join("");
   const datasetOptions = dsets.ok ? dsets.data.map((d) => `<option value="${esc(d.id)}">${esc(d.filename)} · ${d.rows} rows${d.task_type ? " · " + esc(d.task_type) : ""}</option>`).join("") : "";
   main.innerHTML = `<h2>New task</h2>

@@ -63,6 +63,7 @@ def training_options() -> list[dict[str, Any]]:
             "name": o.name,
             "kind": o.kind,
             "default": o.default,
+            "task_defaults": o.task_defaults or None,
             "help": o.help,
             "ge": o.ge,
             "gt": o.gt,

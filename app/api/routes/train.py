@@ -35,6 +35,7 @@ from app.db.models import utcnow
 from app.engine.data import DataError, parse_records
 from app.engine.model import SpecError
 from app.engine.options import validate_training
+from app.engine.search import check_search
 from app.jobs.payload import examples_split
 from app.names import validate_task_name
 from app.security import Principal
@@ -259,6 +260,15 @@ def train(
         return _accepted(s, settings, "multitask", payload, names, idem)
     single: TrainRequest = _parse(TrainRequest, body)
     check_tasks(principal, [single.task] + ([single.init_from] if single.init_from else []))
+    if single.search is not None:
+        if single.init_from is not None:
+            raise InputError.at(["body", "search"], "a search trains from scratch: drop init_from or search")
+        try:
+            check_search(
+                single.task_type, single.search.trials, single.search.metric, single.search.timeout_s
+            )
+        except SpecError as err:
+            raise InputError.at(["body", *str(err.field).split(".")], str(err)) from None
     payload = _check_task(
         s, single, single.hyperparameters, ["body"], settings.max_dataset_rows, settings.max_labels
     )
