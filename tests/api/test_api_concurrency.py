@@ -19,8 +19,10 @@ def _request(i: int) -> tuple[str, dict]:
 
 
 def _numbers(pred: dict) -> list[float]:
-    if "scores" in pred:
+    if isinstance(pred.get("scores"), dict):  # classification: a score per label
         return [pred["scores"][k] for k in sorted(pred["scores"])]
+    if isinstance(pred.get("scores"), list):  # token classification: a score per word
+        return list(pred["scores"])
     return [pred.get("score", 0.0)]
 
 
