@@ -125,7 +125,7 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         await asyncio.to_thread(_prepare_database, settings, app.state.sessionmaker, app.state.store)
         hub.start(background=True)
         supervisor = None
-        if settings.embedded_worker:
+        if settings.embedded_worker and settings.executor == "local":  # celery: `prompthub worker`s
             from app.jobs.supervisor import WorkerSupervisor
 
             supervisor = WorkerSupervisor(settings).start()  # restarted with backoff when it dies
