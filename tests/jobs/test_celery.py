@@ -1,6 +1,6 @@
-"""The celery executor with the real RabbitMQ (127.0.0.1:5672) and PostgreSQL: an API server process
-(`prompthub serve --no-worker`, PROMPTHUB_EXECUTOR=celery) and Celery worker processes (`prompthub
-worker`) on a tiny random backbone. The queues get a prefix of their own per test session (so parallel
+"""The celery executor with the real RabbitMQ (127.0.0.1:5672) and PostgreSQL: the API (the app of
+`prompthub serve`, PROMPTHUB_EXECUTOR=celery, in this process on a loopback test client) and Celery
+worker processes (`prompthub worker`) on a tiny random backbone. The queues get a prefix of their own per test session (so parallel
 runs on the same broker never take each other's messages) and are deleted at the end.
 
 Training through the API, a worker SIGKILLed mid-training (another one finishes the job), cancel of a
@@ -13,17 +13,17 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from app.config import Settings
 from app.db.session import REPO_ROOT, dispose_engines, run_migrations
-from tests.helpers import free_port, process_env, start_server, wait_for, wait_ready
+from tests.helpers import local_client, process_env, wait_for
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres, pytest.mark.slow]
 
@@ -89,13 +89,13 @@ def _drop_queues(names: list[str]) -> None:
 
 
 class Fleet:
-    def __init__(self, settings: Settings, tmp: Path) -> None:
+    def __init__(self, settings: Settings, tmp: Path, client: Any) -> None:
         self.settings = settings
         self.tmp = tmp
-        self.base = f"http://127.0.0.1:{settings.port}"
-        self.server: subprocess.Popen | None = None
         self.workers: list[subprocess.Popen] = []
-        self.c = httpx.Client(base_url=self.base, timeout=30)
+        self.c = client
+        self.cpu: list[subprocess.Popen] = []
+        self.gpu: subprocess.Popen | None = None
 
     def start_worker(self, **overrides: Any) -> subprocess.Popen:
         settings = self.settings.model_copy(update=overrides)
@@ -112,7 +112,7 @@ class Fleet:
         self.workers.append(proc)
         return proc
 
-    def wait_listed(self, proc: subprocess.Popen, timeout: float = 120) -> dict[str, Any]:
+    def wait_listed(self, proc: subprocess.Popen, timeout: float = 300) -> dict[str, Any]:
         """Until /workers lists the process (it registers once its Celery consumer is ready)."""
         found: dict[str, Any] = {}
 
@@ -131,11 +131,11 @@ class Fleet:
     def job(self, job_id: str) -> dict[str, Any]:
         return self.c.get(f"/jobs/{job_id}").json()
 
-    def wait_state(self, job_id: str, state: str, timeout: float = 120) -> dict[str, Any]:
+    def wait_state(self, job_id: str, state: str, timeout: float = 300) -> dict[str, Any]:
         wait_for(lambda: self.job(job_id)["state"] == state, timeout, f"job {job_id[:8]} {state}", every=0.1)
         return self.job(job_id)
 
-    def wait_training(self, job_id: str, attempts: int = 0, timeout: float = 120) -> int:
+    def wait_training(self, job_id: str, attempts: int = 0, timeout: float = 300) -> int:
         """Until the job trains (a few steps done) on some worker, in attempt `attempts`; its pid."""
 
         def training() -> bool:
@@ -164,13 +164,10 @@ class Fleet:
                 p.wait(30)
 
     def close(self) -> None:
-        self.c.close()
-        for p in [*self.workers, self.server]:
-            if p is not None and p.poll() is None:
+        for p in self.workers:
+            if p.poll() is None:
                 p.terminate()
-        for p in [*self.workers, self.server]:
-            if p is None:
-                continue
+        for p in self.workers:
             try:
                 p.wait(30)
             except subprocess.TimeoutExpired:
@@ -180,6 +177,9 @@ class Fleet:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory, tiny_backbone_dir) -> Iterator[Fleet]:
+    from app.engine.backbone import load_backbone
+    from app.main import create_app, make_hub
+
     _broker_or_skip()
     try:
         import psycopg
@@ -197,7 +197,6 @@ def fleet(tmp_path_factory, tiny_backbone_dir) -> Iterator[Fleet]:
         store_dir=str(tmp / "store"),
         data_dir=str(tmp / "data"),
         backbone=str(tiny_backbone_dir),
-        port=free_port(),
         executor="celery",
         broker_url=BROKER,
         celery_queue_prefix=prefix,
@@ -208,29 +207,35 @@ def fleet(tmp_path_factory, tiny_backbone_dir) -> Iterator[Fleet]:
         max_wait_ms=2.0,
     )
     run_migrations(settings.database_url)
-    fleet = Fleet(settings, tmp)
+    fleet = None
     try:
-        fleet.server = start_server(settings, tmp / "server.log", worker=False)
-        yield fleet
+        # the app `prompthub serve` runs (embedded_worker stays on: executor=celery must not start it)
+        hub = make_hub(settings, backbones=[load_backbone(str(tiny_backbone_dir))])
+        app = create_app(settings.model_copy(update={"embedded_worker": True}), hub)
+        with local_client(app) as client:
+            fleet = Fleet(settings, tmp, client)
+            assert app.state.worker is None
+            # every worker the tests need, started at once (a start is mostly importing torch)
+            fleet.cpu = [fleet.start_worker() for _ in range(3)]
+            fleet.gpu = fleet.start_worker(device_class="gpu")  # a gpu-class worker (its device is the CPU)
+            yield fleet
     finally:
-        fleet.close()
+        if fleet is not None:
+            fleet.close()
         _drop_queues([f"{prefix}-cpu", f"{prefix}-gpu"])
         dispose_engines()
         with psycopg.connect(f"{PG}/postgres", autocommit=True) as admin:
             admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
 
 
-def _ready(fleet: Fleet) -> None:
-    assert fleet.server is not None
-    wait_ready(fleet.base, fleet.server, fleet.tmp / "server.log")
+def _live_cpu(fleet: Fleet) -> list[subprocess.Popen]:
+    return [p for p in fleet.workers if p.poll() is None and p is not fleet.gpu]
 
 
 def test_train_through_celery_and_list_workers(fleet):
-    w1, w2 = fleet.start_worker(), fleet.start_worker()
-    _ready(fleet)
     assert fleet.c.get("/readyz").json()["training"] == "external"  # serve runs no embedded worker
     prefix = fleet.settings.celery_queue_prefix
-    for proc in (w1, w2):
+    for proc in fleet.cpu:
         w = fleet.wait_listed(proc)
         assert (w["executor"], w["device_class"], w["queue"], w["alive"]) == (
             "celery",
@@ -239,43 +244,29 @@ def test_train_through_celery_and_list_workers(fleet):
             True,
         )
         assert w["job_id"] is None
+    w = fleet.wait_listed(fleet.gpu)
+    assert (w["device_class"], w["queue"]) == ("gpu", f"{prefix}-gpu")
 
     r = fleet.c.post("/train", json=_body("sentiment", max_steps=400))
     assert r.status_code == 202, r.text
     job_id = r.json()["job_id"]
     pid = fleet.wait_training(job_id)
-    assert pid in (w1.pid, w2.pid)
+    assert pid in [p.pid for p in fleet.cpu]
     busy = [w for w in fleet.c.get("/workers").json() if w["job_id"] == job_id]
     assert [w["pid"] for w in busy] == [pid] and busy[0]["job_tasks"] == ["sentiment"], busy
     job = fleet.wait_state(job_id, "succeeded")
     assert job["attempts"] == 0 and job["result"] == {"sentiment": 1}
     r = fleet.c.post("/predict/sentiment", json={"inputs": ["great film", "awful film"]})
     assert r.status_code == 200 and r.json()["version"] == 1, r.text
-    wait_for(lambda: all(w["job_id"] is None for w in fleet.c.get("/workers").json()), 10, "workers idle")
+    wait_for(lambda: all(w["job_id"] is None for w in fleet.c.get("/workers").json()), 30, "workers idle")
     assert _queue_depth(f"{prefix}-cpu") == 0
-
-
-def test_sigkill_worker_mid_training_another_finishes(fleet):
-    _ready(fleet)
-    live = [p for p in fleet.workers if p.poll() is None]
-    assert len(live) == 2
-    job_id = fleet.c.post("/train", json=_body("killed", max_steps=400)).json()["job_id"]
-    victim = fleet.wait_training(job_id)
-    fleet.kill(victim)
-    replacement = fleet.start_worker()  # for the next tests; the survivor takes the job at once
-    job = fleet.wait_state(job_id, "succeeded", timeout=180)
-    assert job["attempts"] == 1, job  # one worker death counted
-    assert fleet.owner_pid(job_id) != victim
-    r = fleet.c.post("/predict/killed", json={"inputs": ["great film"]})
-    assert r.status_code == 200 and r.json()["version"] == 1, r.text  # the killed attempt published nothing
-    assert victim not in [w["pid"] for w in fleet.c.get("/workers").json()]
-    fleet.wait_listed(replacement)
 
 
 def test_cancel_queued_and_running(fleet):
     prefix = fleet.settings.celery_queue_prefix
+    n = len(_live_cpu(fleet))
     running = [
-        fleet.c.post("/train", json=_body(f"busy{i}", max_steps=20_000)).json()["job_id"] for i in range(2)
+        fleet.c.post("/train", json=_body(f"busy{i}", max_steps=20_000)).json()["job_id"] for i in range(n)
     ]
     for job_id in running:
         fleet.wait_training(job_id)
@@ -295,37 +286,53 @@ def test_cancel_queued_and_running(fleet):
     assert "waiting" not in [t["name"] for t in fleet.c.get("/tasks").json()]
 
 
+def test_sigkill_worker_mid_training_another_finishes(fleet):
+    job_id = fleet.c.post("/train", json=_body("killed", max_steps=400)).json()["job_id"]
+    victim = fleet.wait_training(job_id)
+    fleet.kill(victim)
+    fleet.start_worker()  # a replacement, for the next test; a live worker takes the job at once
+    job = fleet.wait_state(job_id, "succeeded")
+    assert job["attempts"] == 1, job  # one worker death counted
+    assert fleet.owner_pid(job_id) != victim
+    r = fleet.c.post("/predict/killed", json={"inputs": ["great film"]})
+    assert r.status_code == 200 and r.json()["version"] == 1, r.text  # the killed attempt published nothing
+    assert victim not in [w["pid"] for w in fleet.c.get("/workers").json()]
+
+
 def test_job_that_kills_its_worker_n_times_fails(fleet):
     assert fleet.settings.max_worker_kills == 2
+    for proc in _live_cpu(fleet):
+        fleet.wait_listed(proc)
+    assert len(_live_cpu(fleet)) == 3
     job_id = fleet.c.post("/train", json=_body("killer", max_steps=20_000)).json()["job_id"]
     first = fleet.wait_training(job_id, attempts=0)
     fleet.kill(first)
-    spare = fleet.start_worker()  # the third worker: it receives the message after the second death
     second = fleet.wait_training(job_id, attempts=1)
     assert second != first
-    fleet.wait_listed(spare)
-    fleet.kill(second)
+    fleet.kill(second)  # the third worker receives the message after the second death
     job = fleet.wait_state(job_id, "failed", timeout=60)
     assert job["attempts"] == 2, job
     assert "died 2 times" in job["error"] and "PROMPTHUB_MAX_WORKER_KILLS=2" in job["error"], job["error"]
     assert fleet.c.get("/tasks/killer").status_code == 404
 
 
-def test_gpu_job_is_not_taken_by_cpu_workers(fleet):
+def test_gpu_jobs_go_to_gpu_workers_only(fleet):
     prefix = fleet.settings.celery_queue_prefix
-    cpu_workers = [w for w in fleet.c.get("/workers").json() if w["alive"]]
-    assert cpu_workers and all(w["device_class"] == "cpu" and w["job_id"] is None for w in cpu_workers)
+    assert fleet.gpu is not None
+    fleet.wait_listed(fleet.gpu)
+    job_id = fleet.c.post("/train", json=_body("ongpu", max_steps=20, device_class="gpu")).json()["job_id"]
+    fleet.wait_state(job_id, "succeeded")
+    assert fleet.owner_pid(job_id) == fleet.gpu.pid
+
+    fleet.gpu.send_signal(signal.SIGTERM)  # a clean stop: its row leaves /workers
+    fleet.gpu.wait(60)
+    assert all(w["device_class"] == "cpu" for w in fleet.c.get("/workers").json())
     job_id = fleet.c.post("/train", json=_body("ongpu", max_steps=20, device_class="gpu")).json()["job_id"]
     wait_for(lambda: _queue_depth(f"{prefix}-gpu") == 1, 10, "the message in the gpu queue")
-    import time
-
-    time.sleep(2.0)  # idle cpu workers had time to take it, were it in their queue
+    time.sleep(3.0)  # idle cpu workers had time to take it, were it in their queue
     job = fleet.job(job_id)
     assert job["state"] == "queued" and job["started_at"] is None, job
-    gpu = fleet.start_worker(device_class="gpu")  # a gpu-class worker (its device is the CPU here)
-    w = fleet.wait_listed(gpu)
-    assert (w["device_class"], w["queue"]) == ("gpu", f"{prefix}-gpu")
-    job = fleet.wait_state(job_id, "succeeded", timeout=120)
-    assert fleet.owner_pid(job_id) == gpu.pid
+    assert all(w["job_id"] is None for w in fleet.c.get("/workers").json())
+    assert fleet.c.post(f"/jobs/{job_id}/cancel").json()["state"] == "cancelled"
     r = fleet.c.post("/train", json=_body("bad", max_steps=5, device_class="tpu"))
     assert r.status_code == 422 and "device_class" in r.text
