@@ -305,7 +305,9 @@ def test_sigkill_worker_mid_training_another_finishes(fleet):
     assert fleet.owner_pid(job_id) != victim
     r = fleet.c.post("/predict/killed", json={"inputs": ["great film"]})
     assert r.status_code == 200 and r.json()["version"] == 1, r.text  # the killed attempt published nothing
-    assert victim not in [w["pid"] for w in fleet.c.get("/workers").json()]
+    assert victim not in [w["pid"] for w in fleet.c.get("/workers").json()]  # gone at once, not when stale
+    dead = [w for w in fleet.c.get("/workers", params={"include_stale": True}).json() if w["pid"] == victim]
+    assert [w["alive"] for w in dead] == [False]
 
 
 def test_job_that_kills_its_worker_n_times_fails(fleet):
