@@ -231,6 +231,13 @@ class TrainTask(BaseModel):
     labels: list[str] | None = Field(None, min_length=1)
 
 
+DeviceClass = Literal["cpu", "gpu"]
+_DEVICE_CLASS_HELP = (
+    "the workers that may run the job (PROMPTHUB_EXECUTOR=celery: the queue prefix-cpu or "
+    "prefix-gpu); the local executor's workers take every job"
+)
+
+
 #: what a successful job does with the version it made (issue 15: safe promotion)
 Activate = Literal["always", "never", "if_better"]
 ACTIVATE_HELP = (
@@ -256,6 +263,7 @@ class TrainRequest(TrainTask):
     init_from: str | None = None
     activate: Activate = Field("always", description=ACTIVATE_HELP)
     search: SearchRequest | None = None
+    device_class: DeviceClass = Field("cpu", description=_DEVICE_CLASS_HELP)
 
 
 class MultiTrainRequest(BaseModel):
@@ -265,6 +273,7 @@ class MultiTrainRequest(BaseModel):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     per_task_epochs: int = Field(0, ge=0, le=100)
     activate: Activate = Field("always", description=ACTIVATE_HELP)
+    device_class: DeviceClass = Field("cpu", description=_DEVICE_CLASS_HELP)
 
 
 class JobAccepted(BaseModel):
@@ -291,6 +300,28 @@ class JobOut(BaseModel):
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+class WorkerOut(BaseModel):
+    """A training worker as its heartbeats describe it (GET /workers)."""
+
+    id: str
+    host: str
+    pid: int
+    executor: str
+    device_class: str
+    device: str
+    queue: str | None = None
+    started_at: datetime
+    heartbeat_at: datetime
+    alive: bool = Field(
+        description="its heartbeat is younger than PROMPTHUB_JOB_STALE_S (and, on the API's host, its process exists)"
+    )
+    job_id: str | None = Field(
+        None, description="the job it runs now (null: idle, or a job the key may not see)"
+    )
+    job_tasks: list[str] | None = None
+    job_progress: dict[str, Any] | None = None
 
 
 class VersionOut(BaseModel):

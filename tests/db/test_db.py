@@ -59,7 +59,7 @@ def test_normalize_url():
 # ------------------------------------------------------------------------------ migrations
 
 
-HEAD_REVISION = "0004"  # the newest migration (0004: idempotency keys, job promotion)
+HEAD_REVISION = "0005"  # the newest migration (0004: idempotency keys, job promotion; 0005: workers table, jobs.dispatched_at)
 
 
 def _schema_diffs(url: str) -> list:

@@ -1,6 +1,19 @@
 """One APIRouter a file."""
 
-from app.api.routes import console, datasets, embed, health, jobs, keys, peft, predict, tasks, train, v2
+from app.api.routes import (
+    console,
+    datasets,
+    embed,
+    health,
+    jobs,
+    keys,
+    peft,
+    predict,
+    tasks,
+    train,
+    v2,
+    workers,
+)
 
 ROUTERS = [
     health.router,
@@ -8,6 +21,7 @@ ROUTERS = [
     embed.router,
     train.router,
     jobs.router,
+    workers.router,
     tasks.router,
     peft.router,
     datasets.router,
