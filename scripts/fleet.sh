@@ -122,7 +122,7 @@ spawn() {
 
 wait_http() { # url what
   local deadline=$((SECONDS + TIMEOUT))
-  until curl -fsS -o /dev/null --max-time 5 "$1"; do
+  until curl -fs -o /dev/null --max-time 5 "$1"; do
     [ $SECONDS -lt $deadline ] || die "$2 not ready after ${TIMEOUT} s ($1); see $FLEET_DIR/*.log"
     sleep 0.5
   done
@@ -137,13 +137,15 @@ nginx_conf() {
   done
   body_max=$((${PROMPTHUB_MAX_BODY_BYTES:-10485760} + 65536))
   upload_max=$((${PROMPTHUB_MAX_UPLOAD_BYTES:-52428800} + 131072))
-  FLEET_DIR="$FLEET_DIR" FLEET_LISTEN="$LB_HOST:$LB_PORT" FLEET_BODY_MAX="$body_max" \
+  # nginx runs as whoever runs this script; started by root, its workers would switch to `nobody`,
+  # who may not reach the fleet folder (private temp dirs): then they keep the invoker's identity
+  local user_line=""
+  if [ "$(id -u)" = 0 ]; then user_line="user root;"; fi
+  FLEET_USER_LINE="$user_line" FLEET_DIR="$FLEET_DIR" FLEET_LISTEN="$LB_HOST:$LB_PORT" FLEET_BODY_MAX="$body_max" \
     FLEET_UPLOAD_MAX="$upload_max" FLEET_UPSTREAMS="${upstreams%$'\n'}" \
     FLEET_MAX_FAILS="${FLEET_MAX_FAILS:-2}" FLEET_FAIL_TIMEOUT="${FLEET_FAIL_TIMEOUT:-5s}" \
-    envsubst '${FLEET_DIR} ${FLEET_LISTEN} ${FLEET_BODY_MAX} ${FLEET_UPLOAD_MAX} ${FLEET_UPSTREAMS} ${FLEET_MAX_FAILS} ${FLEET_FAIL_TIMEOUT}' \
+    envsubst '${FLEET_USER_LINE} ${FLEET_DIR} ${FLEET_LISTEN} ${FLEET_BODY_MAX} ${FLEET_UPLOAD_MAX} ${FLEET_UPSTREAMS} ${FLEET_MAX_FAILS} ${FLEET_FAIL_TIMEOUT}' \
     <deploy/nginx/prompthub.conf.template >"$FLEET_DIR/nginx.conf"
-  # started by root, nginx's workers drop to `nobody`: they must still write their temp files
-  if [ "$(id -u)" = 0 ]; then chown -R nobody "$FLEET_DIR/nginx"; fi
 }
 
 is_loopback() { [[ $1 == 127.* || $1 == localhost || $1 == ::1 || $1 == "[::1]" ]]; }

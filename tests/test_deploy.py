@@ -163,6 +163,10 @@ def test_fleet_compose_has_the_fleet_shape():
     assert services["api"]["environment"]["PROMPTHUB_STORE_URL"].startswith("s3://")
     nginx = services["nginx"]
     assert nginx["user"] != "0" and "prompthub.conf.template" in str(nginx["volumes"])
+    template = (ROOT / "deploy" / "nginx" / "prompthub.conf.template").read_text()
+    needed = set(re.findall(r"\$\{(FLEET_[A-Z_]+)\}", template))
+    rendered = set(re.findall(r"\$\$\{(FLEET_[A-Z_]+)\}", " ".join(nginx["command"])))
+    assert needed <= rendered and needed <= set(nginx["environment"]), needed - rendered
 
 
 def test_entrypoint_reads_the_database_password_from_a_file(tmp_path):
