@@ -5,6 +5,7 @@ Example: ``PROMPTHUB_DATABASE_URL=postgresql://user@host/db PROMPTHUB_DEVICES=cu
 
 from __future__ import annotations
 
+import re
 from functools import lru_cache
 from typing import Literal
 
@@ -120,6 +121,24 @@ class Settings(BaseSettings):
     #: bounds staleness when a notification is lost). SQLite: no cache, one query a prediction.
     #: 0: no cache anywhere.
     version_cache_ttl_s: float = 0.5
+
+    # --- fleet: store backends (issue 13, item 1; README "Store backends") ---
+    #: empty: the local folders store_dir and data_dir (the default). s3://bucket/prefix: checkpoints,
+    #: sidecars and uploaded datasets in S3-compatible object storage through boto3; endpoint,
+    #: credentials and region from the standard AWS settings (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, ...)
+    store_url: str = ""
+    #: node-local read cache of the S3 backend (checkpoints by task/version/sha256, datasets)
+    store_cache_dir: str = "var/store-cache"
+    #: bytes the read cache may hold; the least recently read files are removed beyond it
+    store_cache_bytes: int = 10_737_418_240
+
+    @field_validator("store_url")
+    @classmethod
+    def _check_store_url(cls, v: str) -> str:
+        v = v.strip()
+        if v and not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/[^/]+)*/?", v):
+            raise ValueError(f"store_url: expected s3://bucket or s3://bucket/prefix, got {v!r}")
+        return v
 
     @field_validator("devices")
     @classmethod

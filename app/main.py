@@ -27,7 +27,7 @@ from app.api.routes import ROUTERS
 from app.config import Settings, get_settings
 from app.db.session import get_sessionmaker
 from app.serving.hub import Hub, ResolveFn, TaskNotFound
-from app.store import DatasetFiles, PromptStore
+from app.store import DatasetFiles, Store, open_datasets, open_store
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +63,7 @@ def make_hub(settings: Settings, *, sessionmaker: Callable[[], Session] | None =
     from app.serving.versions_cache import CachedResolver
 
     sessionmaker = sessionmaker or get_sessionmaker(settings.database_url)
-    store = PromptStore(settings.store_dir)
+    store = open_store(settings)  # the local folder, or S3 with a node-local read cache
     resolve = CachedResolver(make_resolver(sessionmaker), version_cache_ttl(settings), not_found=TaskNotFound)
     hub = Hub(settings, resolve=resolve, read=store.read_version, **kw)
     if resolve.ttl_s > 0:
@@ -80,21 +80,31 @@ def start_version_listener(settings: Settings, hub: Hub) -> Any:
     return VersionListener(settings.database_url, hub.invalidate).start()
 
 
-def _prepare_database(settings: Settings, sessionmaker: Callable[[], Session], store: PromptStore) -> None:
+def _prepare_database(
+    settings: Settings,
+    sessionmaker: Callable[[], Session],
+    store: Store,
+    datasets: DatasetFiles | None = None,
+) -> None:
     from app.db.session import run_migrations
 
     run_migrations(settings.database_url)  # once: replicas wait on an advisory lock (alembic/env.py)
-    sync_at_start(settings, sessionmaker, store)
+    sync_at_start(settings, sessionmaker, store, datasets)
 
 
-def sync_at_start(settings: Settings, sessionmaker: Callable[[], Session], store: PromptStore) -> None:
+def sync_at_start(
+    settings: Settings,
+    sessionmaker: Callable[[], Session],
+    store: Store,
+    datasets: DatasetFiles | None = None,
+) -> None:
     """The start-up store sync and the bootstrap key, one replica at a time (app.db.session.startup_lock)."""
     from app.db.session import startup_lock
     from app.ops.maintenance import startup_sync
 
     with startup_lock(settings.database_url):
         with sessionmaker() as s:
-            startup_sync(s, store, dataset_retention_days=settings.dataset_retention_days)
+            startup_sync(s, store, dataset_retention_days=settings.dataset_retention_days, datasets=datasets)
         _prepare_keys(settings, sessionmaker)
 
 
@@ -157,7 +167,9 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         hub: Hub = app.state.hub
         announce_auth(settings)
-        await asyncio.to_thread(_prepare_database, settings, app.state.sessionmaker, app.state.store)
+        await asyncio.to_thread(
+            _prepare_database, settings, app.state.sessionmaker, app.state.store, app.state.datasets
+        )
         listener = start_version_listener(settings, hub)  # fleet: other replicas' versions
         app.state.version_listener = listener
         hub.start(background=True)
@@ -184,8 +196,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
     )
     app.state.settings = settings
     app.state.sessionmaker = get_sessionmaker(settings.database_url)
-    app.state.store = PromptStore(settings.store_dir)
-    app.state.datasets = DatasetFiles(settings.data_dir)
+    app.state.store = open_store(settings)  # PROMPTHUB_STORE_URL: the local folder or S3
+    app.state.datasets = open_datasets(settings, app.state.store)
     app.state.hub = hub or make_hub(settings, sessionmaker=app.state.sessionmaker)
     app.state.worker = None  # the embedded worker's supervisor, set by the lifespan
     app.state.metrics = ApiMetrics(app.state.hub, app.state.sessionmaker)

@@ -9,7 +9,8 @@ a crash in between leaves a file without a row, which the start-up sync register
 fails (the sidecar cannot be written, the row is refused, the database is down) removes the file it
 wrote, and only that file (checked by its sha256): nothing is left for a start-up to register.
 Two publishers of one task never share a number: a version file is created with a hard link that
-fails when the name is taken, and the loser takes the next number.
+fails when the name is taken (the S3 backend: a conditional PUT, If-None-Match), and the loser takes
+the next number. The store is either backend (app.store.Store); only its methods reach the bytes.
 Used by the worker, the API, app.ops and the tests' helpers.
 """
 
@@ -26,9 +27,9 @@ from app.db import jobs as db_jobs
 from app.db import tasks as db
 from app.db.errors import Conflict, NotFound
 from app.db.models import Task
-from app.engine.checkpoint import CheckpointError, parse_header, read_metadata, sha256_file
+from app.engine.checkpoint import CheckpointError, parse_header
 from app.names import validate_task_name
-from app.store import PromptStore, StoreError, VersionTaken
+from app.store import Store, StoreError, VersionTaken
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ def _row_fields(doc: dict[str, Any]) -> dict[str, Any]:
 
 def publish(
     session: Session,
-    store: PromptStore,
+    store: Store,
     name: str,
     blob: bytes,
     *,
@@ -147,7 +148,7 @@ def _check_job_live(s: Session, job_id: str) -> None:
         raise JobNotLive(f"job {job_id} {why}: its version is not published")
 
 
-def _discard(session: Session, store: PromptStore, name: str, version: int, sha256: str) -> None:
+def _discard(session: Session, store: Store, name: str, version: int, sha256: str) -> None:
     """A publish failed after its file was written (the database refused or is down): remove the
     file unless a row records it meanwhile (a store sync registered it)."""
     try:
@@ -162,7 +163,7 @@ def _discard(session: Session, store: PromptStore, name: str, version: int, sha2
 
 def register(
     session: Session,
-    store: PromptStore,
+    store: Store,
     name: str,
     version: int,
     *,
@@ -172,18 +173,17 @@ def register(
     """Register a version whose file is already in the store. The file's sha256 (computed when not
     given) must match its sidecar's, when there is one. Raises NotRegistrable or Conflict."""
     validate_task_name(name)
-    path = store.path(name, version)
     try:
-        digest = sha256 or sha256_file(path)
-        size = path.stat().st_size
-    except OSError as e:
+        digest = sha256 or store.hash_version(name, version)
+        size = store.size_of(name, version)
+    except (OSError, StoreError) as e:
         raise NotRegistrable(str(e)) from e
     sidecar_sha = (store.read_sidecar(name, version) or {}).get("sha256")
     if sidecar_sha and sidecar_sha != digest:
         raise NotRegistrable("its sha256 does not match its sidecar (corrupt file?)")
     try:
-        doc = read_metadata(path)
-    except (CheckpointError, OSError) as e:
+        doc = store.read_header(name, version)
+    except (CheckpointError, OSError, StoreError) as e:
         raise NotRegistrable(str(e)) from e
     fields = _row_fields(doc)
     try:
@@ -209,7 +209,7 @@ def activate(session: Session, name: str, version: int) -> Task:
     return db.activate_version(session, name, version)
 
 
-def delete_task(session: Session, store: PromptStore, name: str) -> int:
+def delete_task(session: Session, store: Store, name: str) -> int:
     """Delete the task: its queued and running jobs are cancelled first (a job finishing later is
     refused by publish and does not bring the task back), then its rows (from then on nobody is
     served it), then its files. Returns how many versions it had. Raises NotFound."""

@@ -210,3 +210,33 @@ def session_factory(db_url: str):
     from app.db.session import get_sessionmaker
 
     return get_sessionmaker(db_url)
+
+
+# ------------------------------------------------------------------------------ S3 (moto_server)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> Iterator[object]:
+    """A moto standalone S3 server on a free port (real HTTP S3), bucket `prompthub-test` created;
+    yields tests.helpers.S3Server (`.endpoint`, `.env`, `.url(prefix)`). The AWS settings are put
+    in this process's environment for the session (boto3 reads them), and restored after."""
+    from tests.helpers import start_s3_server, stop_s3_server
+
+    server = start_s3_server(tmp_path_factory.mktemp("s3") / "moto_server.log")
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        stop_s3_server(server)
+
+
+@pytest.fixture
+def s3_url(s3_server) -> str:
+    """`s3://prompthub-test/<fresh prefix>`: this test's own part of the bucket."""
+    return s3_server.url(f"t-{uuid.uuid4().hex[:12]}")

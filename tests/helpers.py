@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -110,9 +111,10 @@ def session_for(settings):
 
 
 def store_for(settings):
-    from app.store import PromptStore
+    """The store the settings name (the local folder, or S3 with `store_url`)."""
+    from app.store import open_store
 
-    return PromptStore(settings.store_dir)
+    return open_store(settings)
 
 
 def publish_task(
@@ -286,6 +288,83 @@ def bad_record_at_line_4(task: str, good: dict, record: object, field: str, need
     err = raises_at(jsonl(good, "", good, record, good), "d.jsonl", task, line=4, field=field)
     assert needle in str(err)
     assert str(err).startswith(f"line 4: field '{field}': ")
+
+
+# ------------------------------------------------------------------------- S3 (moto_server)
+
+
+@dataclass
+class S3Server:
+    """A moto standalone S3 server (real HTTP) on a free loopback port, with one bucket.
+    `env`: the AWS settings a client (this process's boto3, or a child `prompthub`) needs."""
+
+    endpoint: str
+    bucket: str
+    proc: subprocess.Popen
+    log: Path
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+
+    def url(self, prefix: str = "") -> str:
+        """`s3://bucket/prefix` (a fresh prefix per test keeps tests apart in one bucket)."""
+        return f"s3://{self.bucket}/{prefix}" if prefix else f"s3://{self.bucket}"
+
+    def client(self):
+        import boto3
+        from botocore.config import Config
+
+        env = self.env
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=env["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            region_name=env["AWS_DEFAULT_REGION"],
+            config=Config(s3={"addressing_style": "path"}),
+        )
+
+
+def start_s3_server(log: Path, bucket: str = "prompthub-test", port: int | None = None) -> S3Server:
+    """Start `python -m moto.server` (moto[server]) and create `bucket` through boto3 over HTTP."""
+    port = port or free_port()
+    fh = open(log, "ab")  # noqa: SIM115 - the process writes it until stop_s3_server
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=fh,
+        stderr=subprocess.STDOUT,
+    )
+    fh.close()
+    server = S3Server(f"http://127.0.0.1:{port}", bucket, proc, log)
+
+    def up() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"moto_server exited: {log.read_text()[-2000:]}")
+        try:
+            server.client().list_buckets()
+            return True
+        except Exception:
+            return False
+
+    wait_for(up, 60, "moto_server", every=0.1)
+    server.client().create_bucket(Bucket=bucket)
+    return server
+
+
+def stop_s3_server(server: S3Server) -> None:
+    if server.proc.poll() is None:
+        server.proc.terminate()
+        try:
+            server.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            server.proc.kill()
+            server.proc.wait(10)
 
 
 # ------------------------------------------------------------------------------- API edge

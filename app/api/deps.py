@@ -12,7 +12,7 @@ from app.api.errors import InputError
 from app.config import Settings
 from app.names import TASK_NAME_RE, validate_task_name
 from app.serving.hub import Hub
-from app.store import DatasetFiles, PromptStore
+from app.store import DatasetFiles, Store
 
 
 def get_settings_dep(request: Request) -> Settings:
@@ -28,7 +28,7 @@ def get_session(request: Request) -> Iterator[Session]:
         yield session
 
 
-def get_store(request: Request) -> PromptStore:
+def get_store(request: Request) -> Store:
     return request.app.state.store
 
 
@@ -50,5 +50,5 @@ SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 HubDep = Annotated[Hub, Depends(get_hub)]
 SessionDep = Annotated[Session, Depends(get_session)]
 TaskNameDep = Annotated[str, Depends(valid_task_name)]
-StoreDep = Annotated[PromptStore, Depends(get_store)]
+StoreDep = Annotated[Store, Depends(get_store)]
 DatasetFilesDep = Annotated[DatasetFiles, Depends(get_datasets)]

@@ -20,7 +20,7 @@ from app.engine.checkpoint import BackboneMismatchError, CheckpointError
 from app.engine.data import DataError
 from app.serving.batcher import BatcherClosed, QueueFull, TooManyRows
 from app.serving.hub import NotReady, PredictTimeout, TaskNotFound
-from app.store import StoreError
+from app.store import StoreError, StoreUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +172,15 @@ async def _checkpoint(_: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": f"the stored task could not be loaded: {exc}"}, status_code=500)
 
 
+async def _store_unavailable(_: Request, exc: Exception) -> JSONResponse:
+    log.error("store unavailable: %s", exc)
+    return JSONResponse(
+        {"detail": f"the store cannot be reached; retry later: {exc}"},
+        status_code=503,
+        headers={"Retry-After": "5"},
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(ApiError, _api_error)
@@ -186,6 +195,7 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(BackboneMismatchError, _mismatch)
     app.add_exception_handler(CheckpointError, _checkpoint)
     app.add_exception_handler(StoreError, _checkpoint)
+    app.add_exception_handler(StoreUnavailable, _store_unavailable)  # S3 down: the more specific class wins
     _install_db_handlers(app)
 
 

@@ -36,7 +36,7 @@ from app.engine.model import ServingTask
 from app.engine.options import build_training, validate_training
 from app.engine.train import Cancelled, Progress, TrainConfig, TrainResult, train_multitask, train_task
 from app.jobs.payload import DataRef, load_split, training_doc
-from app.store import PromptStore, StoreError
+from app.store import StoreError, open_datasets, open_store
 
 log = logging.getLogger(__name__)
 
@@ -152,7 +152,8 @@ class Worker:
         self.settings = settings
         self.worker_id = worker_id or db_jobs.make_worker_id()
         self.sessionmaker = get_sessionmaker(settings.database_url)
-        self.store = PromptStore(settings.store_dir)
+        self.store = open_store(settings)  # the local folder or S3 (PROMPTHUB_STORE_URL)
+        self.datasets = open_datasets(settings, self.store)
         self.stop_event = stop_event or threading.Event()
         self._backbone = backbone
         self._last_recovery: float | None = None
@@ -266,8 +267,23 @@ class Worker:
             ds = db_datasets.get_dataset(s, dataset_id)
             if ds is None:
                 return None
-            path, filename, sha = Path(ds.path), ds.filename, ds.sha256
+            location, filename, sha, recorded_size = ds.path, ds.filename, ds.sha256, ds.size_bytes
         limit = self.settings.max_upload_bytes
+        if self.datasets.kind == "s3" and location.startswith("s3://"):
+            if recorded_size > limit:  # checked before it is fetched
+                raise DataError(
+                    f"dataset {dataset_id!r} is {recorded_size} bytes; the limit is {limit} bytes "
+                    "(PROMPTHUB_MAX_UPLOAD_BYTES)",
+                    field="dataset_id",
+                )
+            try:  # this node's verified copy (fetched from the bucket once)
+                path = self.datasets.local_copy(location, sha)
+            except FileNotFoundError:
+                path = Path(location)  # missing: load_split says so
+            except StoreError as e:
+                raise DataError(f"dataset {dataset_id!r}: {e}", field="dataset_id") from e
+        else:
+            path = Path(location)
         try:
             size = path.stat().st_size
         except OSError:

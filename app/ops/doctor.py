@@ -6,7 +6,9 @@ Checks (each problem has a `kind`):
 - ``temp_file``: a temp file left by an interrupted write, in the store or the datasets folder, older
   than ``--temp-age`` seconds (younger ones may be a write in progress and are only noted)
   (repair: delete);
-- ``missing_file``: a version in the database whose file is not in the store (repair: drop the row);
+- ``missing_file``: a version in the database whose file is not in the store (repair: drop the row;
+  none when the store holds no version at all: an unmounted folder or the wrong bucket must not
+  empty the registry);
 - ``sha_mismatch``: a version whose file's sha256 or size differs from the database's (repair: move the
   file to ``<store>/.quarantine/`` and drop the row);
 - ``bad_file``: a version whose file is not a readable PromptHub checkpoint (repair: as sha_mismatch);
@@ -49,7 +51,7 @@ from app.ops.datasets import check_datasets, check_expired_datasets
 from app.ops.findings import Finding
 from app.ops.maintenance import JobRecovery, check_jobs, check_temp, check_versions
 from app.ops.maintenance import repair as repair_findings
-from app.store import PromptStore
+from app.store import DatasetFiles, Store, open_datasets, open_store
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,12 @@ class Report:
 
 
 def _check(
-    settings: Settings, sessionmaker: Callable[[], Any], store: PromptStore, temp_age_s: float, identity: Any
+    settings: Settings,
+    sessionmaker: Callable[[], Any],
+    store: Store,
+    temp_age_s: float,
+    identity: Any,
+    files: DatasetFiles | None = None,
 ) -> tuple[list[Finding], dict[str, int], bool]:
     """(findings, counts, schema behind). A database behind the newest migration is only reported:
     nothing else can be read reliably until it is migrated."""
@@ -112,11 +119,12 @@ def _check(
     if schema:
         return schema, {}, True
     counts: dict[str, int] = {}
-    found = check_temp((Path(settings.store_dir), Path(settings.data_dir)), temp_age_s)
+    roots = [*store.local_roots(), files.root if files is not None else Path(settings.data_dir)]
+    found = check_temp(list(dict.fromkeys(roots)), temp_age_s)
     with sessionmaker() as s:
         found += check_versions(s, store, deep=True, identity=identity, counts=counts)
         found += check_jobs(s, settings.job_stale_s, counts)
-        found += check_datasets(s, counts)
+        found += check_datasets(s, counts, files)
         found += check_expired_datasets(s, settings.dataset_retention_days)
     return found, counts, False
 
@@ -149,17 +157,18 @@ def run_doctor(
     from app.db.session import get_sessionmaker, normalize_url
 
     sessionmaker = sessionmaker or get_sessionmaker(settings.database_url)
-    store = store or PromptStore(settings.store_dir)
+    store = store or open_store(settings)
+    files = open_datasets(settings, store) if store.kind == "s3" else DatasetFiles(settings.data_dir)
     identity = None
     if check_backbone:
         from app.engine.backbone import load_backbone
 
         identity = load_backbone(settings.backbone).identity
     report = Report(
-        store=str(Path(settings.store_dir).resolve()),
+        store=store.describe(),
         database=make_url(normalize_url(settings.database_url)).render_as_string(),
     )
-    found, counts, behind = _check(settings, sessionmaker, store, temp_age_s, identity)
+    found, counts, behind = _check(settings, sessionmaker, store, temp_age_s, identity, files)
     report.found, report.checked = found, counts
     if repair:
         report.repaired = True
@@ -168,12 +177,14 @@ def run_doctor(
 
             run_migrations(settings.database_url)
             report.repairs.append("migrated the database to the newest revision")
-            found, counts, _ = _check(settings, sessionmaker, store, temp_age_s, identity)
+            found, counts, _ = _check(settings, sessionmaker, store, temp_age_s, identity, files)
             report.found += found
         jobs = JobRecovery(settings.job_stale_s, settings.on_crash, settings.max_job_attempts)
         with sessionmaker() as s:
-            report.repairs += repair_findings(s, store, found, jobs=jobs)
-        report.remaining, report.checked, _ = _check(settings, sessionmaker, store, temp_age_s, identity)
+            report.repairs += repair_findings(s, store, found, jobs=jobs, datasets=files)
+        report.remaining, report.checked, _ = _check(
+            settings, sessionmaker, store, temp_age_s, identity, files
+        )
     return report
 
 

@@ -11,7 +11,8 @@ One module for both users:
 Finding kinds and their repairs:
 
     temp_file          a temp file left by an interrupted write        delete_temp
-    missing_file       a version row whose file is not in the store    drop_row
+    missing_file       a version row whose file is not in the store    drop_row (none when the store
+                                                                        holds no version at all)
     sha_mismatch       the file's sha256/size differ from the row's    quarantine (then drop the row)
     bad_file           the file is not a readable checkpoint           quarantine
     backbone_mismatch  trained on another backbone than configured     (none: the operator decides)
@@ -46,11 +47,11 @@ from app import versions
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
 from app.db.errors import Conflict
-from app.engine.checkpoint import CheckpointError, read_metadata, sha256_file
+from app.engine.checkpoint import CheckpointError
 from app.ops import datasets as ops_datasets
 from app.ops.datasets import check_expired_datasets
 from app.ops.findings import Finding
-from app.store import PromptStore, temp_files
+from app.store import DatasetFiles, Store, StoreError, temp_files
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +105,7 @@ def check_temp(roots: Iterable[Path], min_age_s: float) -> list[Finding]:
 
 
 def check_versions(
-    s: Session, store: PromptStore, *, deep: bool, identity: Any | None = None, counts: dict | None = None
+    s: Session, store: Store, *, deep: bool, identity: Any | None = None, counts: dict | None = None
 ) -> list[Finding]:
     """Rows against files. `deep`: hash every file and read its header (the doctor); otherwise only
     files that are not registered yet are hashed (the start-up: thousands of tasks are not re-read)."""
@@ -144,14 +145,28 @@ def check_versions(
         if deep:
             found += _check_file(store, entry, row, identity)
 
+    if rows and not on_disk:
+        # the store holds no version at all while the database lists some: a folder not mounted,
+        # a mistyped setting, a new node's empty folder, another bucket. Never a reason to empty
+        # the registry: the rows are kept (doctor --repair too) until the store is back.
+        for f in found:
+            if f.kind == "missing_file":
+                f.repair = None
+                f.message += f" (the store {store.describe()} holds no version at all: rows are not dropped)"
+
     # tasks with no active version now get their newest version once their files are registered
     unactivated = {task for task, _ in on_disk} - {name for name, active in actives.items() if active}
     for (task, version), entry in sorted(on_disk.items()):
         if (task, version) in rows:
             continue
         where = f"{task} v{version}"
-        digest = entry.sha256 if deep else sha256_file(entry.path)
-        reason = _unregistrable(s, entry, digest)
+        try:
+            digest = entry.sha256 if deep else store.hash_version(task, version)
+            sidecar = entry.sidecar if deep else store.read_sidecar(task, version)
+        except (OSError, StoreError) as e:  # gone since the listing, or the store is unreachable
+            log.warning("store: %s skipped: %s", where, e)
+            continue
+        reason = _unregistrable(s, store, entry, digest, sidecar)
         if reason is None:
             found.append(
                 Finding(
@@ -159,7 +174,7 @@ def check_versions(
                     where,
                     "in the store but not in the database (valid: can be registered)",
                     repair="register",
-                    target=(task, version, digest, task in unactivated, entry.sidecar is None),
+                    target=(task, version, digest, task in unactivated, sidecar is None),
                 )
             )
         else:
@@ -169,7 +184,7 @@ def check_versions(
                     where,
                     f"in the store but not in the database, and {reason}",
                     repair="quarantine_orphan",
-                    target=entry.path,
+                    target=(task, version),
                 )
             )
 
@@ -207,7 +222,7 @@ def check_versions(
     return found
 
 
-def _check_file(store: PromptStore, entry: Any, row: Any, identity: Any | None) -> list[Finding]:
+def _check_file(store: Store, entry: Any, row: Any, identity: Any | None) -> list[Finding]:
     task, version = entry.task, entry.version
     where = f"{task} v{version}"
     if entry.sha256 != row.sha256 or entry.size_bytes != row.size_bytes:
@@ -217,8 +232,8 @@ def _check_file(store: PromptStore, entry: Any, row: Any, identity: Any | None) 
         )
         return [Finding("sha_mismatch", where, msg, repair="quarantine", target=(task, version))]
     try:
-        doc = read_metadata(entry.path)
-    except (CheckpointError, OSError) as e:
+        doc = store.read_header(task, version)
+    except (CheckpointError, OSError, StoreError) as e:
         return [
             Finding(
                 "bad_file",
@@ -257,17 +272,19 @@ def _check_file(store: PromptStore, entry: Any, row: Any, identity: Any | None) 
     return found
 
 
-def _unregistrable(s: Session, entry: Any, digest: str) -> str | None:
+def _unregistrable(
+    s: Session, store: Store, entry: Any, digest: str, sidecar: dict[str, Any] | None
+) -> str | None:
     """Why an unregistered file cannot be registered, or None when it can. A file a training job of
     this database wrote but did not publish (the job was killed between the file and its row; it is
     re-run or failed) is not registered: it would serve a version of a job that did not finish. A
     file from a job this database does not know (a store moved to a new database) is."""
-    side_sha = (entry.sidecar or {}).get("sha256")
+    side_sha = (sidecar or {}).get("sha256")
     if side_sha and side_sha != digest:
         return "its sha256 differs from its sidecar's"
     try:
-        doc = read_metadata(entry.path)
-    except (CheckpointError, OSError) as e:
+        doc = store.read_header(entry.task, entry.version)
+    except (CheckpointError, OSError, StoreError) as e:
         return str(e)
     if not (doc.get("spec") or {}).get("task_type"):
         return "its metadata holds no task spec"
@@ -305,9 +322,15 @@ class JobRecovery:
 
 class _Repairer:
     def __init__(
-        self, s: Session, store: PromptStore, kinds: Sequence[str], jobs: JobRecovery | None
+        self,
+        s: Session,
+        store: Store,
+        kinds: Sequence[str],
+        jobs: JobRecovery | None,
+        datasets: DatasetFiles | None = None,
     ) -> None:
         self.s = s
+        self.datasets = datasets
         self.store = store
         self.kinds = set(kinds)
         self.jobs = jobs
@@ -342,21 +365,20 @@ class _Repairer:
 
     def quarantine(self, f: Finding) -> None:
         task, version = f.target
-        dest = self.store.quarantine(self.store.path(task, version), f"{task}.v{version:04d}.safetensors")
-        self.store.sidecar_path(task, version).unlink(missing_ok=True)
+        dest = self.store.quarantine_version(task, version, f"{task}.v{version:04d}.safetensors")
         if dest:
             self.done.append(f"quarantined {task} v{version} to {dest}")
         self._drop_row(task, version)
 
     def quarantine_orphan(self, f: Finding) -> None:
-        p: Path = f.target
-        dest = self.store.quarantine(p, f"{p.parent.name}.{p.name}")
-        p.with_suffix(".json").unlink(missing_ok=True)
+        task, version = f.target
+        name = self.store.rel_path(task, version)
+        dest = self.store.quarantine_version(task, version, name.replace("/", "."))
         if dest:
-            self.done.append(f"quarantined unregistrable file {p.parent.name}/{p.name} to {dest}")
+            self.done.append(f"quarantined unregistrable file {name} to {dest}")
 
     def delete_orphan_sidecar(self, f: Finding) -> None:
-        f.target.unlink(missing_ok=True)
+        self.store.delete_sidecar_file(f.target)
         self.done.append(f"removed orphan sidecar {f.target.parent.name}/{f.target.name}")
 
     def rewrite_path(self, f: Finding) -> None:
@@ -426,22 +448,24 @@ class _Repairer:
         self.done += [f"recovered stuck job {i} ({self.jobs.on_crash})" for i in ids]
 
     def drop_dataset(self, f: Finding) -> None:
-        self.done += ops_datasets.drop_dataset(self.s, self.store, f)
+        self.done += ops_datasets.drop_dataset(self.s, self.store, f, self.datasets)
 
     def expire_dataset(self, f: Finding) -> None:
-        self.done += ops_datasets.expire_dataset(self.s, f)
+        self.done += ops_datasets.expire_dataset(self.s, f, self.datasets)
 
 
 def repair(
     s: Session,
-    store: PromptStore,
+    store: Store,
     findings: Sequence[Finding],
     kinds: Sequence[str] = ALL_REPAIRS,
     *,
     jobs: JobRecovery | None = None,
+    datasets: DatasetFiles | None = None,
 ) -> list[str]:
-    """Apply the repairs of `findings` whose kind is in `kinds`; returns a line for each change."""
-    r = _Repairer(s, store, kinds, jobs)
+    """Apply the repairs of `findings` whose kind is in `kinds`; returns a line for each change.
+    `datasets`: the uploaded datasets' backend (None: local files)."""
+    r = _Repairer(s, store, kinds, jobs, datasets)
     r.run(findings)
     if "rewrite_sidecar" in r.kinds:
         r._rewrite_sidecars()
@@ -450,31 +474,36 @@ def repair(
 
 def startup_sync(
     s: Session,
-    store: PromptStore,
+    store: Store,
     *,
     temp_age_s: float = 60.0,
     dataset_retention_days: float | None = None,
+    datasets: DatasetFiles | None = None,
 ) -> list[str]:
     """The server's start-up: the cheap checks, and the repairs in STARTUP_REPAIRS (remove old temp
     files, register new files, delete datasets past the retention). No version or task row is
     deleted and no active version changes: the other findings are logged (`prompthub doctor
     --repair` handles them). Returns the changes."""
     counts: dict[str, int] = {}
-    findings = check_temp([store.root], temp_age_s) + check_versions(s, store, deep=False, counts=counts)
+    findings = check_temp(store.local_roots(), temp_age_s) + check_versions(
+        s, store, deep=False, counts=counts
+    )
     findings += check_expired_datasets(s, dataset_retention_days)
     missing = sum(1 for f in findings if f.kind == "missing_file")
-    if missing and (not store.root.is_dir() or counts.get("files", 0) == 0):
+    if missing and (not store.present() or counts.get("files", 0) == 0):
         log.error(
-            "store: the folder %s is %s but the database lists %d versions: is it mounted, or is "
-            "PROMPTHUB_STORE_DIR mistyped? Nothing is deleted; those tasks fail until it is back",
-            store.root,
-            "missing" if not store.root.is_dir() else "empty",
+            "store: %s %s is %s but the database lists %d versions: is it mounted, or is "
+            "PROMPTHUB_STORE_DIR / PROMPTHUB_STORE_URL mistyped? Nothing is deleted; those tasks fail "
+            "until it is back",
+            "the folder" if store.kind == "local" else "the bucket",
+            store.describe(),
+            "missing" if not store.present() else "empty",
             counts.get("versions", missing),
         )
     for f in findings:
         if f.problem and f.repair not in STARTUP_REPAIRS:
             log.warning("store: %s %s: %s (run `prompthub doctor`)", f.kind, f.where, f.message)
-    changes = repair(s, store, findings, STARTUP_REPAIRS)
+    changes = repair(s, store, findings, STARTUP_REPAIRS, datasets=datasets)
     for line in changes:
         log.info("store sync: %s", line)
     return changes

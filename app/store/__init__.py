@@ -1,6 +1,9 @@
 """Bytes only: the prompt store (versions and their sidecars) and the uploaded dataset files.
-No SQL here; app.versions is where the store and the database meet."""
+No SQL here; app.versions is where the store and the database meet. Two backends with one
+interface: the local folder (PromptStore, DatasetFiles) and S3-compatible object storage
+(app.store.s3); `open_store` / `open_datasets` pick one from the settings (`store_url`)."""
 
+from app.store.backends import Store, open_datasets, open_store
 from app.store.datasets import DatasetFiles, StoredDataset, UploadTooLarge
 from app.store.prompts import (
     QUARANTINE,
@@ -8,6 +11,7 @@ from app.store.prompts import (
     ScannedVersion,
     StoredFile,
     StoreError,
+    StoreUnavailable,
     VersionTaken,
     temp_files,
     version_filename,
@@ -19,7 +23,9 @@ __all__ = [
     "DatasetFiles",
     "PromptStore",
     "ScannedVersion",
+    "Store",
     "StoreError",
+    "StoreUnavailable",
     "StoredDataset",
     "StoredFile",
     "UploadTooLarge",
@@ -27,5 +33,7 @@ __all__ = [
     "read_sidecar",
     "temp_files",
     "version_filename",
+    "open_datasets",
+    "open_store",
     "write_sidecar",
 ]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from app.engine.checkpoint import atomic_write, fsync_dir, sha256_bytes
+from app.engine.checkpoint import atomic_write, fsync_dir, sha256_bytes, sha256_file
 
 CHUNK_BYTES = 1 << 20
 
@@ -32,8 +32,24 @@ class StoredDataset:
 
 
 class DatasetFiles:
+    """Uploaded dataset files in a local folder (the default); app.store.s3.S3DatasetFiles keeps them
+    in S3-compatible object storage behind the same methods."""
+
+    kind = "local"
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+
+    def local_copy(self, location: str, sha256: str | None = None) -> Path:
+        """A local file holding the dataset recorded at `location` (here: the file itself)."""
+        return Path(location)
+
+    def check(self, location: str, sha256: str) -> str | None:
+        """None when the dataset at `location` is there with `sha256`; else 'missing' or 'changed'."""
+        p = Path(location)
+        if not p.is_file():
+            return "missing"
+        return None if sha256_file(p) == sha256 else "changed"
 
     def put(self, data: bytes, suffix: str) -> StoredDataset:
         """Store `data` under its sha256 (an identical upload reuses the file)."""

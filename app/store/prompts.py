@@ -41,6 +41,10 @@ class StoreError(RuntimeError):
     """A stored version is missing, corrupt, or cannot be written."""
 
 
+class StoreUnavailable(StoreError):
+    """The store cannot be reached (an object store's endpoint down or failing after the retries)."""
+
+
 class VersionTaken(StoreError):
     """The version's file already exists (another writer took the number)."""
 
@@ -70,8 +74,48 @@ def version_filename(version: int) -> str:
 
 
 class PromptStore:
+    """The local folder backend (the default). app.store.s3.S3PromptStore has the same interface over
+    S3-compatible object storage; app.store.backends picks one from the settings."""
+
+    kind = "local"
+
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
+
+    # ------------------------------------------------------------------ backend-neutral interface
+    # (what app.versions and app.ops use, so that both backends serve them)
+    def describe(self) -> str:
+        return str(self.root.resolve())
+
+    def local_roots(self) -> list[Path]:
+        """Node-local folders where interrupted writes may leave temp files."""
+        return [self.root]
+
+    def present(self) -> bool:
+        """Whether the store itself is there (a folder that is not mounted is not)."""
+        return self.root.is_dir()
+
+    def size_of(self, task: str, version: int) -> int:
+        """The stored checkpoint's size; FileNotFoundError when it is not there."""
+        return self.path(task, version).stat().st_size
+
+    def hash_version(self, task: str, version: int) -> str:
+        """The stored checkpoint's sha256, computed from its bytes; FileNotFoundError when missing."""
+        return sha256_file(self.path(task, version))
+
+    def read_header(self, task: str, version: int) -> dict[str, Any]:
+        """The checkpoint's metadata document (raises CheckpointError, or OSError when missing)."""
+        return read_metadata(self.path(task, version))
+
+    def quarantine_version(self, task: str, version: int, label: str) -> str | None:
+        """Move a version's checkpoint to the quarantine and remove its sidecar."""
+        dest = self.quarantine(self.path(task, version), label)
+        self.sidecar_path(task, version).unlink(missing_ok=True)
+        return dest
+
+    def delete_sidecar_file(self, sidecar: Path) -> None:
+        """Remove a sidecar found by `orphan_sidecars`."""
+        Path(sidecar).unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ paths
     def task_dir(self, task: str) -> Path:

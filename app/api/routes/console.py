@@ -17,7 +17,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import FileResponse, RedirectResponse
 
 from app.api.auth import Train
-from app.api.deps import SessionDep, SettingsDep
+from app.api.deps import DatasetFilesDep, SessionDep, SettingsDep
 from app.api.errors import ApiError, InputError
 from app.api.schemas import DatasetOut, TaskType
 from app.db import datasets as db_datasets
@@ -85,6 +85,7 @@ def preview_dataset(
     _: Train,
     s: SessionDep,
     settings: SettingsDep,
+    files: DatasetFilesDep,
     dataset_id: str,
     task_type: Annotated[TaskType | None, Query()] = None,
 ) -> dict[str, Any]:
@@ -97,7 +98,8 @@ def preview_dataset(
     if task_type is None:
         raise InputError.at(["query", "task_type"], "give the task type to read this dataset as")
     try:
-        examples = D.read_examples(ds.path, task_type, max_rows=settings.max_dataset_rows)
+        path = files.local_copy(ds.path, ds.sha256)  # S3: this node's verified copy
+        examples = D.read_examples(path, task_type, max_rows=settings.max_dataset_rows)
     except D.DataError as err:
         loc: list[str | int] = ["query", "dataset_id"] + ([err.field] if err.field else [])
         raise InputError.at(loc, str(err), "data_error") from None
