@@ -140,6 +140,20 @@ class Settings(BaseSettings):
             raise ValueError(f"store_url: expected s3://bucket or s3://bucket/prefix, got {v!r}")
         return v
 
+    # --- fleet (issue 13, item 2): the training executor (docs/operations.md, "Executors") ---
+    #: local: the DB-polling worker (`prompthub worker`, or the one `prompthub serve` starts);
+    #: celery: Celery workers take "run job X" messages from the broker; the job row stays the truth
+    executor: Literal["local", "celery"] = "local"
+    #: the Celery broker: RabbitMQ (amqp://) or Redis (redis://)
+    broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"
+    #: the queue a Celery worker consumes (`<celery_queue_prefix>-cpu` / `-gpu`); unset: gpu when
+    #: the worker's device is cuda, else cpu
+    device_class: Literal["cpu", "gpu"] | None = None
+    #: queue names are `<prefix>-<device class>` (tests use their own prefix on a shared broker)
+    celery_queue_prefix: str = "prompthub"
+    #: a job whose worker process dies this many times (SIGKILL, OOM) ends failed (celery executor)
+    max_worker_kills: int = 3
+
     @field_validator("devices")
     @classmethod
     def _check_devices(cls, v: str) -> str:
@@ -147,7 +161,24 @@ class Settings(BaseSettings):
             raise ValueError("devices: give at least one device, e.g. 'cpu' or 'cuda:0,cuda:1'")
         return v
 
-    @field_validator("text_overflow", "on_crash", "log_level", "auth", mode="before")
+    @field_validator("device_class", mode="before")
+    @classmethod
+    def _device_class(cls, v: object) -> object:
+        if isinstance(v, str):
+            v = v.strip().lower()
+            return v or None
+        return v
+
+    @field_validator("celery_queue_prefix")
+    @classmethod
+    def _queue_prefix(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,100}", v):
+            raise ValueError("celery_queue_prefix: letters, digits, '.', '_' and '-' only (1-101 characters)")
+        return v
+
+    @field_validator("text_overflow", "on_crash", "log_level", "auth", "executor", mode="before")
     @classmethod
     def _lower(cls, v: object) -> object:
         return v.strip().lower() if isinstance(v, str) else v
@@ -162,6 +193,7 @@ class Settings(BaseSettings):
         "max_running_jobs",
         "max_queue_rows",
         "max_labels",
+        "max_worker_kills",
     )
     @classmethod
     def _positive(cls, v: int) -> int:

@@ -87,9 +87,17 @@ class TrainTask(BaseModel):
     labels: list[str] | None = Field(None, min_length=1)
 
 
+DeviceClass = Literal["cpu", "gpu"]
+_DEVICE_CLASS_HELP = (
+    "the workers that may run the job (PROMPTHUB_EXECUTOR=celery: the queue prompthub-cpu or "
+    "prompthub-gpu); the local executor's workers take every job"
+)
+
+
 class TrainRequest(TrainTask):
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     init_from: str | None = None
+    device_class: DeviceClass = Field("cpu", description=_DEVICE_CLASS_HELP)
 
 
 class MultiTrainRequest(BaseModel):
@@ -98,6 +106,7 @@ class MultiTrainRequest(BaseModel):
     tasks: list[TrainTask] = Field(min_length=1, max_length=32)
     hyperparameters: Hyperparameters = Field(default_factory=Hyperparameters)
     per_task_epochs: int = Field(0, ge=0, le=100)
+    device_class: DeviceClass = Field("cpu", description=_DEVICE_CLASS_HELP)
 
 
 class JobAccepted(BaseModel):
@@ -122,6 +131,26 @@ class JobOut(BaseModel):
     created_at: datetime | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+
+
+class WorkerOut(BaseModel):
+    """A training worker as its heartbeats describe it (GET /workers)."""
+
+    id: str
+    host: str
+    pid: int
+    executor: str
+    device_class: str
+    device: str
+    queue: str | None = None
+    started_at: datetime
+    heartbeat_at: datetime
+    alive: bool = Field(description="its heartbeat is younger than PROMPTHUB_JOB_STALE_S")
+    job_id: str | None = Field(
+        None, description="the job it runs now (null: idle, or a job the key may not see)"
+    )
+    job_tasks: list[str] | None = None
+    job_progress: dict[str, Any] | None = None
 
 
 class VersionOut(BaseModel):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -278,6 +278,7 @@ def release_job(
             worker_id=None,
             started_at=None,
             heartbeat_at=None,
+            dispatched_at=None,
             progress={"step": 0, "total": None, "epoch": None, "loss": None, "message": message},
         )
         .execution_options(synchronize_session=False)
@@ -320,10 +321,18 @@ def _zombie(pid: int) -> bool:
         return False
 
 
-def recover_stale_jobs(s: Session, *, stale_after_s: float, on_crash: str, max_attempts: int) -> list[str]:
+def recover_stale_jobs(
+    s: Session,
+    *,
+    stale_after_s: float,
+    on_crash: str,
+    max_attempts: int,
+    fail_reason: Callable[[int, str | None], str] | None = None,
+) -> list[str]:
     """Jobs left 'running' by a dead worker (heartbeat older than `stale_after_s`, or its process on
     this host gone): re-queued with attempts + 1 when `on_crash` is "requeue" and attempts remain,
-    else failed with a clear error. Returns their ids."""
+    else failed with a clear error (`fail_reason(attempt, worker_id)` when given). Returns their ids.
+    A re-queued job is marked not dispatched (the celery executor sends it again)."""
     if on_crash not in ("requeue", "fail"):
         raise ValueError(f"on_crash {on_crash!r}: expected 'requeue' or 'fail'")
     cutoff = utcnow() - timedelta(seconds=stale_after_s)
@@ -347,6 +356,7 @@ def recover_stale_jobs(s: Session, *, stale_after_s: float, on_crash: str, max_a
                 "worker_id": None,
                 "started_at": None,
                 "heartbeat_at": None,
+                "dispatched_at": None,
                 "progress": {
                     "step": 0,
                     "total": None,
@@ -362,7 +372,11 @@ def recover_stale_jobs(s: Session, *, stale_after_s: float, on_crash: str, max_a
                 "state": FAILED,
                 "attempts": attempt,
                 "finished_at": utcnow(),
-                "error": f"worker died while running (attempt {attempt})",
+                "error": (
+                    fail_reason(attempt, job.worker_id)
+                    if fail_reason is not None
+                    else f"worker died while running (attempt {attempt})"
+                ),
             }
         res = s.execute(
             update(Job).where(*guard).values(**values).execution_options(synchronize_session=False)
@@ -384,3 +398,151 @@ def stale_running_jobs(s: Session, stale_after_s: float) -> tuple[int, list[Job]
         if (j.heartbeat_at or j.started_at or j.created_at) < cutoff or worker_process_gone(j.worker_id)
     ]
     return len(running), stale
+
+
+# ---------------------------------------------------------------------------- celery executor
+# The broker carries "run job X"; these functions decide, on the job row, what a worker that
+# received that message may do. The row stays the only truth: a message for a job that is not
+# queued any more is acknowledged and dropped, and two workers never run one job at once.
+
+CLAIMED = "claimed"  # the caller now owns the job (state running)
+BUSY = "busy"  # max_running jobs are running: try again later
+OWNED = "owned"  # another worker runs it
+GONE = "gone"  # no such job, or it is finished (cancelled while queued, ...)
+
+
+def claim_job(s: Session, id: str, worker_id: str, max_running: int | None = None) -> tuple[str, Job | None]:
+    """Claim job `id` for `worker_id` if it is queued: (CLAIMED, job). Otherwise (OWNED, job) when
+    another worker runs it, (GONE, job or None) when it is finished or missing, (BUSY, None) when
+    `max_running` jobs are running (PostgreSQL: under the same advisory lock as claim_next_job;
+    SQLite: the count is in the guarded UPDATE)."""
+    pg = s.get_bind().dialect.name == "postgresql"
+    for _ in range(20):
+        if pg and max_running is not None:
+            s.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": CLAIM_LOCK_KEY})
+        stmt = select(Job.state).where(Job.id == id)
+        state = s.scalar(stmt.with_for_update() if pg else stmt)
+        if state is None or state in TERMINAL_STATES:
+            s.rollback()
+            return GONE, (get_job(s, id) if state is not None else None)
+        if state == RUNNING:
+            s.rollback()
+            return OWNED, get_job(s, id)
+        guard = [Job.id == id, Job.state == QUEUED]
+        if max_running is not None:
+            if pg and running_jobs(s) >= max_running:
+                s.rollback()
+                return BUSY, None
+            if not pg:
+                running = select(func.count()).select_from(Job).where(Job.state == RUNNING).scalar_subquery()
+                guard.append(running < max_running)
+        res = s.execute(
+            update(Job)
+            .where(*guard)
+            .values(**_claim_values(worker_id))
+            .execution_options(synchronize_session=False)
+        )
+        s.commit()
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            return CLAIMED, get_job(s, id)
+        if max_running is not None and running_jobs(s) >= max_running:
+            s.rollback()
+            return BUSY, None
+    return BUSY, None
+
+
+def kill_reason(kills: int, max_kills: int, worker_id: str | None) -> str:
+    where = f" (last on worker {worker_id})" if worker_id else ""
+    return (
+        f"the job's worker process died {kills} times while running it{where}; "
+        f"giving up after PROMPTHUB_MAX_WORKER_KILLS={max_kills}"
+    )
+
+
+def take_over_job(s: Session, id: str, *, dead_worker_id: str | None, worker_id: str, max_kills: int) -> str:
+    """Job `id` is running under `dead_worker_id`, a worker that died (its message came back from
+    the broker, and its process or heartbeat is gone): count the death in `attempts`. The job is
+    then cancelled (a cancel was asked for), failed (`max_kills` deaths), or claimed by `worker_id`.
+    Returns CANCELLED, FAILED, CLAIMED, or GONE when the row changed meanwhile (someone else acted)."""
+    job = get_job(s, id)
+    if job is None or job.state != RUNNING or job.worker_id != dead_worker_id:
+        s.rollback()
+        return GONE
+    kills = job.attempts + 1
+    now = utcnow()
+    values: dict[str, Any]
+    if job.cancel_requested:
+        outcome, values = CANCELLED, {"state": CANCELLED, "finished_at": now}
+    elif kills >= max_kills:
+        outcome = FAILED
+        values = {"state": FAILED, "finished_at": now, "error": kill_reason(kills, max_kills, dead_worker_id)}
+    else:
+        outcome = CLAIMED
+        values = {
+            **_claim_values(worker_id),
+            "progress": {
+                "step": 0,
+                "total": None,
+                "epoch": None,
+                "loss": None,
+                "message": f"restarted: its worker died while running (attempt {kills})",
+            },
+        }
+    guard = [Job.id == id, Job.state == RUNNING]
+    guard.append(Job.worker_id == dead_worker_id if dead_worker_id else Job.worker_id.is_(None))
+    res = s.execute(
+        update(Job)
+        .where(*guard)
+        .values(attempts=kills, **values)
+        .execution_options(synchronize_session=False)
+    )
+    s.commit()
+    return outcome if res.rowcount == 1 else GONE  # type: ignore[attr-defined]
+
+
+def mark_dispatched(s: Session, id: str) -> None:
+    """ "run job X" was sent for this queued job."""
+    s.execute(
+        update(Job)
+        .where(Job.id == id, Job.state == QUEUED)
+        .values(dispatched_at=utcnow())
+        .execution_options(synchronize_session=False)
+    )
+    s.commit()
+
+
+def claim_undispatched(s: Session, older_than_s: float, limit: int = 100) -> list[tuple[str, dict[str, Any]]]:
+    """Queued jobs with no "run job X" sent (the API could not reach the broker, or the job was
+    re-queued after its worker died), created more than `older_than_s` seconds ago: each is marked
+    dispatched by a guarded UPDATE, so one sweeper sends it. Returns (id, payload) to send; the caller
+    calls `undispatch` when sending fails."""
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    rows = s.execute(
+        select(Job.id, Job.payload)
+        .where(Job.state == QUEUED, Job.dispatched_at.is_(None), Job.created_at < cutoff)
+        .order_by(Job.created_at, Job.id)
+        .limit(limit)
+    ).all()
+    s.rollback()
+    out: list[tuple[str, dict[str, Any]]] = []
+    for job_id, payload in rows:
+        res = s.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == QUEUED, Job.dispatched_at.is_(None))
+            .values(dispatched_at=utcnow())
+            .execution_options(synchronize_session=False)
+        )
+        s.commit()
+        if res.rowcount == 1:  # type: ignore[attr-defined]
+            out.append((job_id, dict(payload or {})))
+    return out
+
+
+def undispatch(s: Session, id: str) -> None:
+    s.execute(
+        update(Job)
+        .where(Job.id == id, Job.state == QUEUED)
+        .values(dispatched_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    s.commit()

@@ -156,6 +156,8 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    #: celery executor: when "run job X" was last sent to the broker (None: not yet, or re-queued)
+    dispatched_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
     @property
     def done(self) -> bool:
@@ -163,6 +165,28 @@ class Job(Base):
 
     def __repr__(self) -> str:
         return f"Job({self.id[:8]}, {self.kind}, {self.state})"
+
+
+class WorkerRow(Base):
+    """A training worker process (either executor), as its own heartbeats describe it: it inserts its
+    row at start, refreshes `heartbeat_at` and `job_id` every `job_heartbeat_s`, and deletes the row
+    when it stops cleanly. A row whose heartbeat is older than `job_stale_s` is a worker presumed dead."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(255), primary_key=True)  # "<host>:<pid>:<random>" (make_worker_id)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    executor: Mapped[str] = mapped_column(String(16))
+    device_class: Mapped[str] = mapped_column(String(16))
+    device: Mapped[str] = mapped_column(String(64))
+    queue: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    def __repr__(self) -> str:
+        return f"WorkerRow({self.id!r}, {self.executor}, {self.device_class}, job={self.job_id})"
 
 
 class ApiKey(Base):

@@ -36,6 +36,7 @@ from app.engine.model import ServingTask
 from app.engine.options import build_training, validate_training
 from app.engine.train import Cancelled, Progress, TrainConfig, TrainResult, train_multitask, train_task
 from app.jobs.payload import DataRef, load_split, training_doc
+from app.jobs.presence import WorkerPresence
 from app.store import StoreError, open_datasets, open_store
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ class Worker:
         self.stop_event = stop_event or threading.Event()
         self._backbone = backbone
         self._last_recovery: float | None = None
+        self.presence: WorkerPresence | None = None  # its row in the workers table (GET /workers)
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -195,8 +197,26 @@ class Worker:
                 return False
             job_id, kind, payload = job.id, job.kind, dict(job.payload or {})
         log.info("worker %s: job %s (%s) started", self.worker_id, job_id, kind)
-        self._run_job(job_id, kind, payload, backbone)
+        if self.presence is not None:
+            self.presence.set_job(job_id)
+        try:
+            self._run_job(job_id, kind, payload, backbone)
+        finally:
+            if self.presence is not None:
+                self.presence.set_job(None)
         return True
+
+    def start_presence(self, executor: str, device_class: str, queue: str | None = None) -> WorkerPresence:
+        self.presence = WorkerPresence(
+            self.sessionmaker,
+            self.worker_id,
+            executor=executor,
+            device_class=device_class,
+            device=self.settings.device_list[0],
+            queue=queue,
+            interval_s=self.settings.job_heartbeat_s,
+        ).start()
+        return self.presence
 
     def run_forever(self, stop_event: threading.Event | None = None) -> None:
         if stop_event is not None:
@@ -204,15 +224,20 @@ class Worker:
         self.recover()
         _ = self.backbone
         log.info("worker %s ready (poll every %.2fs)", self.worker_id, self.settings.worker_poll_s)
-        while not self.stop_event.is_set():
-            try:
-                busy = self.run_once()
-            except Exception:  # e.g. the database is down: wait and retry
-                log.exception("worker %s: poll failed", self.worker_id)
-                busy = False
-                self.stop_event.wait(max(1.0, self.settings.worker_poll_s * 4))
-            if not busy:
-                self.stop_event.wait(self.settings.worker_poll_s)
+        device = self.settings.device_list[0].lower()
+        self.start_presence("local", "gpu" if device.startswith("cuda") else "cpu")
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    busy = self.run_once()
+                except Exception:  # e.g. the database is down: wait and retry
+                    log.exception("worker %s: poll failed", self.worker_id)
+                    busy = False
+                    self.stop_event.wait(max(1.0, self.settings.worker_poll_s * 4))
+                if not busy:
+                    self.stop_event.wait(self.settings.worker_poll_s)
+        finally:
+            self.presence.stop()
         log.info("worker %s stopped", self.worker_id)
 
     # ------------------------------------------------------------------ one job
@@ -220,7 +245,9 @@ class Worker:
         with self.sessionmaker() as s:
             db_jobs.finish_job(s, job_id, state, worker_id=self.worker_id, **kw)
 
-    def _run_job(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> None:
+    def _run_job(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> str:
+        """Train, publish and finish the job; returns its final state, or "released" when the worker
+        is stopping and put it back in the queue."""
         with _JobRun(self, job_id) as run:
             try:
                 if kind == "multitask":
@@ -230,7 +257,7 @@ class Worker:
             except versions.JobNotLive as e:  # cancelled, or its task deleted, while it finished
                 self._finish(job_id, CANCELLED, error=str(e))
                 log.info("job %s cancelled before publishing: %s", job_id, e)
-                return
+                return CANCELLED
             except Cancelled:
                 if run.over_budget:
                     message = (
@@ -239,14 +266,15 @@ class Worker:
                     )
                     log.warning("job %s failed: %s", job_id, message)
                     self._finish(job_id, FAILED, error=message)
-                elif self.stop_event.is_set() and not run.stop_requested.is_set():
+                    return FAILED
+                if self.stop_event.is_set() and not run.stop_requested.is_set():
                     with self.sessionmaker() as s:
                         db_jobs.release_job(s, job_id, worker_id=self.worker_id)
                     log.info("job %s put back in the queue: the worker is stopping", job_id)
-                else:
-                    self._finish(job_id, CANCELLED)
-                    log.info("job %s cancelled", job_id)
-                return
+                    return "released"
+                self._finish(job_id, CANCELLED)
+                log.info("job %s cancelled", job_id)
+                return CANCELLED
             except Exception as e:
                 message = (
                     str(e)
@@ -255,10 +283,11 @@ class Worker:
                 )
                 log.warning("job %s failed: %s", job_id, message, exc_info=not isinstance(e, DataError))
                 self._finish(job_id, FAILED, error=message or type(e).__name__)
-                return
+                return FAILED
             run.flush("done")
             self._finish(job_id, SUCCEEDED, result=result, metrics=_jsonable(metrics))
             log.info("job %s succeeded: %s", job_id, result)
+            return SUCCEEDED
 
     def _lookup_dataset(self, dataset_id: str) -> tuple[Path, str, str] | None:
         """A referenced dataset, held to the upload limits (bytes here, rows when it is read):
@@ -436,8 +465,13 @@ def _watch_parent(parent_pid: int, stop_event: threading.Event) -> None:
 
 
 def worker_command(args: argparse.Namespace) -> int:
-    """`prompthub worker [--once] [--poll S]`."""
+    """`prompthub worker [--once] [--poll S]`: the configured executor's worker (PROMPTHUB_EXECUTOR:
+    local, this module's poller; celery, app.jobs.celery_worker)."""
     settings = get_settings()
+    if settings.executor == "celery":
+        from app.jobs.celery_worker import celery_worker_command
+
+        return celery_worker_command(settings)
     if getattr(args, "poll", None) is not None:
         settings = settings.model_copy(update={"worker_poll_s": float(args.poll)})
     logging.basicConfig(

@@ -59,7 +59,7 @@ def test_normalize_url():
 # ------------------------------------------------------------------------------ migrations
 
 
-HEAD_REVISION = "0003"  # the newest migration (0003: api key expiry)
+HEAD_REVISION = "0004"  # the newest migration (0004: workers table, jobs.dispatched_at)
 
 
 def _schema_diffs(url: str) -> list:

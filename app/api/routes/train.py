@@ -122,6 +122,11 @@ def _accepted(s: Session, settings: Any, kind: str, payload: dict, names: list[s
     job = db_jobs.create_job(
         s, kind=kind, payload=payload, task_names=names, max_queued=settings.max_queued_jobs
     )
+    if settings.executor == "celery":  # the row is committed: now "run job X" (app.jobs.celery_app)
+        from app.jobs.celery_app import job_device_class, try_send_run_job
+
+        if try_send_run_job(settings, job.id, job_device_class(payload)):
+            db_jobs.mark_dispatched(s, job.id)
     body = JobAccepted(job_id=job.id, state=job.state).model_dump()
     return JSONResponse(body, status_code=202, headers={"Location": f"/jobs/{job.id}"})
 
