@@ -40,22 +40,18 @@ def check_api() -> str | None:
 
 
 def check_worker() -> str | None:
-    from sqlalchemy import text
+    from sqlalchemy import select
 
     from app.config import get_settings
+    from app.db.models import WorkerRow
     from app.db.session import make_engine
 
     settings = get_settings()
     engine = make_engine(settings.database_url)
     try:
         with engine.connect() as conn:
-            beats = [
-                r[0]
-                for r in conn.execute(
-                    text("SELECT heartbeat_at FROM workers WHERE host = :host"),
-                    {"host": socket.gethostname()},
-                )
-            ]
+            query = select(WorkerRow.heartbeat_at).where(WorkerRow.host == socket.gethostname())
+            beats = list(conn.execute(query).scalars())
     except Exception as e:
         return f"cannot read the workers table: {e}"
     finally:

@@ -297,3 +297,38 @@ def test_lock_script_writes_constraints_without_local_labels(tmp_path):
     assert all(re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][^+\s]*", ln) for ln in lines), lines
     committed = (ROOT / "constraints.txt").read_text()
     assert "torch==2.13.0" in committed
+
+
+def test_healthcheck_checks_the_worker_heartbeat(sqlite_url):
+    """The worker's check reads its heartbeat row (app.db.workers) for this host: fresh is healthy,
+    stale or missing is not."""
+    import socket
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.db.models import WorkerRow, utcnow
+    from app.db.session import get_sessionmaker
+    from app.db.workers import register_worker
+
+    def check() -> subprocess.CompletedProcess:
+        env = {"PROMPTHUB_DATABASE_URL": sqlite_url, "PROMPTHUB_JOB_STALE_S": "30", "PATH": "/usr/bin:/bin"}
+        env["PYTHONPATH"] = str(ROOT)
+        script = ROOT / "docker" / "healthcheck.py"
+        return subprocess.run(
+            [sys.executable, str(script), "worker"], env=env, capture_output=True, text=True
+        )
+
+    missing = check()
+    assert missing.returncode == 1 and "no worker" in missing.stdout, missing.stdout + missing.stderr
+    with get_sessionmaker(sqlite_url)() as s:
+        register_worker(
+            s, id="w1", host=socket.gethostname(), pid=1, executor="celery", device_class="cpu", device="cpu"
+        )
+    fresh = check()
+    assert fresh.returncode == 0, fresh.stdout + fresh.stderr
+    with get_sessionmaker(sqlite_url)() as s:
+        s.execute(update(WorkerRow).values(heartbeat_at=utcnow() - timedelta(seconds=120)))
+        s.commit()
+    stale = check()
+    assert stale.returncode == 1 and "last heartbeat" in stale.stdout, stale.stdout

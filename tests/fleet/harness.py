@@ -50,6 +50,8 @@ class Fleet:
             "FLEET_BUCKET": f"ph-{uuid.uuid4().hex[:10]}",
             "PROMPTHUB_BACKBONE": backbone,
             "PROMPTHUB_WORKER_POLL_S": "0.2",
+            # its own Celery queues on the shared broker (other fleets and tests use theirs)
+            "PROMPTHUB_CELERY_QUEUE_PREFIX": f"ph-fleet-{uuid.uuid4().hex[:8]}",
             **env,
         }
         self.env.pop("AWS_ENDPOINT_URL", None)  # the fleet's own S3 endpoint
