@@ -13,8 +13,11 @@
 # Overrides (environment): FLEET_DIR (var/fleet), FLEET_API_PORTS ("8001 8002"), FLEET_WORKERS (2),
 # FLEET_LB_HOST (127.0.0.1), FLEET_LB_PORT (8080), FLEET_S3_PORT (9000), FLEET_BUCKET (prompthub),
 # FLEET_DB (prompthub_fleet), FLEET_PG (postgresql://postgres@127.0.0.1:5432), FLEET_TIMEOUT (300 s
-# to become ready), PY (.venv/bin/python); any PROMPTHUB_* setting is passed through (e.g.
-# PROMPTHUB_BACKBONE, PROMPTHUB_BROKER_URL, PROMPTHUB_AUTH).
+# to become ready), PY (.venv/bin/python), FLEET_KEEP ("s3": `down` leaves the S3 server running and
+# `up` reuses it); any PROMPTHUB_* setting is passed through (e.g. PROMPTHUB_BACKBONE,
+# PROMPTHUB_BROKER_URL, PROMPTHUB_AUTH).
+# moto's S3 server holds objects in memory: a fleet restarted without FLEET_KEEP=s3 starts empty
+# (its database is dropped with the objects, so no row names a missing object).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -91,6 +94,10 @@ down() {
   local name
   # the entry first, then the replicas and workers, the store last
   for name in nginx $(names | grep -E '^(api|worker)-') s3; do
+    if [[ " ${FLEET_KEEP:-} " == *" $name "* ]] && live_pid "$name" >/dev/null; then
+      log "keeping $name (FLEET_KEEP)"
+      continue
+    fi
     stop_one "$name"
   done
   log "stopped"
@@ -153,6 +160,7 @@ is_loopback() { [[ $1 == 127.* || $1 == localhost || $1 == ::1 || $1 == "[::1]" 
 up() {
   local name port i
   for name in $(names); do
+    [ "$name" = s3 ] && [[ " ${FLEET_KEEP:-} " == *" s3 "* ]] && continue
     if live_pid "$name" >/dev/null; then
       die "$name is already running (pid file $FLEET_DIR/$name.pid): run 'make fleet-down' first"
     fi
@@ -173,10 +181,24 @@ up() {
   export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
   export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false PYTHONUNBUFFERED=1
 
-  # S3: moto's standalone server, and the bucket
-  spawn s3 "$MOTO" -H 127.0.0.1 -p "$S3_PORT"
+  # S3: moto's standalone server, and the bucket. moto keeps objects in memory: a new S3 server is
+  # an empty store, so the registry of the last fleet (rows of objects now gone) is dropped with it.
+  # FLEET_KEEP="s3" on both `down` and `up` keeps the S3 server, and so everything, across restarts.
+  local fresh_s3=1
+  if live_pid s3 >/dev/null; then
+    fresh_s3=0
+    log "reusing the running S3 server (pid $(live_pid s3))"
+  else
+    spawn s3 "$MOTO" -H 127.0.0.1 -p "$S3_PORT"
+  fi
   wait_http "http://127.0.0.1:$S3_PORT/moto-api/" "the S3 endpoint"
-  curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$S3_PORT/$BUCKET" || die "cannot create bucket $BUCKET"
+  if [ $fresh_s3 = 1 ]; then
+    curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$S3_PORT/$BUCKET" || die "cannot create bucket $BUCKET"
+    if [[ $PROMPTHUB_STORE_URL == s3://* ]] && psql "$PG/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then
+      log "the S3 server is new (moto keeps objects in memory): dropping database $DB, whose rows name objects it no longer holds"
+      psql "$PG/postgres" -qc "DROP DATABASE \"$DB\" WITH (FORCE)" || die "cannot drop database $DB"
+    fi
+  fi
 
   # PostgreSQL: the database, migrated once before any replica starts
   if ! psql "$PG/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = '$DB'" | grep -q 1; then

@@ -50,6 +50,7 @@ class Fleet:
             "FLEET_BUCKET": f"ph-{uuid.uuid4().hex[:10]}",
             "PROMPTHUB_BACKBONE": backbone,
             "PROMPTHUB_WORKER_POLL_S": "0.2",
+            "PROMPTHUB_TORCH_THREADS": "1",  # 4+ processes share the cores
             # its own Celery queues on the shared broker (other fleets and tests use theirs)
             "PROMPTHUB_CELERY_QUEUE_PREFIX": f"ph-fleet-{uuid.uuid4().hex[:8]}",
             **env,
@@ -74,11 +75,15 @@ class Fleet:
             )
         return out.stderr
 
-    def up(self) -> Fleet:
+    def up(self, keep: str = "") -> Fleet:
+        self.env["FLEET_KEEP"] = keep
         self._script("up")
         return self
 
-    def down(self) -> None:
+    def down(self, keep: str = "") -> None:
+        """Stop the fleet's processes; `keep="s3"` leaves the S3 server (moto holds objects in
+        memory: it stands for durable object storage, as PostgreSQL and RabbitMQ, which stay up)."""
+        self.env["FLEET_KEEP"] = keep
         self._script("down", timeout=180)
 
     def __enter__(self) -> Fleet:
@@ -93,7 +98,7 @@ class Fleet:
 
     def close(self) -> None:
         try:
-            self.down()
+            self.down(keep="")
         finally:
             import psycopg
 
