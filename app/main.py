@@ -174,6 +174,10 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         app.state.version_listener = listener
         hub.start(background=True)
         supervisor = None
+        if settings.executor == "celery":  # import and configure Celery now, not in the first POST /train
+            from app.jobs.celery_app import celery_app
+
+            await asyncio.to_thread(celery_app, settings)
         if settings.embedded_worker and settings.executor == "local":  # celery: `prompthub worker`s
             from app.jobs.supervisor import WorkerSupervisor
 

@@ -145,7 +145,9 @@ class WorkerOut(BaseModel):
     queue: str | None = None
     started_at: datetime
     heartbeat_at: datetime
-    alive: bool = Field(description="its heartbeat is younger than PROMPTHUB_JOB_STALE_S")
+    alive: bool = Field(
+        description="its heartbeat is younger than PROMPTHUB_JOB_STALE_S (and, on the API's host, its process exists)"
+    )
     job_id: str | None = Field(
         None, description="the job it runs now (null: idle, or a job the key may not see)"
     )

@@ -469,6 +469,9 @@ def worker_command(args: argparse.Namespace) -> int:
     local, this module's poller; celery, app.jobs.celery_worker)."""
     settings = get_settings()
     if settings.executor == "celery":
+        if getattr(args, "once", False) or getattr(args, "poll", None) is not None:
+            print("prompthub worker: --once and --poll are for PROMPTHUB_EXECUTOR=local", file=sys.stderr)
+            return 2
         from app.jobs.celery_worker import celery_worker_command
 
         return celery_worker_command(settings)

@@ -51,7 +51,7 @@ from app.engine.checkpoint import CheckpointError
 from app.ops import datasets as ops_datasets
 from app.ops.datasets import check_expired_datasets
 from app.ops.findings import Finding
-from app.store import DatasetFiles, Store, StoreError, temp_files
+from app.store import DatasetFiles, Store, StoreError, StoreUnavailable, temp_files
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +163,12 @@ def check_versions(
         try:
             digest = entry.sha256 if deep else store.hash_version(task, version)
             sidecar = entry.sidecar if deep else store.read_sidecar(task, version)
-        except (OSError, StoreError) as e:  # gone since the listing, or the store is unreachable
+            reason = _unregistrable(s, store, entry, digest, sidecar)
+        except StoreUnavailable:
+            raise
+        except (OSError, StoreError) as e:  # gone since the listing
             log.warning("store: %s skipped: %s", where, e)
             continue
-        reason = _unregistrable(s, store, entry, digest, sidecar)
         if reason is None:
             found.append(
                 Finding(
@@ -233,6 +235,8 @@ def _check_file(store: Store, entry: Any, row: Any, identity: Any | None) -> lis
         return [Finding("sha_mismatch", where, msg, repair="quarantine", target=(task, version))]
     try:
         doc = store.read_header(task, version)
+    except StoreUnavailable:
+        raise  # an outage says nothing about the file
     except (CheckpointError, OSError, StoreError) as e:
         return [
             Finding(
@@ -284,6 +288,8 @@ def _unregistrable(
         return "its sha256 differs from its sidecar's"
     try:
         doc = store.read_header(entry.task, entry.version)
+    except StoreUnavailable:
+        raise  # an outage says nothing about the file
     except (CheckpointError, OSError, StoreError) as e:
         return str(e)
     if not (doc.get("spec") or {}).get("task_type"):
@@ -485,9 +491,14 @@ def startup_sync(
     deleted and no active version changes: the other findings are logged (`prompthub doctor
     --repair` handles them). Returns the changes."""
     counts: dict[str, int] = {}
-    findings = check_temp(store.local_roots(), temp_age_s) + check_versions(
-        s, store, deep=False, counts=counts
-    )
+    findings = check_temp(store.local_roots(), temp_age_s)
+    try:
+        findings += check_versions(s, store, deep=False, counts=counts)
+    except StoreUnavailable as e:  # the bucket is down: serve what the node has cached, sync next start
+        s.rollback()
+        log.error(
+            "store: %s cannot be reached; the start-up sync of versions is skipped: %s", store.describe(), e
+        )
     findings += check_expired_datasets(s, dataset_retention_days)
     missing = sum(1 for f in findings if f.kind == "missing_file")
     if missing and (not store.present() or counts.get("files", 0) == 0):

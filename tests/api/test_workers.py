@@ -178,3 +178,38 @@ def test_celery_train_sends_run_job_to_the_device_class_queue(settings_factory, 
                 except Exception:
                     pass
             ch.close()
+
+
+def test_celery_train_sends_through_redis_too(settings_factory, hub_factory):
+    import base64
+    import json
+    import uuid
+
+    import redis
+
+    from app.main import create_app
+
+    url = "redis://127.0.0.1:6379/0"
+    r = redis.Redis.from_url(url, socket_connect_timeout=3)
+    try:
+        r.ping()
+    except Exception as e:
+        pytest.skip(f"Redis is not reachable at {url}: {e}")
+    prefix = f"prompthub-test-{uuid.uuid4().hex[:10]}"
+    settings = settings_factory(executor="celery", broker_url=url, celery_queue_prefix=prefix)
+    try:
+        with local_client(create_app(settings, hub_factory(settings))) as c:
+            job_id = c.post("/train", json=_train("a")).json()["job_id"]
+        with session_for(settings) as s:
+            assert db_jobs.get_job(s, job_id).dispatched_at is not None
+        [raw] = r.lrange(f"{prefix}-cpu", 0, -1)  # kombu's Redis transport: one list per queue
+        message = json.loads(raw)
+        assert message["headers"]["task"] == "prompthub.run_job"
+        body = message["body"]
+        if message["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body).decode()
+        assert json.loads(body)[0] == [job_id]  # (args, kwargs, embed): args = [job_id]
+    finally:
+        r.delete(f"{prefix}-cpu", f"{prefix}-gpu")
+        for key in r.scan_iter(f"_kombu.binding.{prefix}-*"):
+            r.delete(key)

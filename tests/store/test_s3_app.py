@@ -299,3 +299,27 @@ def test_an_unreachable_bucket_is_a_503_and_cached_versions_still_serve(s3_setti
     finally:
         hub.close()
     assert writer.versions("uncached") == [1]
+
+
+def test_startup_with_the_bucket_unreachable_keeps_rows_and_starts(s3_settings, hub_factory, caplog):
+    """A node starting while the endpoint is down: the start-up sync of versions is skipped with an
+    error (no row touched), instead of the server failing to start."""
+    from botocore.config import Config
+
+    from app.ops.maintenance import startup_sync
+    from app.store.s3 import S3Objects, S3PromptStore, make_client
+    from tests.helpers import free_port
+
+    settings = s3_settings()
+    hub = hub_factory(settings)
+    publish_task(settings, hub.backbone, "alpha")
+    before = _rows(settings)
+    bucket, prefix = parse_store_url(settings.store_url)
+    dead = make_client(
+        endpoint_url=f"http://127.0.0.1:{free_port()}", config=Config(retries={"max_attempts": 1})
+    )
+    down = S3PromptStore(S3Objects(bucket, prefix, dead), settings.store_cache_dir)
+    with session_for(settings) as s, caplog.at_level("ERROR"):
+        assert startup_sync(s, down) == []
+    assert "cannot be reached; the start-up sync of versions is skipped" in caplog.text
+    assert _rows(settings) == before

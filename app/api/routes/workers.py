@@ -24,11 +24,16 @@ def list_workers(
         bool, Query(description="also workers silent for PROMPTHUB_JOB_STALE_S (presumed dead), alive=false")
     ] = False,
 ) -> list[WorkerOut]:
-    """Workers whose heartbeat is younger than `job_stale_s` (with `include_stale`, the silent ones
-    too), oldest first, each with the job it runs when the key may see that job's tasks."""
+    """Workers whose heartbeat is younger than `job_stale_s` and, on this host, whose process exists
+    (with `include_stale`, the others too, alive=false), oldest first, each with the job it runs when
+    the key may see that job's tasks."""
     rows = db.list_workers(s, stale_after_s=settings.job_stale_s, include_stale=include_stale)
     out: list[WorkerOut] = []
     for row in rows:
+        # a worker on this host whose process is gone (SIGKILL) is dead before its heartbeat is stale
+        alive = not db.is_stale(row, settings.job_stale_s) and not db_jobs.worker_process_gone(row.id)
+        if not alive and not include_stale:
+            continue
         doc = WorkerOut(
             id=row.id,
             host=row.host,
@@ -39,7 +44,7 @@ def list_workers(
             queue=row.queue,
             started_at=row.started_at,
             heartbeat_at=row.heartbeat_at,
-            alive=not db.is_stale(row, settings.job_stale_s),
+            alive=alive,
         )
         job = db_jobs.get_job(s, row.job_id) if row.job_id else None
         if job is not None and principal.allows_tasks(list(job.task_names or [])):
