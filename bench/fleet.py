@@ -130,11 +130,15 @@ def _wait_job(c, job_id: str, timeout: float = 600) -> dict:
 
 
 def through_nginx(backbone: str, replicas: int, clients: int, seconds: float, texts: int) -> dict:
+    import os
+
     from tests.fleet.harness import Fleet
 
+    # the same cores in both runs: one replica with every core's thread, or each replica with its share
+    threads = str(max(1, (os.cpu_count() or 1) // replicas))
     with (
         tempfile.TemporaryDirectory() as tmp,
-        Fleet(Path(tmp), backbone=backbone, replicas=replicas) as fleet,
+        Fleet(Path(tmp), backbone=backbone, replicas=replicas, PROMPTHUB_TORCH_THREADS=threads) as fleet,
     ):
         c = fleet.client(timeout=120)
         job = _wait_job(c, _train(c, "bench", 1))
