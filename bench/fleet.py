@@ -43,9 +43,11 @@ HP = {"max_steps": 4, "epochs": 4, "batch_size": 4, "prefix_length": 4, "max_len
 # ------------------------------------------------------------------------ 1. queries per prediction
 
 
-def queries_per_prediction(pg: str, seconds: float) -> list[dict]:
-    """In one process: an app on a fresh PostgreSQL database, a tiny backbone, predictions back to
-    back through the ASGI app for `seconds`; statements counted on the app's engine."""
+def queries_per_prediction(pg: str, seconds: float, clients: int = 8) -> list[dict]:
+    """In one process: an app on a fresh PostgreSQL database, a tiny backbone, `clients` threads
+    predicting back to back through the ASGI app for `seconds`; statements counted on the app's
+    engine. The TTL bounds lookups to 2 a second per task: below that prediction rate every
+    prediction is a miss, above it the share of misses falls with the rate."""
     import psycopg
     from sqlalchemy import event
 
@@ -56,7 +58,12 @@ def queries_per_prediction(pg: str, seconds: float) -> list[dict]:
 
     backbone = make_tiny_backbone()
     rows = []
-    for label, ttl in (("before: no cache (TTL 0)", 0.0), ("after: cache + NOTIFY (TTL 0.5 s)", 0.5)):
+    configs = (
+        ("before: no cache (TTL 0)", 0.0),
+        ("after: cache + NOTIFY, TTL 0.5 s (default)", 0.5),
+        ("after: cache + NOTIFY, TTL 60 s (NOTIFY only)", 60.0),
+    )
+    for label, ttl in configs:
         db = f"prompthub_bench_{random.randrange(1 << 30):x}"
         with psycopg.connect(f"{pg}/postgres", autocommit=True) as admin:
             admin.execute(f'CREATE DATABASE "{db}"')
@@ -75,6 +82,8 @@ def queries_per_prediction(pg: str, seconds: float) -> list[dict]:
                 publish_task(settings, backbone, "bench", seed=1)
                 engine = get_sessionmaker(url).kw["bind"]
                 count = [0]
+                done = [0]
+                lock = threading.Lock()
 
                 def on(*_a, _count=count):
                     _count[0] += 1
@@ -82,19 +91,33 @@ def queries_per_prediction(pg: str, seconds: float) -> list[dict]:
                 with local_client(create_app(settings, hub)) as c:
                     c.post("/predict/bench", json={"inputs": ["warm"]})
                     event.listen(engine, "before_cursor_execute", on)
-                    n, t_end = 0, time.monotonic() + seconds
-                    while time.monotonic() < t_end:
-                        assert c.post("/predict/bench", json={"inputs": [f"text {n}"]}).status_code == 200
-                        n += 1
+                    t_end = time.monotonic() + seconds
+
+                    def run(_c=c, _t_end=t_end, _done=done, _lock=lock) -> None:
+                        while time.monotonic() < _t_end:
+                            assert (
+                                _c.post("/predict/bench", json={"inputs": ["some text"]}).status_code == 200
+                            )
+                            with _lock:
+                                _done[0] += 1
+
+                    threads = [threading.Thread(target=run) for _ in range(clients)]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
                     event.remove(engine, "before_cursor_execute", on)
                 hub.close()
+                n = done[0]
                 rows.append(
                     {
                         "config": label,
+                        "clients": clients,
                         "predictions": n,
                         "seconds": seconds,
+                        "predictions_per_s": n / seconds,
                         "queries": count[0],
-                        "queries_per_prediction": count[0] / n,
+                        "queries_per_prediction": count[0] / n if n else None,
                     }
                 )
         finally:
@@ -202,6 +225,31 @@ def publish_to_served(fleet, c, rounds: int = 3) -> list[dict]:
     return out
 
 
+def _queries_md(data: dict, args) -> list[str]:
+    q = data["queries_per_prediction"]
+    cmd = (
+        "python -m bench.fleet"
+        + (" --quick" if args.quick else "")
+        + (f" --only {args.only}" if args.only else "")
+    )
+    m = data["machine"]
+    md = ["# Fleet bench", "", f"`{cmd}`", ""]
+    md += [f"Machine: {m['cpu']}, {m['cores']} cores, load at start {m['load_avg_at_start']}", ""]
+    md += ["## Database queries per prediction (one replica, PostgreSQL, tiny backbone)", ""]
+    rows = [
+        [
+            r["config"],
+            r["clients"],
+            fmt(r["predictions_per_s"]),
+            r["queries"],
+            f"{r['queries_per_prediction']:.4f}",
+        ]
+        for r in q
+    ]
+    md.append(md_table(["config", "clients", "predictions/s", "queries", "queries / prediction"], rows))
+    return md
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="short runs (about 3 minutes in all)")
@@ -209,58 +257,31 @@ def main() -> int:
     ap.add_argument("--pg", default="postgresql://postgres@127.0.0.1:5432")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--texts", type=int, default=4)
+    ap.add_argument(
+        "--only", choices=["queries"], help="only the queries part (bench/results/fleet-queries.*)"
+    )
     args = ap.parse_args()
     seconds = 8.0 if args.quick else 30.0
     data: dict = {"machine": machine_info(), "args": vars(args)}
-    data["queries_per_prediction"] = queries_per_prediction(args.pg, 5.0 if args.quick else 15.0)
+    data["queries_per_prediction"] = queries_per_prediction(args.pg, 10.0 if args.quick else 30.0)
+    md = _queries_md(data, args)
+    if args.only == "queries":
+        return save_results("fleet-queries", data, "\n".join(md))
     data["nginx"] = [through_nginx(args.backbone, n, args.clients, seconds, args.texts) for n in (1, 2)]
-
-    q = data["queries_per_prediction"]
-    md = [
-        "# Fleet bench",
-        "",
-        f"`python -m bench.fleet {'--quick' if args.quick else ''}`".replace(" `", "`"),
-        "",
-    ]
-    md += [
-        f"Machine: {data['machine']['cpu']}, {data['machine']['cores']} cores, load at start "
-        f"{data['machine']['load_avg_at_start']}",
-        "",
-    ]
-    md += ["## Database queries per prediction (one replica, PostgreSQL)", ""]
-    md.append(
-        md_table(
-            ["config", "predictions", "queries", "queries / prediction"],
-            [[r["config"], r["predictions"], r["queries"], f"{r['queries_per_prediction']:.4f}"] for r in q],
-        )
-    )
     md += [
         "",
         f"## Predictions through nginx ({args.backbone}, {args.clients} clients, {args.texts} texts a request)",
         "",
     ]
-    md.append(
-        md_table(
-            ["replicas", "requests/s", "texts/s", "p50 ms", "p99 ms", "errors"],
-            [
-                [
-                    n["replicas"],
-                    fmt(n["rps"]),
-                    fmt(n["texts_per_s"]),
-                    fmt(n["p50_ms"]),
-                    fmt(n["p99_ms"]),
-                    n["errors"],
-                ]
-                for n in data["nginx"]
-            ],
-        )
-    )
+    rows = [
+        [n["replicas"], fmt(n["rps"]), fmt(n["texts_per_s"]), fmt(n["p50_ms"]), fmt(n["p99_ms"]), n["errors"]]
+        for n in data["nginx"]
+    ]
+    md.append(md_table(["replicas", "requests/s", "texts/s", "p50 ms", "p99 ms", "errors"], rows))
     md += ["", "## A job's success to the first prediction of its version on every replica", ""]
     for row in data["nginx"][1].get("publish_to_served", []):
-        md.append(
-            f"- job {row['job'][:8]} ({row['state']}): "
-            + ", ".join(f"{b.rsplit(':', 1)[1]}: {ms} ms" for b, ms in row["ms_after_success"].items())
-        )
+        times = ", ".join(f"port {b.rsplit(':', 1)[1]}: {ms} ms" for b, ms in row["ms_after_success"].items())
+        md.append(f"- job {row['job'][:8]} ({row['state']}): {times}")
     md += [
         "",
         "Negative: the replica served the version before the job's row said succeeded (the",
