@@ -15,6 +15,9 @@ A lookup that started before an invalidation and ends after it is not cached (it
 the old one): every invalidation bumps a generation, and an answer is kept only when the
 generation it started under is still the current one.
 
+Concurrent misses of one key make one lookup: the first asks, the others wait for its answer
+(so an expiry under load costs one query, not one per client in flight).
+
 Negative answers ("no such task") are cached too, so a client asking for random names costs one
 query per name per `ttl_s`; the entries are bounded (least recently used go first).
 """
@@ -53,6 +56,8 @@ class CachedResolver:
         self._lock = threading.Lock()
         self._entries: OrderedDict[Key, tuple[float, int, Answer | Exception]] = OrderedDict()
         self._generation = 0
+        self._inflight: dict[Key, threading.Event] = {}  # one lookup a key at a time (single flight)
+        self.follower_wait_s = 5.0
         self.fetches = 0  # lookups that went to the database (tests, bench)
         self.invalidations = 0
 
@@ -61,29 +66,45 @@ class CachedResolver:
             self.fetches += 1
             return self._fetch(name, version)
         key = (name, version)
-        now = self._clock()
-        with self._lock:
-            hit = self._entries.get(key)
-            if hit is not None and now - hit[0] < self.ttl_s:
-                self._entries.move_to_end(key)
-                answer = hit[2]
-                if isinstance(answer, Exception):
-                    raise answer.with_traceback(None)  # not a traceback growing with every raise
-                return answer
-            generation = self._generation
-        self.fetches += 1
+        for _ in range(2):  # a follower that found no answer after its leader asks itself
+            now = self._clock()
+            with self._lock:
+                hit = self._entries.get(key)
+                if hit is not None and now - hit[0] < self.ttl_s:
+                    self._entries.move_to_end(key)
+                    return self._answer(hit[2])
+                flight = self._inflight.get(key)
+                if flight is None:  # this thread asks; concurrent misses of the key wait for it
+                    flight = self._inflight[key] = threading.Event()
+                    break
+            flight.wait(self.follower_wait_s)
+        else:
+            flight = None
+        generation = self._generation
         try:
-            answer: Answer | Exception = self._fetch(name, version)
-        except self._not_found as e:
-            answer = e
-        with self._lock:
-            if generation == self._generation:  # nothing was invalidated while we asked
-                self._entries[key] = (now, generation, answer)
-                self._entries.move_to_end(key)
-                while len(self._entries) > self.max_entries:
-                    self._entries.popitem(last=False)
+            self.fetches += 1
+            try:
+                answer: Answer | Exception = self._fetch(name, version)
+            except self._not_found as e:
+                answer = e
+            with self._lock:
+                if generation == self._generation:  # nothing was invalidated while we asked
+                    self._entries[key] = (now, generation, answer)
+                    self._entries.move_to_end(key)
+                    while len(self._entries) > self.max_entries:
+                        self._entries.popitem(last=False)
+        finally:
+            if flight is not None:
+                with self._lock:
+                    if self._inflight.get(key) is flight:
+                        del self._inflight[key]
+                flight.set()
+        return self._answer(answer)
+
+    @staticmethod
+    def _answer(answer: Answer | Exception) -> Answer:
         if isinstance(answer, Exception):
-            raise answer.with_traceback(None)
+            raise answer.with_traceback(None)  # not a traceback growing with every raise
         return answer
 
     def invalidate(self, name: str | None = None) -> None:

@@ -4,6 +4,7 @@ flight across an invalidation, cached "not found", bounded size, and ttl 0 = no 
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -111,3 +112,25 @@ def test_ttl_zero_fetches_every_time():
     for _ in range(5):
         r("a", None)
     assert len(calls) == 5 and len(r) == 0
+
+
+def test_concurrent_misses_of_one_key_make_one_lookup():
+    """An expiry under load costs one query, not one per request in flight (single flight)."""
+    release = threading.Event()
+    calls: list[str] = []
+
+    def fetch(name, version):
+        calls.append(name)
+        release.wait(5)
+        return (1, "sha")
+
+    r = CachedResolver(fetch, 60, not_found=TaskNotFound)
+    out: list = []
+    threads = [threading.Thread(target=lambda: out.append(r("a", None))) for _ in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    release.set()
+    for t in threads:
+        t.join(5)
+    assert out == [(1, "sha")] * 8 and calls == ["a"]
