@@ -1,4 +1,4 @@
-.PHONY: setup serve test test-fast lint bench-quality bench-serving bench-training
+.PHONY: setup serve test test-fast lint bench-quality bench-serving bench-training fleet fleet-down lock
 VENV := .venv
 PY := $(VENV)/bin/python
 
@@ -26,3 +26,14 @@ bench-serving: setup
 
 bench-training: setup
 	$(PY) -m bench.training
+
+# --- fleet (issue 13): replicas + Celery workers + nginx + S3 on this machine (docs/deploy.md)
+fleet: setup
+	bash scripts/fleet.sh up
+
+fleet-down:
+	bash scripts/fleet.sh down
+
+# regenerate constraints.txt from the shared virtualenv (after adding a dependency)
+lock:
+	bash scripts/lock.sh

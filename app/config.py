@@ -123,6 +123,13 @@ class Settings(BaseSettings):
     #: deleted at start and by `prompthub doctor --repair` (0: kept forever)
     dataset_retention_days: float = 30.0
 
+    # --- fleet: serving replicas (issue 13, item 3; docs/deploy.md) ---
+    #: seconds a replica trusts its cached answer to "which version of task X is served" when no
+    #: notification said otherwise (PostgreSQL only: LISTEN/NOTIFY invalidates at once; the TTL
+    #: bounds staleness when a notification is lost). SQLite: no cache, one query a prediction.
+    #: 0: no cache anywhere.
+    version_cache_ttl_s: float = 0.5
+
     # --- fleet: store backends (issue 13, item 1; README "Store backends") ---
     #: empty: the local folders store_dir and data_dir (the default). s3://bucket/prefix: checkpoints,
     #: sidecars and uploaded datasets in S3-compatible object storage through boto3; endpoint,

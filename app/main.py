@@ -46,11 +46,38 @@ def make_resolver(sessionmaker: Callable[[], Session]) -> ResolveFn:
     return resolve
 
 
+def version_cache_ttl(settings: Settings) -> float:
+    """The version cache's TTL: PostgreSQL only (its NOTIFY reaches every replica); SQLite keeps
+    one query a prediction, so the worker process's versions are served at once."""
+    from app.db.session import is_sqlite
+
+    return 0.0 if is_sqlite(settings.database_url) else settings.version_cache_ttl_s
+
+
 def make_hub(settings: Settings, *, sessionmaker: Callable[[], Session] | None = None, **kw: Any) -> Hub:
-    """A hub reading the configured database and prompt store (`kw`: backbones, cache)."""
+    """A hub reading the configured database and prompt store (`kw`: backbones, cache). Its version
+    lookups are cached on PostgreSQL (app.serving.versions_cache), invalidated at once by this
+    process's own commits (app.db.notify.subscribe) and by other processes' NOTIFY (the listener
+    the lifespan starts)."""
+    from app.db import notify
+    from app.serving.versions_cache import CachedResolver
+
     sessionmaker = sessionmaker or get_sessionmaker(settings.database_url)
     store = open_store(settings)  # the local folder, or S3 with a node-local read cache
-    return Hub(settings, resolve=make_resolver(sessionmaker), read=store.read_version, **kw)
+    resolve = CachedResolver(make_resolver(sessionmaker), version_cache_ttl(settings), not_found=TaskNotFound)
+    hub = Hub(settings, resolve=resolve, read=store.read_version, **kw)
+    if resolve.ttl_s > 0:
+        notify.subscribe(hub.invalidate)
+    return hub
+
+
+def start_version_listener(settings: Settings, hub: Hub) -> Any:
+    """The LISTEN thread that invalidates `hub`'s version cache (None when nothing is cached)."""
+    if version_cache_ttl(settings) <= 0:
+        return None
+    from app.db.notify import VersionListener
+
+    return VersionListener(settings.database_url, hub.invalidate).start()
 
 
 def _prepare_database(
@@ -59,15 +86,28 @@ def _prepare_database(
     store: Store,
     datasets: DatasetFiles | None = None,
 ) -> None:
-    from app.db.idempotency import purge_expired as purge_expired_idempotency_keys
     from app.db.session import run_migrations
+
+    run_migrations(settings.database_url)  # once: replicas wait on an advisory lock (alembic/env.py)
+    sync_at_start(settings, sessionmaker, store, datasets)
+
+
+def sync_at_start(
+    settings: Settings,
+    sessionmaker: Callable[[], Session],
+    store: Store,
+    datasets: DatasetFiles | None = None,
+) -> None:
+    """The start-up store sync and the bootstrap key, one replica at a time (app.db.session.startup_lock)."""
+    from app.db.idempotency import purge_expired as purge_expired_idempotency_keys
+    from app.db.session import startup_lock
     from app.ops.maintenance import startup_sync
 
-    run_migrations(settings.database_url)
-    with sessionmaker() as s:
-        startup_sync(s, store, dataset_retention_days=settings.dataset_retention_days, datasets=datasets)
-        purge_expired_idempotency_keys(s)  # expired Idempotency-Keys of POST /train
-    _prepare_keys(settings, sessionmaker)
+    with startup_lock(settings.database_url):
+        with sessionmaker() as s:
+            startup_sync(s, store, dataset_retention_days=settings.dataset_retention_days, datasets=datasets)
+            purge_expired_idempotency_keys(s)  # expired Idempotency-Keys of POST /train
+        _prepare_keys(settings, sessionmaker)
 
 
 def announce_auth(settings: Settings) -> str:
@@ -132,6 +172,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
         await asyncio.to_thread(
             _prepare_database, settings, app.state.sessionmaker, app.state.store, app.state.datasets
         )
+        listener = start_version_listener(settings, hub)  # fleet: other replicas' versions
+        app.state.version_listener = listener
         hub.start(background=True)
         supervisor = None
         if settings.executor == "celery":  # import and configure Celery now, not in the first POST /train
@@ -149,6 +191,8 @@ def create_app(settings: Settings | None = None, hub: Hub | None = None) -> Fast
             if supervisor is not None:
                 await asyncio.to_thread(supervisor.stop)
             hub.close()
+            if listener is not None:
+                await asyncio.to_thread(listener.stop)
 
     app = FastAPI(
         title="PromptHub",

@@ -99,7 +99,7 @@ def dispose_engines() -> None:
 
 
 @contextlib.contextmanager
-def _migration_lock(url: str) -> Iterator[None]:
+def _migration_lock(url: str, suffix: str = ".migrate.lock") -> Iterator[None]:
     """Serialise migrations of one SQLite file across processes (PostgreSQL uses an advisory lock
     in alembic/env.py)."""
     path = sqlite_path(url)
@@ -107,12 +107,43 @@ def _migration_lock(url: str) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(path.name + ".migrate.lock"), "a") as f:
+    with open(path.with_name(path.name + suffix), "a") as f:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+STARTUP_LOCK_KEY = 0x50525354  # pg_advisory_lock key of the start-up repairs (not the migrations')
+
+
+@contextlib.contextmanager
+def startup_lock(url: str) -> Iterator[None]:
+    """One process at a time runs the start-up store sync against a database: replicas starting
+    together take turns (a PostgreSQL session advisory lock on its own connection, released when
+    that connection closes even if the process dies; a file lock beside a SQLite file), so two of
+    them never register or repair the same files at once, and the later ones find nothing to do."""
+    if is_sqlite(url):
+        with _migration_lock(url, suffix=".startup.lock"):
+            yield
+        return
+    engine = make_engine(url, poolclass=_null_pool())
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({STARTUP_LOCK_KEY})")
+            try:
+                yield
+            finally:
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({STARTUP_LOCK_KEY})")
+    finally:
+        engine.dispose()
+
+
+def _null_pool() -> Any:
+    from sqlalchemy.pool import NullPool
+
+    return NullPool
 
 
 def alembic_config(url: str) -> Any:
@@ -160,3 +191,8 @@ def migrate_command(args: argparse.Namespace) -> int:
         return 1
     print(f"database at revision {current_revision(url)} ({make_url(normalize_url(url)).render_as_string()})")
     return 0
+
+
+# Every session announces the tasks whose rows it changed (PostgreSQL NOTIFY in the same
+# transaction; this process's caches after the commit): registered once, on import.
+from app.db import notify as _notify  # noqa: E402, F401

@@ -7,7 +7,9 @@ The hub knows no database and no store: it is given two functions (wired in app.
 
 `Hub.predict` resolves the task's version on every request, so a version written by the worker
 process (or activated through the API) is served at once, with no restart; the loaded task is
-then held by the request until its rows are done.
+then held by the request until its rows are done. On PostgreSQL the resolve function is cached
+(app.serving.versions_cache: invalidated by LISTEN/NOTIFY, with a short TTL), so a warm replica
+asks the database nothing per prediction; `Hub.invalidate` forgets its entries.
 """
 
 from __future__ import annotations
@@ -200,6 +202,13 @@ class Hub:
         self._ready.clear()
 
     # ------------------------------------------------------------------ resolving
+    def invalidate(self, name: str | None = None) -> None:
+        """Forget the cached version lookups of `name` (None: all), when the resolve function
+        given caches (app.serving.versions_cache.CachedResolver); otherwise nothing to do."""
+        invalidate = getattr(self._resolve, "invalidate", None)
+        if invalidate is not None:
+            invalidate(name)
+
     def resolve(self, name: str, version: int | None = None) -> Resolved:
         """The task version to serve (the active one unless `version`), loaded through the cache."""
         number, sha = self._resolve(name, version)
