@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -114,6 +114,20 @@ class Settings(BaseSettings):
     #: deleted at start and by `prompthub doctor --repair` (0: kept forever)
     dataset_retention_days: float = 30.0
 
+    # --- backbone runtime and precision (issue 14; README "Runtimes and precision") ---
+    #: the frozen backbone's layer loop in inference: torch, or ONNX Runtime (BERT family, CPU)
+    runtime: Literal["torch", "onnx"] = "torch"
+    #: fp32 | int8 (onnx only) | bf16 | fp16 (torch only, e.g. on a GPU); heads always run fp32
+    precision: Literal["fp32", "int8", "bf16", "fp16"] = "fp32"
+    #: where the ONNX graphs are built once per backbone identity, export version and precision
+    onnx_cache_dir: str = "var/onnx"
+    #: a task whose version records another precision than the server's (e.g. a prefix trained in
+    #: fp32 on an int8 server): "refuse" answers 409; "warn" serves it, logs it and lists it in /readyz
+    precision_mismatch: Literal["refuse", "warn"] = "refuse"
+    #: pad every forward's length to a multiple of this (static shapes a GPU reuses); unset: 16 on
+    #: a GPU, 1 (no extra padding) on a CPU
+    pad_length_multiple: int | None = None
+
     @field_validator("devices")
     @classmethod
     def _check_devices(cls, v: str) -> str:
@@ -121,7 +135,7 @@ class Settings(BaseSettings):
             raise ValueError("devices: give at least one device, e.g. 'cpu' or 'cuda:0,cuda:1'")
         return v
 
-    @field_validator("text_overflow", "on_crash", "log_level", "auth", mode="before")
+    @field_validator("text_overflow", "on_crash", "log_level", "auth", "runtime", "precision", mode="before")
     @classmethod
     def _lower(cls, v: object) -> object:
         return v.strip().lower() if isinstance(v, str) else v
@@ -142,6 +156,14 @@ class Settings(BaseSettings):
         if v < 1:
             raise ValueError("limits must be at least 1")
         return v
+
+    @model_validator(mode="after")
+    def _check_runtime(self) -> Settings:
+        if self.runtime == "onnx" and self.precision not in ("fp32", "int8"):
+            raise ValueError(f"precision {self.precision!r} needs runtime torch (onnx runs fp32 or int8)")
+        if self.runtime == "torch" and self.precision == "int8":
+            raise ValueError("precision int8 needs runtime onnx (PROMPTHUB_RUNTIME=onnx)")
+        return self
 
     @property
     def loopback(self) -> bool:

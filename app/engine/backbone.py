@@ -300,6 +300,9 @@ class Backbone(nn.Module):
         self.kv_size: int = self._kv_size()
         self.max_positions: int = self._max_positions()
         self._identity: BackboneIdentity | None = None
+        #: another runtime for the layer loop in inference (app.engine.onnx_runtime.attach);
+        #: None: torch. Training (grad enabled or train mode) always runs the torch loop.
+        self.runtime = None
         self.freeze()
 
     def _kv_size(self) -> int:
@@ -341,6 +344,14 @@ class Backbone(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def precision(self) -> str:
+        """The precision inference runs at: the attached runtime's, else the weights' dtype."""
+        if self.runtime is not None:
+            return self.runtime.precision
+        dtype = next(self.model.parameters()).dtype
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
     def input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
@@ -420,6 +431,9 @@ class Backbone(nn.Module):
                 )
             if prefix.kv.shape[2] != input_ids.shape[0]:
                 raise BackboneError("prefix batch size does not match the input batch size")
+        if self.runtime is not None and not self.model.training and not torch.is_grad_enabled():
+            hidden = self.runtime(self, hidden, token_mask, prefix)
+            return hidden[:, n_prompt:] if n_prompt else hidden
         for i in range(self.num_layers):
             kv = None
             key_mask = token_mask
