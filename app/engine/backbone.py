@@ -434,14 +434,18 @@ class Backbone(nn.Module):
         if self.runtime is not None and not self.model.training and not torch.is_grad_enabled():
             hidden = self.runtime(self, hidden, token_mask, prefix)
             return hidden[:, n_prompt:] if n_prompt else hidden
+        # the prefix masks in the token mask's dtype, and which layers any row uses, once per
+        # forward (one host sync instead of one a layer)
+        layer_masks = used = None
+        if prefix is not None:
+            layer_masks = prefix.mask.to(token_mask.dtype)
+            used = layer_masks.flatten(1).any(dim=1).tolist()
         for i in range(self.num_layers):
             kv = None
             key_mask = token_mask
-            if prefix is not None:
-                layer_mask = prefix.mask[i].to(token_mask.dtype)
-                if bool(layer_mask.any()):
-                    kv = (prefix.kv[i, 0].to(hidden.dtype), prefix.kv[i, 1].to(hidden.dtype))
-                    key_mask = torch.cat([layer_mask, token_mask], dim=1)
+            if layer_masks is not None and used[i]:
+                kv = (prefix.kv[i, 0].to(hidden.dtype), prefix.kv[i, 1].to(hidden.dtype))
+                key_mask = torch.cat([layer_masks[i], token_mask], dim=1)
             hidden = adapter.layer(i, hidden, kv, key_mask, ctx)
             hidden = adapter.after_layer(i, hidden, embedded, token_mask)
         return hidden[:, n_prompt:] if n_prompt else hidden

@@ -12,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from app.engine.backbone import Backbone, PrefixBatch
+from app.engine.heads import FrozenHead
 from app.engine.model import ServingTask
 
 
@@ -139,7 +141,12 @@ def mixed_forward(backbone: Backbone, tasks: Sequence[ServingTask], batch: dict[
         hidden = hidden.float()  # half-precision backbone, fp32 heads
     out: list[Tensor | None] = [None] * len(tasks)
     for rows in _group(tasks).values():
-        logits = tasks[rows[0]].head(hidden[rows])
+        head = tasks[rows[0]].head
+        if isinstance(head, FrozenHead) and head.position is not None:
+            # a pooled head reads one position: gather [rows, H], not the rows' whole sequences
+            logits = F.linear(hidden[rows, head.position], head.weight, head.bias)
+        else:
+            logits = head(hidden[rows])
         for j, r in enumerate(rows):
             out[r] = logits[j]
     return out  # type: ignore[return-value]

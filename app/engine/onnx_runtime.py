@@ -177,16 +177,23 @@ def calibration_batches(
     return out
 
 
-def quantize(src: str | Path, dst: str | Path, calibration: CalibrationReader | None = None) -> None:
+def quantize(
+    src: str | Path,
+    dst: str | Path,
+    calibration: CalibrationReader | None = None,
+    keep_ffn_out_fp32: bool = False,
+) -> None:
     """int8 weights (per output channel) of every MatMul with a constant weight: the projections
     and the feed-forward. Activations: dynamic (per batch) without `calibration`; static QDQ
     (calibrated ranges, MinMax) of those MatMuls' inputs with it. The attention's own MatMuls
-    (activation x activation, where the prefix keys/values enter) stay in float32."""
+    (activation x activation, where the prefix keys/values enter) stay in float32.
+    keep_ffn_out_fp32: also leave each feed-forward output projection (input: the GELU output,
+    whose range is the widest of the layer) in float32."""
     from onnxruntime.quantization import QuantType, quantize_dynamic, quantize_static
     from onnxruntime.quantization.calibrate import CalibrationMethod
     from onnxruntime.quantization.quant_utils import QuantFormat
 
-    weight_matmuls = _weight_matmuls(src)
+    weight_matmuls = _weight_matmuls(src, skip_ffn_out=keep_ffn_out_fp32)
     if calibration is None:
         quantize_dynamic(
             str(src),
@@ -213,13 +220,20 @@ def quantize(src: str | Path, dst: str | Path, calibration: CalibrationReader | 
     )
 
 
-def _weight_matmuls(path: str | Path) -> list[str]:
+def _weight_matmuls(path: str | Path, skip_ffn_out: bool = False) -> list[str]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=True)
-    consts = {i.name for i in model.graph.initializer}
-    consts |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in consts]
+    shapes = {i.name: tuple(i.dims) for i in model.graph.initializer}
+    widest = max((d[0] for d in shapes.values() if len(d) == 2), default=0)  # the FFN's inner size
+    out = []
+    for n in model.graph.node:
+        if n.op_type != "MatMul" or n.input[1] not in shapes:
+            continue
+        if skip_ffn_out and len(shapes[n.input[1]]) == 2 and shapes[n.input[1]][0] == widest:
+            continue  # [intermediate, hidden]: the feed-forward output projection
+        out.append(n.name)
+    return out
 
 
 def cache_key(backbone: Backbone, precision: str, variant: str = "") -> str:
@@ -247,6 +261,7 @@ def build(
     precision: str,
     cache_dir: str | Path,
     calibration: CalibrationReader | None = None,
+    keep_ffn_out_fp32: bool = False,
 ) -> Path:
     """The cached ONNX file of `backbone`'s layer loop at `precision`, exported (and quantized)
     on the first call; later calls (and processes) reuse the file. Atomic: a half-written file is
@@ -257,6 +272,8 @@ def build(
             "(bf16/fp16 are torch precisions: PROMPTHUB_RUNTIME=torch)"
         )
     variant = f"static-{calibration.digest()}" if calibration is not None else ""
+    if keep_ffn_out_fp32 and precision == "int8":
+        variant = "-".join(x for x in (variant, "ffnout32") if x)
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     final = cache_dir / cache_key(backbone, precision, variant)
@@ -270,7 +287,7 @@ def build(
             out = fp32
             if precision == "int8":
                 out = Path(tmp) / "int8.onnx"
-                quantize(fp32, out, calibration)
+                quantize(fp32, out, calibration, keep_ffn_out_fp32)
             staged = cache_dir / f".{final.name}.{os.getpid()}.tmp"
             data = out.read_bytes()
             with open(staged, "wb") as f:
@@ -319,9 +336,10 @@ def attach(
     cache_dir: str | Path = "var/onnx",
     threads: int | None = None,
     calibration: CalibrationReader | None = None,
+    keep_ffn_out_fp32: bool = False,
 ) -> OnnxLayerLoop:
     """Build (or reuse) the graph and make `backbone`'s inference forwards run through it."""
-    path = build(backbone, precision, cache_dir, calibration)
+    path = build(backbone, precision, cache_dir, calibration, keep_ffn_out_fp32)
     runner = OnnxLayerLoop(path, precision, threads)
     backbone.runtime = runner
     return runner

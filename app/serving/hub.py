@@ -174,7 +174,13 @@ class Hub:
                 raise RuntimeError(f"runtime onnx runs on the CPU; device {bb.device} needs runtime torch")
             from app.engine.onnx_runtime import attach
 
-            runner = attach(bb, s.precision, s.onnx_cache_dir, threads=s.torch_threads)
+            runner = attach(
+                bb,
+                s.precision,
+                s.onnx_cache_dir,
+                threads=s.torch_threads,
+                keep_ffn_out_fp32=s.int8_keep_ffn_out_fp32,
+            )
             log.info("backbone %s: onnx runtime %s (%s)", bb.name, s.precision, runner.path)
         elif s.precision in ("bf16", "fp16"):
             import torch

@@ -197,10 +197,11 @@ def build_engines(names: list[str], args, work: Path) -> tuple[dict[str, Callabl
             )
             half._adapter = type(bb._adapter)(half.model)
             engines[name] = mixed(half, pool)
-        elif name in ("prompthub-onnx-fp32", "prompthub-onnx-int8"):
-            prec = name.rsplit("-", 1)[1]
+        elif name in ("prompthub-onnx-fp32", "prompthub-onnx-int8", "prompthub-onnx-int8-ffnout32"):
+            prec = "fp32" if name.endswith("fp32") and "int8" not in name else "int8"
             own = copy.copy(bb)  # shares the weights; its own runtime slot
-            own.runtime = O.OnnxLayerLoop(O.build(bb, prec, args.onnx_cache_dir), prec, threads)
+            path = O.build(bb, prec, args.onnx_cache_dir, keep_ffn_out_fp32=name.endswith("ffnout32"))
+            own.runtime = O.OnnxLayerLoop(path, prec, threads)
             engines[name] = mixed(own, pool)
         elif name == "peft-lora-mixed":
             engines[name] = _peft_lora(hf, args.tasks, rng)
@@ -338,7 +339,8 @@ LABELS = {
     "prompthub-torch-bf16": "PromptHub torch bf16 (fp32 heads), {n}-task mixed batch",
     "prompthub-torch-fp16": "PromptHub torch fp16 (fp32 heads), {n}-task mixed batch",
     "prompthub-onnx-fp32": "PromptHub onnx fp32, {n}-task mixed batch",
-    "prompthub-onnx-int8": "PromptHub onnx int8, {n}-task mixed batch",
+    "prompthub-onnx-int8": "PromptHub onnx int8 (every projection), {n}-task mixed batch",
+    "prompthub-onnx-int8-ffnout32": "PromptHub onnx int8, FFN output fp32 (served default), {n}-task mixed batch",
     "peft-lora-mixed": "PEFT LoRA r=8, {n} adapters, mixed-adapter batch (adapter_names)",
 }
 

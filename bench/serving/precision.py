@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             runners[e] = O.OnnxLayerLoop(O.build(bb, "fp32", args.cache_dir), "fp32", args.threads)
         elif e == "onnx-int8":
             runners[e] = O.OnnxLayerLoop(O.build(bb, "int8", args.cache_dir), "int8", args.threads)
+        elif e == "onnx-int8-ffnout32":
+            path = O.build(bb, "int8", args.cache_dir, keep_ffn_out_fp32=True)
+            runners[e] = O.OnnxLayerLoop(path, "int8", args.threads)
         elif e == "onnx-int8-static":
             reader = calibration_reader(bb, tasks)
             runners[e] = O.OnnxLayerLoop(O.build(bb, "int8", args.cache_dir, reader), "int8", args.threads)

@@ -175,3 +175,18 @@ def test_other_architectures_and_precisions_are_refused(tmp_path):
         O.build(make_tiny_backbone("mpnet"), "fp32", tmp_path)
     with pytest.raises(BackboneError, match="torch precisions"):
         O.build(make_tiny_backbone(), "bf16", tmp_path)
+
+
+def test_int8_can_keep_the_feed_forward_output_in_fp32(bb, built, tmp_path):
+    import onnx
+
+    d, _, int8 = built
+    kept = O.build(bb, "int8", d, keep_ffn_out_fp32=True)
+    assert kept != int8 and "ffnout32" in kept.name
+
+    def quantized(path):
+        return sum(n.op_type == "MatMulInteger" for n in onnx.load(str(path)).graph.node)
+
+    # 6 weight MatMuls a layer (q, k, v, attention out, FFN in, FFN out); one a layer kept fp32
+    assert quantized(int8) == 6 * bb.num_layers
+    assert quantized(kept) == 5 * bb.num_layers
