@@ -9,7 +9,7 @@ import re
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import field_validator
+from pydantic import field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -167,6 +167,23 @@ class Settings(BaseSettings):
     #: a job whose worker process dies this many times (SIGKILL, OOM) ends failed (celery executor)
     max_worker_kills: int = 3
 
+    # --- backbone runtime and precision (issue 14; README "Runtimes and precision") ---
+    #: the frozen backbone's layer loop in inference: torch, or ONNX Runtime (BERT family, CPU)
+    runtime: Literal["torch", "onnx"] = "torch"
+    #: fp32 | int8 (onnx only) | bf16 | fp16 (torch only, e.g. on a GPU); heads always run fp32
+    precision: Literal["fp32", "int8", "bf16", "fp16"] = "fp32"
+    #: where the ONNX graphs are built once per backbone identity, export version and precision
+    onnx_cache_dir: str = "var/onnx"
+    #: int8 leaves each feed-forward output projection in fp32 (its input, the GELU output, has
+    #: the widest range): SQuAD F1 -1.7 with it quantized, +0.3 kept (bench/results/precision*.md)
+    int8_keep_ffn_out_fp32: bool = True
+    #: a task whose version records another precision than the server's (e.g. a prefix trained in
+    #: fp32 on an int8 server): "refuse" answers 409; "warn" serves it, logs it and lists it in /readyz
+    precision_mismatch: Literal["refuse", "warn"] = "refuse"
+    #: pad every forward's length to a multiple of this (static shapes a GPU reuses); unset: 16 on
+    #: a GPU, 1 (no extra padding) on a CPU
+    pad_length_multiple: int | None = None
+
     @field_validator("devices")
     @classmethod
     def _check_devices(cls, v: str) -> str:
@@ -192,7 +209,15 @@ class Settings(BaseSettings):
         return v
 
     @field_validator(
-        "text_overflow", "on_crash", "log_level", "auth", "log_format", "executor", mode="before"
+        "text_overflow",
+        "on_crash",
+        "log_level",
+        "auth",
+        "log_format",
+        "executor",
+        "runtime",
+        "precision",
+        mode="before",
     )
     @classmethod
     def _lower(cls, v: object) -> object:
@@ -215,6 +240,14 @@ class Settings(BaseSettings):
         if v < 1:
             raise ValueError("limits must be at least 1")
         return v
+
+    @model_validator(mode="after")
+    def _check_runtime(self) -> Settings:
+        if self.runtime == "onnx" and self.precision not in ("fp32", "int8"):
+            raise ValueError(f"precision {self.precision!r} needs runtime torch (onnx runs fp32 or int8)")
+        if self.runtime == "torch" and self.precision == "int8":
+            raise ValueError("precision int8 needs runtime onnx (PROMPTHUB_RUNTIME=onnx)")
+        return self
 
     @property
     def loopback(self) -> bool:

@@ -316,6 +316,9 @@ class Backbone(nn.Module):
         self.kv_size: int = self._kv_size()
         self.max_positions: int = self._max_positions()
         self._identity: BackboneIdentity | None = None
+        #: another runtime for the layer loop in inference (app.engine.onnx_runtime.attach);
+        #: None: torch. Training (grad enabled or train mode) always runs the torch loop.
+        self.runtime = None
         self.freeze()
 
     def _kv_size(self) -> int:
@@ -357,6 +360,14 @@ class Backbone(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def precision(self) -> str:
+        """The precision inference runs at: the attached runtime's, else the weights' dtype."""
+        if self.runtime is not None:
+            return self.runtime.precision
+        dtype = next(self.model.parameters()).dtype
+        return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
 
     def input_embeddings(self) -> nn.Embedding:
         return self.model.get_input_embeddings()
@@ -440,14 +451,21 @@ class Backbone(nn.Module):
                 )
             if prefix.kv.shape[2] != input_ids.shape[0]:
                 raise BackboneError("prefix batch size does not match the input batch size")
+        if self.runtime is not None and not self.model.training and not torch.is_grad_enabled():
+            hidden = self.runtime(self, hidden, token_mask, prefix)
+            return hidden[:, n_prompt:] if n_prompt else hidden
+        # the prefix masks in the token mask's dtype, and which layers any row uses, once per
+        # forward (one host sync instead of one a layer)
+        layer_masks = used = None
+        if prefix is not None:
+            layer_masks = prefix.mask.to(token_mask.dtype)
+            used = layer_masks.flatten(1).any(dim=1).tolist()
         for i in range(self.num_layers):
             kv = None
             key_mask = token_mask
-            if prefix is not None:
-                layer_mask = prefix.mask[i].to(token_mask.dtype)
-                if bool(layer_mask.any()):
-                    kv = (prefix.kv[i, 0].to(hidden.dtype), prefix.kv[i, 1].to(hidden.dtype))
-                    key_mask = torch.cat([layer_mask, token_mask], dim=1)
+            if layer_masks is not None and used[i]:
+                kv = (prefix.kv[i, 0].to(hidden.dtype), prefix.kv[i, 1].to(hidden.dtype))
+                key_mask = torch.cat([layer_masks[i], token_mask], dim=1)
             hidden = adapter.layer(i, hidden, kv, key_mask, ctx)
             hidden = adapter.after_layer(i, hidden, embedded, token_mask)
         return hidden[:, n_prompt:] if n_prompt else hidden

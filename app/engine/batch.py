@@ -13,17 +13,25 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from app.engine.backbone import Backbone, PrefixBatch
+from app.engine.heads import FrozenHead
 from app.engine.model import ServingTask
 
 
-def collate(features: Sequence[dict], pad_id: int, device: str | torch.device = "cpu") -> dict[str, Tensor]:
+def collate(
+    features: Sequence[dict], pad_id: int, device: str | torch.device = "cpu", multiple: int = 1
+) -> dict[str, Tensor]:
     """Pad a list of encoded features (lists of ints) into input tensors; training targets are
-    the task type's (tasks.get(...).targets)."""
+    the task type's (tasks.get(...).targets). `multiple`: pad the length up to a multiple of it
+    (static shapes per length bucket on a GPU). For a CUDA device the tensors are staged in
+    pinned host memory and copied without blocking."""
     n = len(features)
     length = max(len(f["input_ids"]) for f in features)
+    if multiple > 1:
+        length = -(-length // multiple) * multiple
     input_ids = torch.full((n, length), pad_id, dtype=torch.long)
     token_type_ids = torch.zeros((n, length), dtype=torch.long)
     attention_mask = torch.zeros((n, length), dtype=torch.long)
@@ -34,6 +42,8 @@ def collate(features: Sequence[dict], pad_id: int, device: str | torch.device = 
             token_type_ids[i, :m] = torch.tensor(f["token_type_ids"], dtype=torch.long)
         attention_mask[i, :m] = 1
     out = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+    if torch.device(device).type == "cuda":
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in out.items()}
     return {k: v.to(device) for k, v in out.items()}
 
 
@@ -135,11 +145,16 @@ def mixed_forward(backbone: Backbone, tasks: Sequence[ServingTask], batch: dict[
         input_prompt_mask=prompts[1] if prompts else None,
         position_offsets=offsets if any(offsets) else None,
     )
+    if hidden.dtype != torch.float32:
+        hidden = hidden.float()  # half-precision backbone, fp32 heads
     out: list[Tensor | None] = [None] * len(tasks)
     for rows in _group(tasks).values():
         head = tasks[rows[0]].head
         if getattr(head, "pools", False):  # a pooling head (embeddings) reads the rows' token mask
             logits = head(hidden[rows], batch["attention_mask"][rows])
+        elif isinstance(head, FrozenHead) and head.position is not None:
+            # a pooled head reads one position: gather [rows, H], not the rows' whole sequences
+            logits = F.linear(hidden[rows, head.position], head.weight, head.bias)
         else:
             logits = head(hidden[rows])
         for j, r in enumerate(rows):

@@ -42,6 +42,25 @@ class BackboneMismatchError(CheckpointError):
     """A checkpoint was trained on another backbone than the one it is loaded onto."""
 
 
+class PrecisionMismatchError(BackboneMismatchError):
+    """A task version was trained against another backbone precision than the server runs."""
+
+
+def weights_precision(backbone: Backbone) -> str:
+    """fp32, bf16 or fp16: the dtype of the backbone's weights (training always runs torch)."""
+    dtype = next(backbone.model.parameters()).dtype
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
+#: the one metadata dict per recorded precision that tasks loaded without their metadata share
+_PRECISION_META = {p: {"precision": p} for p in ("fp32", "int8", "bf16", "fp16")}
+
+
+def recorded_precision(task: ServingTask) -> str:
+    """The precision a loaded task's version was trained for (fp32 when it records none)."""
+    return str(task.meta.get("precision") or "fp32")
+
+
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -70,6 +89,9 @@ def checkpoint_bytes(task: ServingTask, backbone: Backbone, meta: dict | None = 
     doc = dict(meta or {})
     doc["spec"] = task.spec.to_dict()
     doc["backbone"] = backbone.identity.as_dict()
+    # the backbone precision the prompt was trained (or re-tuned) against: a server running another
+    # precision refuses it unless told otherwise (app.serving.hub, PROMPTHUB_PRECISION_MISMATCH)
+    doc.setdefault("precision", weights_precision(backbone))
     header = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "prompthub": json.dumps(doc)}
     return st_save(tensors, metadata=header)
 
@@ -214,7 +236,9 @@ def load_checkpoint_bytes(
                 p.requires_grad_(False)
     except (RuntimeError, ValueError) as e:
         raise CheckpointError(f"{where}: head weights do not fit the spec: {e}") from e
-    task = ServingTask(spec=spec, head=head, meta=doc if keep_meta else {})
+    precision = str(doc.get("precision") or "fp32")
+    slim = _PRECISION_META.get(precision) or {"precision": precision}
+    task = ServingTask(spec=spec, head=head, meta=doc if keep_meta else slim)
     if "prefix.kv" in tensors:
         flat = tensors["prefix.kv"]
         if flat.shape[0] != len(spec.layers) or flat.shape[3] != backbone.kv_size:

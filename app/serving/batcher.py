@@ -119,6 +119,7 @@ class Batcher:
         max_queue_rows: int = 2048,
         bucket_overhead_tokens: float | None = None,
         max_batch_tokens: int | None = None,
+        pad_length_multiple: int | None = None,
     ) -> None:
         if not backbones:
             raise ValueError("the batcher needs at least one backbone")
@@ -135,6 +136,9 @@ class Batcher:
         # costs as much as a real one and a forward's fixed cost is a few tokens' worth, so
         # splitting pays; on a GPU small forwards are launch-bound, so split only for big savings.
         self.bucket_overhead_tokens = bucket_overhead_tokens
+        # a GPU reuses kernels (and cached allocations) for repeated shapes: lengths padded to a
+        # multiple; on a CPU every padded token costs a real one, so none by default
+        self.pad_length_multiple = pad_length_multiple
         self._forwards = 0
         self._isolations = 0  # failed batches retried request by request
         self._queues: OrderedDict[str | None, deque[_Item]] = OrderedDict()  # per client, in turn order
@@ -321,9 +325,16 @@ class Batcher:
             overhead = self._overhead_tokens(backbone)
             for lo, hi in length_buckets([it.length for it in items], overhead):
                 part = items[lo:hi]
-                batch = collate([_inputs(it.features) for it in part], pad, backbone.device)
+                batch = collate(
+                    [_inputs(it.features) for it in part], pad, backbone.device, self._multiple(backbone)
+                )
                 self._deliver(part, mixed_forward(backbone, tasks[lo:hi], batch))
                 self._forwards += 1
+
+    def _multiple(self, backbone: Backbone) -> int:
+        if self.pad_length_multiple is not None:
+            return max(1, int(self.pad_length_multiple))
+        return 1 if backbone.device.type == "cpu" else 16
 
     def _overhead_tokens(self, backbone: Backbone) -> float:
         if self.bucket_overhead_tokens is not None:

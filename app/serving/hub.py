@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from app.config import Settings
 from app.engine import embed as E
 from app.engine.backbone import Backbone, load_backbone
-from app.engine.checkpoint import load_checkpoint_bytes
+from app.engine.checkpoint import PrecisionMismatchError, load_checkpoint_bytes, recorded_precision
 from app.engine.data import DataError
 from app.engine.model import ServingTask
 from app.engine.predict import Prepared, finish, prepare
@@ -132,6 +132,8 @@ class Hub:
         self.bucket_overhead_tokens: float | None = settings.bucket_overhead_tokens
         # embedding rows without a task: one shared object, so such rows of all requests pool together
         self._plain_task = E.plain_task()
+        # versions served although trained for another precision (PROMPTHUB_PRECISION_MISMATCH=warn)
+        self.precision_mismatches: dict[tuple[str, int], dict] = {}
 
     # ------------------------------------------------------------------ lifecycle
     @property
@@ -147,6 +149,8 @@ class Hub:
     def start(self, background: bool = True) -> None:
         """Load the backbones (one per device) unless given, then start the batcher."""
         if self.backbones is not None:
+            for bb in self.backbones:
+                self._configure_backbone(bb)
             self._start_batcher()
             return
         if background:
@@ -164,12 +168,81 @@ class Hub:
             backbones = [load_backbone(self.settings.backbone, device=d) for d in self.settings.device_list]
             for bb in backbones:
                 bb.identity  # noqa: B018 - hash the weights now, not on the first request
+                self._configure_backbone(bb)
             self.backbones = backbones
             self._start_batcher()
             log.info("backbone %s ready on %s", backbones[0].name, ", ".join(self.settings.device_list))
         except Exception as exc:  # reported by /readyz
             log.exception("backbone failed to load")
             self.load_error = f"{type(exc).__name__}: {exc}"
+
+    def _configure_backbone(self, bb: Backbone) -> None:
+        """The runtime and precision of the settings (PROMPTHUB_RUNTIME, PROMPTHUB_PRECISION). The
+        identity is hashed first: it names the fp32 weights that checkpoints record."""
+        s = self.settings
+        if (bb.runtime is not None and bb.runtime.precision == s.precision) or (
+            s.runtime == "torch" and bb.precision == s.precision
+        ):
+            return
+        bb.identity  # noqa: B018
+        if s.runtime == "onnx":
+            if bb.device.type != "cpu":
+                raise RuntimeError(f"runtime onnx runs on the CPU; device {bb.device} needs runtime torch")
+            from app.engine.onnx_runtime import attach
+
+            runner = attach(
+                bb,
+                s.precision,
+                s.onnx_cache_dir,
+                threads=s.torch_threads,
+                keep_ffn_out_fp32=s.int8_keep_ffn_out_fp32,
+            )
+            log.info("backbone %s: onnx runtime %s (%s)", bb.name, s.precision, runner.path)
+        elif s.precision in ("bf16", "fp16"):
+            import torch
+
+            bb.model.to(torch.bfloat16 if s.precision == "bf16" else torch.float16)
+            log.info("backbone %s: torch %s weights and activations, fp32 heads", bb.name, s.precision)
+
+    def runtime_info(self) -> dict:
+        """What /readyz reports about the backbone's runtime and precision mismatches served."""
+        bb = self.backbone
+        path = getattr(bb.runtime, "path", None)
+        return {
+            "runtime": self.settings.runtime,
+            "precision": bb.precision,
+            "onnx_file": path.name if path is not None else None,
+            "precision_mismatch": self.settings.precision_mismatch,
+            "mismatched_versions_served": list(self.precision_mismatches.values())[:100],
+        }
+
+    def _check_precision(self, name: str, number: int, task: ServingTask) -> None:
+        """Refuse (or, with PROMPTHUB_PRECISION_MISMATCH=warn, log once and list in /readyz) a
+        version trained for another backbone precision than the server runs."""
+        want, have = self.backbone.precision, recorded_precision(task)
+        if have == want:
+            return
+        if self.settings.precision_mismatch == "refuse":
+            raise PrecisionMismatchError(
+                f"version {number} of task {name!r} was trained for a {have} backbone and this server "
+                f"runs {want} (PROMPTHUB_PRECISION): its accuracy there is unmeasured. Re-tune it for "
+                f"{want}, or set PROMPTHUB_PRECISION_MISMATCH=warn to serve it anyway"
+            )
+        key = (name, number)
+        if key not in self.precision_mismatches and len(self.precision_mismatches) < 10_000:
+            log.warning(
+                "serving version %d of task %r trained for a %s backbone on %s (PROMPTHUB_PRECISION_MISMATCH=warn)",
+                number,
+                name,
+                have,
+                want,
+            )
+            self.precision_mismatches[key] = {
+                "task": name,
+                "version": number,
+                "trained_for": have,
+                "served": want,
+            }
 
     def _start_batcher(self) -> None:
         assert self.backbones
@@ -180,6 +253,7 @@ class Hub:
             max_queue_rows=self.settings.max_queue_rows,
             bucket_overhead_tokens=self.bucket_overhead_tokens,
             max_batch_tokens=self._max_batch_tokens(),
+            pad_length_multiple=self.settings.pad_length_multiple,
         ).start()
         self._ready.set()
 
@@ -228,6 +302,7 @@ class Hub:
             return task
 
         task = self.cache.get((name, number, sha), load)
+        self._check_precision(name, number, task)
         return Resolved(name, number, sha, task)
 
     # ------------------------------------------------------------------ predicting

@@ -76,6 +76,12 @@ def parse_counts(s: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--engines" in argv:  # the in-process engine comparison (bench/serving/engines.py)
+        from bench.serving.engines import main as engines_main
+
+        argv.remove("--engines")
+        return engines_main(argv)
     p = argparse.ArgumentParser(prog="python -m bench.serving", description=SERVING_DOC.split("\n")[0])
     p.add_argument("--tasks", default="1,8,64,1000", help="task counts for the throughput table")
     p.add_argument("--mixes", default=",".join(MIXES))

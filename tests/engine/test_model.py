@@ -158,9 +158,11 @@ def test_checkpoint_round_trip(tiny_backbone, tokenizer, tmp_path, method):
     assert meta["metrics"] == {"accuracy": 0.5}
     assert meta["backbone"]["weights_sha256"] == tiny_backbone.identity.weights_sha256
     assert loaded.meta["metrics"] == {"accuracy": 0.5}
-    # the server's cache keeps no metadata document (it lives in the DB and the sidecar)
+    # the server's cache keeps no metadata document (it lives in the DB and the sidecar), only the
+    # backbone precision the version was trained for (one shared dict per precision)
     lean = load_checkpoint_bytes(path.read_bytes(), tiny_backbone, keep_meta=False)
-    assert lean.meta == {}
+    assert lean.meta == {"precision": "fp32"}
+    assert meta["precision"] == "fp32"
     assert torch.allclose(
         task_forward(lean, tiny_backbone, batch), task_forward(loaded, tiny_backbone, batch)
     )

@@ -46,6 +46,7 @@ def readyz(request: Request, hub: HubDep) -> JSONResponse:
                 "status": "ready",
                 "backbone": bb.name,
                 "devices": [str(b.device) for b in hub.backbones or []],
+                "runtime": hub.runtime_info(),
                 **extra,
             }
         )
