@@ -141,7 +141,7 @@ def _check_exportable(task: ServingTask, backbone: Backbone) -> None:
         )
     if spec.position_offset not in (0, spec.prefix_length):
         raise PeftError(f"position_offset {spec.position_offset} is neither 0 nor the prefix length")
-    if spec.segment_ids and spec.task_type == "question-answering":
+    if spec.segment_ids and tasks.get(spec.task_type).always_pairs:
         raise PeftError(
             "question answering reads (question, context) pairs with segment ids, which PEFT's "
             "feature-extraction model drops: the export would not be exact"

@@ -130,13 +130,15 @@ def test_the_fleet_trains_serves_survives_kills_and_restarts(tmp_path: Path, tin
         rollback_s = time.monotonic() - t0
 
         # 3. SIGKILL the worker running a job: it finishes on the other one
-        slow = {**FAST, "max_steps": 20, "epochs": 100}  # long enough to be killed mid-way
+        # long enough to be killed mid-way on an idle machine too (20 steps ended within the 1 s wait)
+        slow = {**FAST, "max_steps": 300, "epochs": 100}
         job_id = _train(lb, "longrun", slow, RECORDS * 10)
         owner = fleet.wait(
             lambda: (row := _job_row(fleet, job_id)) and row[0] == "running" and row[1], 120, "run"
         )
         victim = _worker_name(fleet, owner)
         time.sleep(1.0)  # mid-training
+        assert _job_row(fleet, job_id)[0] == "running", "the job ended before its worker was killed"
         fleet.kill(victim)
         job = _job(fleet, lb, job_id, timeout=480)
         state, finisher, attempts = _job_row(fleet, job_id)

@@ -12,6 +12,7 @@ from app.db import datasets as db_datasets
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
 from app.ops.doctor import run_doctor
+from tests.db.test_db import HEAD_REVISION
 from tests.helpers import publish_task, session_for, store_for
 
 
@@ -177,7 +178,7 @@ def test_doctor_migrates_a_database_that_is_behind(settings_factory, tmp_path):
     report = run_doctor(settings)
     assert not report.ok and _kinds(report.found) == ["schema"]
     assert run_doctor(settings, repair=True).ok
-    assert current_revision(settings.database_url) == "0003"
+    assert current_revision(settings.database_url) == HEAD_REVISION
 
 
 def test_orphan_without_sidecar_is_registered_with_one(hub, settings):

@@ -32,8 +32,10 @@ def _records(kind: str, i: int) -> list[dict]:
 def _flat(preds: list[dict]) -> list[float]:
     out: list[float] = []
     for p in preds:
-        if "scores" in p:
+        if isinstance(p.get("scores"), dict):  # classification: a score per label
             out += [p["scores"][k] for k in sorted(p["scores"])]
+        elif isinstance(p.get("scores"), list):  # token classification: a score per word
+            out += list(p["scores"])
         elif "score" in p:
             out.append(p["score"])
     return out

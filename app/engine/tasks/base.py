@@ -39,6 +39,8 @@ class TaskType(ABC):
     squad_json: ClassVar[bool] = False
     #: TaskSpec.head values the type accepts
     heads: ClassVar[tuple[str, ...]] = ("linear",)
+    #: every input is a pair read with segment ids (question, context)
+    always_pairs: ClassVar[bool] = False
 
     # ---------------------------------------------------------------- records
 

@@ -320,6 +320,7 @@ class QuestionAnswering(TaskType):
     name = "question-answering"
     example_type = QAExample
     squad_json = True
+    always_pairs = True
 
     def parse(self, record: dict, *, line: int, require_labels: bool) -> QAExample:
         return parse_qa_record(record, line, require_labels)

@@ -168,7 +168,9 @@ class Client:
         body: dict[str, Any] = {"inputs": [inputs] if isinstance(inputs, str) else list(inputs)}
         if task is not None:
             body["task"] = task
-        return list(self._request("POST", "/embed", json=body).json()["embeddings"])
+        data = self._request("POST", "/embed", json=body).json()
+        # the server answers a list of vectors (text-embeddings-inference's shape)
+        return [list(v) for v in (data["embeddings"] if isinstance(data, dict) else data)]
 
     # ------------------------------------------------------------------ datasets
     def upload_dataset(
