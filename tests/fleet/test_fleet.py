@@ -131,7 +131,8 @@ def test_the_fleet_trains_serves_survives_kills_and_restarts(tmp_path: Path, tin
 
         # 3. SIGKILL the worker running a job: it finishes on the other one
         # long enough to be killed mid-way on an idle machine too (20 steps ended within the 1 s wait)
-        slow = {**FAST, "max_steps": 300, "epochs": 100}
+        # (and no early stopping, whose default patience ends a tiny run after a few epochs)
+        slow = {**FAST, "max_steps": 300, "epochs": 100, "early_stopping_patience": 0}
         job_id = _train(lb, "longrun", slow, RECORDS * 10)
         owner = fleet.wait(
             lambda: (row := _job_row(fleet, job_id)) and row[0] == "running" and row[1], 120, "run"
