@@ -199,6 +199,24 @@ def running_jobs(s: Session) -> int:
     return int(s.scalar(select(func.count()).select_from(Job).where(Job.state == RUNNING)) or 0)
 
 
+def _running_count():
+    """The number of running jobs, as a subquery a guarded UPDATE compares with max_running."""
+    return select(func.count()).select_from(Job).where(Job.state == RUNNING).scalar_subquery()
+
+
+def _claim_guarded(s: Session, job_id: str, worker_id: str, guard: list) -> Job | None:
+    """Claim `job_id` for `worker_id` if every `guard` condition holds (one UPDATE, committed):
+    the claimed job, or None when another worker or the running-jobs cap got there first."""
+    res = s.execute(
+        update(Job)
+        .where(*guard)
+        .values(**_claim_values(worker_id))
+        .execution_options(synchronize_session=False)
+    )
+    s.commit()
+    return get_job(s, job_id) if res.rowcount == 1 else None  # type: ignore[attr-defined]
+
+
 def claim_next_job(s: Session, worker_id: str, max_running: int | None = None) -> Job | None:
     """Take the oldest queued job for `worker_id`, or None. Two workers never take the same job:
     PostgreSQL locks the row with FOR UPDATE SKIP LOCKED; elsewhere a guarded
@@ -233,17 +251,10 @@ def claim_next_job(s: Session, worker_id: str, max_running: int | None = None) -
             return None
         guard = [Job.id == job_id, Job.state == QUEUED]
         if max_running is not None:
-            running = select(func.count()).select_from(Job).where(Job.state == RUNNING).scalar_subquery()
-            guard.append(running < max_running)
-        res = s.execute(
-            update(Job)
-            .where(*guard)
-            .values(**_claim_values(worker_id))
-            .execution_options(synchronize_session=False)
-        )
-        s.commit()
-        if res.rowcount == 1:  # type: ignore[attr-defined]
-            return get_job(s, job_id)
+            guard.append(_running_count() < max_running)
+        job = _claim_guarded(s, job_id, worker_id, guard)
+        if job is not None:
+            return job
         if max_running is not None and running_jobs(s) >= max_running:
             s.rollback()
             return None
@@ -471,17 +482,10 @@ def claim_job(s: Session, id: str, worker_id: str, max_running: int | None = Non
                 s.rollback()
                 return BUSY, None
             if not pg:
-                running = select(func.count()).select_from(Job).where(Job.state == RUNNING).scalar_subquery()
-                guard.append(running < max_running)
-        res = s.execute(
-            update(Job)
-            .where(*guard)
-            .values(**_claim_values(worker_id))
-            .execution_options(synchronize_session=False)
-        )
-        s.commit()
-        if res.rowcount == 1:  # type: ignore[attr-defined]
-            return CLAIMED, get_job(s, id)
+                guard.append(_running_count() < max_running)
+        job = _claim_guarded(s, id, worker_id, guard)
+        if job is not None:
+            return CLAIMED, job
         if max_running is not None and running_jobs(s) >= max_running:
             s.rollback()
             return BUSY, None
