@@ -9,6 +9,7 @@ if command -v pg_ctlcluster >/dev/null 2>&1 && ! pg_isready -h 127.0.0.1 -p 5432
   for _ in $(seq 1 20); do pg_isready -h 127.0.0.1 -p 5432 -q 2>/dev/null && break; sleep 0.5; done
 fi
 bash scripts/browser-deps.sh  # Chromium + Playwright for tests/console (skips loudly without apt)
+bash scripts/nginx-deps.sh    # nginx for tests/fleet and the deploy template check (skips loudly without apt)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 .venv/bin/python -m pytest -q --durations=15 "$@"
 rc=$?
