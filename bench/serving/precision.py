@@ -64,7 +64,7 @@ def calibration_reader(backbone, tasks: dict, per_task: int = 64, batch_size: in
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.serving.precision", description=__doc__.split("\n")[0])
-    p.add_argument("--tasks", default=",".join(SHIPPED))
+    p.add_argument("--tasks", default=",".join(n for n in SHIPPED if (ROOT / "prompts_store" / n).is_dir()))
     p.add_argument("--squad-eval", type=int, default=None, help="SQuAD questions (default: as shipped)")
     p.add_argument("--max-eval", type=int, default=None, help="cap every task's eval set")
     p.add_argument("--threads", type=int, default=2)

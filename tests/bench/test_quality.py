@@ -285,6 +285,22 @@ def test_execute_and_ship_on_a_tiny_backbone(tmp_path, monkeypatch, tiny_backbon
     assert meta["command"] == "cmd" and meta["training"]["train"]["lr"] == C.METHOD_HP["p-tuning-v2"].lr
 
 
+def test_a_qa_prefix_below_the_bar_is_not_shipped_and_an_old_one_goes(tmp_path):
+    """SQuAD below 50 F1 is never published; a squad version shipped earlier is removed from the store."""
+    old = tmp_path / "store" / "squad"
+    old.mkdir(parents=True)
+    (old / "v0001.safetensors").write_bytes(b"old")
+    rec = {
+        **_fake_record("squad", "p-tuning-v2", 49.9),
+        "checkpoint": "missing.safetensors",
+        "backbone": "tiny",
+    }
+    manifests = {"squad": {**FAKE_MANIFEST, "redistributable": True}}
+    assert ship.ship([rec], C.FULL, None, manifests, "cmd", store_root=tmp_path / "store") == []
+    assert not old.exists()
+    assert ship.SHIP_BAR["squad"] == 50.0
+
+
 # ------------------------------------------------------------------------------------ shipped tasks
 
 
