@@ -119,6 +119,10 @@ class Settings(BaseSettings):
     max_labels: int = 5000
     #: wall-time budget of one training job in seconds; over it the job fails with that reason
     job_max_seconds: float = 21_600.0
+    #: resident memory budget of the embedded worker process in MiB (its backbone and the job's data
+    #: included): over it the supervisor kills the worker, fails its job with that reason and starts a
+    #: new worker. 0: no budget (a container's memory limit then OOM-kills it: recovered as a crash)
+    job_max_memory_mb: int = 0
     #: uploaded datasets older than this many days that no queued or running job refers to are
     #: deleted at start and by `prompthub doctor --repair` (0: kept forever)
     dataset_retention_days: float = 30.0
@@ -239,6 +243,13 @@ class Settings(BaseSettings):
     def _positive(cls, v: int) -> int:
         if v < 1:
             raise ValueError("limits must be at least 1")
+        return v
+
+    @field_validator("job_max_memory_mb")
+    @classmethod
+    def _not_negative(cls, v: int) -> int:
+        if v < 0:
+            raise ValueError("must be 0 (no budget) or more")
         return v
 
     @model_validator(mode="after")

@@ -16,8 +16,12 @@ from app.config import Settings, get_settings
 MAX_HEADER_BYTES = 64 * 1024  # h11's limit on a request's head (request line and headers)
 
 
-def _with_header_timeout(base: type, timeout_s: float) -> type:
-    """A uvicorn HTTP protocol class that closes connections slow to send a request's headers."""
+def _with_header_timeout(base: type, timeout_s: float | None) -> type:
+    """A uvicorn HTTP protocol class that closes connections slow to send a request's headers
+    (`timeout_s` seconds; None: PROMPTHUB_HEADER_TIMEOUT_S, read when the first connection opens)."""
+
+    def _timeout() -> float:
+        return timeout_s if timeout_s is not None else get_settings().header_timeout_s
 
     class HeaderTimeout(base):  # type: ignore[misc, valid-type]
         _header_timer: asyncio.TimerHandle | None = None
@@ -31,7 +35,7 @@ def _with_header_timeout(base: type, timeout_s: float) -> type:
             self._awaiting_headers = True
             if self._header_timer is not None:
                 self._header_timer.cancel()
-            self._header_timer = self.loop.call_later(timeout_s, self._header_deadline)
+            self._header_timer = self.loop.call_later(_timeout(), self._header_deadline)
 
         def _headers_done(self) -> None:
             self._awaiting_headers = False
@@ -75,12 +79,31 @@ def _with_header_timeout(base: type, timeout_s: float) -> type:
     return HeaderTimeout
 
 
-def http_protocol(settings: Settings) -> type:
+def _base_protocol() -> type:
     try:
         from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as base
     except ImportError:  # httptools not installed
         from uvicorn.protocols.http.h11_impl import H11Protocol as base
-    return _with_header_timeout(base, settings.header_timeout_s)
+    return base
+
+
+def http_protocol(settings: Settings) -> type:
+    return _with_header_timeout(_base_protocol(), settings.header_timeout_s)
+
+
+_PROTOCOLS: dict[str, type] = {}
+
+
+def __getattr__(name: str) -> type:
+    """`HeaderTimeoutProtocol`: the header-timeout protocol for servers started without `prompthub
+    serve`, e.g. `uvicorn --factory app.main:create_app --http app.api.server:HeaderTimeoutProtocol`
+    (its timeout is PROMPTHUB_HEADER_TIMEOUT_S). Built on first use, so importing this module does
+    not import uvicorn."""
+    if name != "HeaderTimeoutProtocol":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    if name not in _PROTOCOLS:
+        _PROTOCOLS[name] = _with_header_timeout(_base_protocol(), None)
+    return _PROTOCOLS[name]
 
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:

@@ -8,6 +8,10 @@ that doubles from `worker_restart_backoff_s` up to `worker_restart_backoff_max_s
 `worker_max_restarts` restarts within `worker_restart_window_s` it gives up and reports the state
 "failed" (a worker that dies at once every time would otherwise eat every queued job's attempts).
 
+With `job_max_memory_mb` set, the supervisor also reads the worker's resident memory while it waits
+on it: over the budget it kills the worker, fails the job it was running with that reason (not
+re-queued: it would only go over again) and restarts it as above.
+
 `health()` is what /healthz and /readyz report: {"state", "restarts", "pid", "last_exit", ...}.
 """
 
@@ -28,7 +32,8 @@ log = logging.getLogger(__name__)
 STARTING, RUNNING, RESTARTING, FAILED, STOPPED = "starting", "running", "restarting", "failed", "stopped"
 
 
-def _recover_jobs(settings: Settings) -> list[str]:
+def _recover_jobs(settings: Settings, fail_reason: str | None = None) -> list[str]:
+    """Recover the dead worker's jobs; with `fail_reason` they are failed with it, not re-queued."""
     from app.db import jobs as db_jobs
     from app.db.session import get_sessionmaker
 
@@ -36,9 +41,22 @@ def _recover_jobs(settings: Settings) -> list[str]:
         return db_jobs.recover_stale_jobs(
             s,
             stale_after_s=settings.job_stale_s,
-            on_crash=settings.on_crash,
+            on_crash="fail" if fail_reason else settings.on_crash,
             max_attempts=settings.max_job_attempts,
+            fail_reason=(lambda _attempt, _worker: fail_reason) if fail_reason else None,
         )
+
+
+def rss_mib(pid: int) -> float | None:
+    """Resident memory of process `pid` in MiB (from /proc), None when unknown."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 class WorkerSupervisor:
@@ -50,7 +68,7 @@ class WorkerSupervisor:
         *,
         spawn: Callable[[Settings], subprocess.Popen] | None = None,
         stop: Callable[[subprocess.Popen], int | None] | None = None,
-        recover: Callable[[Settings], list[str]] | None = None,
+        recover: Callable[..., list[str]] | None = None,
     ) -> None:
         from app.jobs.worker import spawn_embedded_worker, stop_embedded_worker
 
@@ -69,6 +87,7 @@ class WorkerSupervisor:
         self.recovered_jobs: list[str] = []
         self._recent: deque[float] = deque()  # monotonic times of recent restarts
         self.backoffs: list[float] = []  # the delays waited before each restart
+        self._over_memory: str | None = None  # why the watcher killed the worker (memory budget)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> WorkerSupervisor:
@@ -117,6 +136,7 @@ class WorkerSupervisor:
             try:
                 code = proc.wait(timeout=0.5)
             except subprocess.TimeoutExpired:
+                self._check_memory(proc)
                 continue
             if self._stopping.is_set():
                 return
@@ -124,20 +144,40 @@ class WorkerSupervisor:
             if not self._restart():
                 return
 
+    def _check_memory(self, proc: subprocess.Popen) -> None:
+        budget = self.settings.job_max_memory_mb
+        if not budget or self._over_memory is not None:
+            return
+        used = rss_mib(proc.pid)
+        if used is None or used <= budget:
+            return
+        self._over_memory = (
+            f"the worker went over its memory budget ({used:.0f} MiB resident, "
+            f"PROMPTHUB_JOB_MAX_MEMORY_MB={budget}) and was stopped"
+        )
+        log.error("embedded worker (pid %d): %s", proc.pid, self._over_memory)
+        proc.kill()
+
     def _on_exit(self, code: int) -> None:
+        over, self._over_memory = self._over_memory, None
         why = f"killed by signal {-code}" if code < 0 else f"exit code {code}"
-        log.error("embedded worker (pid %d) died unexpectedly: %s", self.proc.pid if self.proc else -1, why)
+        if over is None:
+            log.error(
+                "embedded worker (pid %d) died unexpectedly: %s", self.proc.pid if self.proc else -1, why
+            )
         with self._lock:
             self.last_exit = code
-            self.last_error = f"worker died: {why}"
+            self.last_error = over or f"worker died: {why}"
             self.state = RESTARTING
         try:
-            ids = self._recover(self.settings)
+            ids = self._recover(self.settings, over) if over else self._recover(self.settings)
         except Exception:  # the database may be down: the next worker's own recovery retries
             log.exception("could not recover the dead worker's jobs; the next worker will")
             ids = []
         for job_id in ids:
-            log.warning("job %s of the dead worker recovered (%s)", job_id, self.settings.on_crash)
+            log.warning(
+                "job %s of the dead worker recovered (%s)", job_id, "fail" if over else self.settings.on_crash
+            )
         self.recovered_jobs += ids
 
     def _restart(self) -> bool:

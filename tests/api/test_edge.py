@@ -422,3 +422,64 @@ def test_reachable_500s_are_422s_naming_the_field(app, client, publish):
     assert r.status_code == 422
     err = r.json()["detail"][0]
     assert err["loc"][:5] == ["body", "train", "records", 0, "meta"] and "nested deeper" in err["msg"]
+
+
+def _slow_headers_closed_within(port: int, limit_s: float) -> bool:
+    """Send half a request head and wait: True when the server closes the connection in time."""
+    with socket.create_connection(("127.0.0.1", port), timeout=limit_s) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        try:
+            return sock.recv(100) == b""
+        except TimeoutError:
+            return False
+
+
+@pytest.mark.slow  # ~10 s: two uvicorn processes
+def test_plain_uvicorn_factory_gets_the_header_timeout_from_its_protocol(
+    tmp_path, sqlite_url, tiny_backbone_dir
+):
+    """`uvicorn --factory app.main:create_app` (no `prompthub serve`) has no header-receipt timeout of
+    its own; `--http app.api.server:HeaderTimeoutProtocol` gives it PROMPTHUB_HEADER_TIMEOUT_S."""
+    import subprocess
+    import sys
+
+    from app.config import Settings
+    from app.db.session import REPO_ROOT
+    from tests.helpers import free_port, process_env, stop_server, wait_for
+
+    settings = Settings(
+        database_url=sqlite_url,
+        store_dir=str(tmp_path / "store"),
+        data_dir=str(tmp_path / "data"),
+        backbone=str(tiny_backbone_dir),
+        embedded_worker=False,
+        header_timeout_s=1.0,
+    )
+    env = process_env(settings)
+
+    def serve(port: int, *extra: str) -> subprocess.Popen:
+        args = [sys.executable, "-m", "uvicorn", "--factory", "app.main:create_app", "--host", "0.0.0.0"]
+        log = open(tmp_path / f"uvicorn-{port}.log", "wb")  # noqa: SIM115 - closed with the process
+        return subprocess.Popen(
+            [*args, "--port", str(port), *extra], env=env, cwd=str(REPO_ROOT), stdout=log, stderr=log
+        )
+
+    def up(port: int) -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=2).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    guarded_port, plain_port = free_port(), free_port()
+    guarded = serve(guarded_port, "--http", "app.api.server:HeaderTimeoutProtocol")
+    plain = serve(plain_port)
+    try:
+        wait_for(lambda: up(guarded_port) and up(plain_port), 120, "both servers")
+        assert httpx.get(f"http://127.0.0.1:{guarded_port}/tasks").status_code == 401  # 0.0.0.0: keys
+        start = time.monotonic()
+        assert _slow_headers_closed_within(guarded_port, 5.0)
+        assert time.monotonic() - start < 4
+        assert not _slow_headers_closed_within(plain_port, 3.0)  # uvicorn alone waits on
+    finally:
+        stop_server(guarded)
+        stop_server(plain)

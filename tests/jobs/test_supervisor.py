@@ -49,6 +49,65 @@ def test_a_worker_that_keeps_dying_is_restarted_with_backoff_then_given_up(setti
         sup.stop()
 
 
+def test_a_worker_over_its_memory_budget_is_stopped_and_its_job_failed_with_that_reason(
+    settings_factory, sqlite_url
+):
+    """PROMPTHUB_JOB_MAX_MEMORY_MB: a worker whose resident memory passes the budget is killed by the
+    supervisor; the job it ran is failed naming the budget (not re-queued to go over again) and a new
+    worker is started. Without the budget the same worker is left to run (or to an OOM kill)."""
+    import socket
+
+    from app.db import jobs as db_jobs
+    from app.jobs.supervisor import RUNNING, WorkerSupervisor
+
+    hog = "import time; b = b'x' * (300 * 2**20); time.sleep(60)"  # 300 MiB resident
+    quiet = "import time; time.sleep(60)"
+    settings = settings_factory(
+        database_url=sqlite_url, job_max_memory_mb=150, worker_restart_backoff_s=0.05, on_crash="requeue"
+    )
+    spawned: list[subprocess.Popen] = []
+
+    def spawn(_settings):
+        proc = subprocess.Popen([sys.executable, "-c", hog if not spawned else quiet])
+        spawned.append(proc)
+        if len(spawned) == 1:  # the first "worker" claims a job, as the real one does
+            with get_sessionmaker(sqlite_url)() as s:
+                job = db_jobs.create_job(
+                    s, kind="single", payload={"task": "big"}, task_names=["big"], max_queued=10
+                )
+                worker_id = f"{socket.gethostname()}:{proc.pid}:hog"
+                assert db_jobs.claim_job(s, job.id, worker_id)[1] is not None
+                jobs.append(job.id)
+        return proc
+
+    jobs: list[str] = []
+    sup = WorkerSupervisor(settings, spawn=spawn).start()
+    try:
+        wait_for(lambda: sup.health()["restarts"] == 1, 30, "the worker over budget to be replaced")
+        h = sup.health()
+        assert h["state"] == RUNNING and h["last_exit"] == -signal.SIGKILL
+        assert "memory budget" in h["error"] and "PROMPTHUB_JOB_MAX_MEMORY_MB=150" in h["error"]
+        job = get_job(settings, jobs[0])
+        assert job.state == "failed" and "memory budget" in job.error, (job.state, job.error)
+        assert sup.recovered_jobs == jobs
+        time.sleep(1.0)  # the new, small worker stays
+        assert sup.health()["restarts"] == 1 and spawned[1].poll() is None
+    finally:
+        sup.stop()
+        for p in spawned:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+
+
+def test_settings_refuse_a_negative_memory_budget(settings_factory):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="0 \\(no budget\\) or more"):
+        settings_factory(job_max_memory_mb=-1)
+    assert settings_factory().job_max_memory_mb == 0
+
+
 @pytest.mark.slow  # ~20-40 s: a server and its worker process on the tiny backbone
 def test_sigkilled_worker_is_restarted_and_its_job_recovered_at_once(tmp_path, sqlite_url, tiny_backbone_dir):
     settings = Settings(
