@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
+from tests.console.browser import goto, rendered
 from tests.helpers import minilm_server_settings, start_server, stop_server, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -101,10 +102,18 @@ def _train(page, base: str, *, epochs: int) -> str:
     page.click("#start")
     page.wait_for_url(lambda url: "#/jobs/" in url)
     job_id = page.url.rsplit("/", 1)[1]
-    # the curve is drawn from the progress the job reports while it runs
-    page.wait_for_selector("#loss-chart svg path", state="attached", timeout=JOB_TIMEOUT_MS)
+    rendered(page, f"#/jobs/{job_id}")
+    # the curves are drawn from the progress the job reports while it runs, polled every second
+    page.wait_for_selector("#loss-chart svg circle", state="attached", timeout=JOB_TIMEOUT_MS)
     page.wait_for_selector("#job-state:text('succeeded')", timeout=JOB_TIMEOUT_MS)
-    page.wait_for_selector("#metric-chart svg path", state="attached")
+    history = httpx.get(f"{base}/jobs/{job_id}").json()["progress"]["history"]
+    assert len(history) >= 2, history  # early stopping waits more than one epoch
+    # one loss point per epoch at least (each epoch's end; more where a poll caught it mid-epoch),
+    # one eval point per epoch
+    page.wait_for_function(
+        "n => document.querySelectorAll('#loss-chart svg circle').length >= n", arg=len(history)
+    )
+    assert len(page.query_selector_all("#metric-chart svg circle")) == len(history)
     return job_id
 
 
@@ -118,6 +127,7 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     bad.write_text(json.dumps(RECORDS[0]) + "\n" + json.dumps({"text": "no label here"}) + "\n")
 
     context = chromium.new_context(viewport={"width": 1100, "height": 760})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
     outside: list[str] = []
 
     def only_loopback(route):
@@ -133,17 +143,18 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
 
     # 1. tasks: empty at first
     page.goto(f"{base}/ui")
+    rendered(page, "#/tasks")  # /ui opens the task list
     page.wait_for_selector("text=No tasks yet.")
 
     # 2. new task: a bad file shows the API's error with its line and field
     page.click("nav >> text=New task")
-    page.wait_for_selector("#hp-epochs")
+    rendered(page, "#/new")
     assert page.input_value("#hp-epochs") == "30"  # the options table's default is shown
     assert page.input_value("#hp-lr") == ""  # a per-task-type default: the server picks it
     page.fill("#task-name", "reviews")
     page.set_input_files("#file", str(bad))
     alert = page.wait_for_selector("#upload-result [role=alert]")
-    assert "line 2" in alert.inner_text() and "label" in alert.inner_text(), alert.inner_text()
+    assert "line 2: field 'label': missing" in alert.inner_text(), alert.inner_text()
     _shot(page, shots, "new-task-error")
 
     page.set_input_files("#file", str(good))
@@ -156,11 +167,15 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     job1 = _train(page, base, epochs=3)
     assert "reviews v1" in page.inner_text("#job-version")
     _shot(page, shots, "job")
+    page.set_viewport_size({"width": 390, "height": 844})
+    _shot(page, shots, "phone-job")
+    page.set_viewport_size({"width": 1100, "height": 760})
     page.click("nav >> text=Jobs")
-    page.wait_for_selector(f"a[href='#/jobs/{job1}']")
+    rendered(page, "#/jobs")
+    assert page.query_selector(f"#job-list a[href='#/jobs/{job1}']")
 
     # 4. try it
-    page.goto(f"{base}/ui#/try/reviews")
+    goto(page, base, "#/try/reviews")
     page.fill("#in-text", "what a wonderful, moving film")
     page.click("#try-form button[type=submit]")
     page.wait_for_selector("#try-out .bars")
@@ -168,14 +183,13 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
 
     # a second version from the uploaded dataset, then both side by side
     page.click("nav >> text=New task")
-    page.wait_for_selector("#hp-epochs")
+    rendered(page, "#/new")
     page.fill("#task-name", "reviews")
     page.select_option("#dataset", index=1)
     page.wait_for_selector("#preview")
     _train(page, base, epochs=2)
     assert "reviews v2" in page.inner_text("#job-version")
-    page.goto(f"{base}/ui#/try/reviews")
-    page.wait_for_selector("#try-b")
+    goto(page, base, "#/try/reviews")
     page.select_option("#try-a", "2")
     page.select_option("#try-b", "1")
     page.fill("#in-text", "what a wonderful, moving film")
@@ -183,10 +197,15 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     page.wait_for_selector("#try-out section:nth-child(2) .bars")
     assert [h.inner_text() for h in page.query_selector_all("#try-out h3")] == ["v2", "v1"]
     _shot(page, shots, "try")
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    _shot(page, shots, "phone-try")
+    page.set_viewport_size({"width": 1100, "height": 760})
 
     # 5. roll back to v1, promote v2, roll back again: each through the confirmation dialog
     def activate(version: int) -> None:
-        page.goto(f"{base}/ui#/tasks/reviews")
+        if page.evaluate("() => document.querySelector('main').dataset.rendered") != "#/tasks/reviews":
+            goto(page, base, "#/tasks/reviews")
         page.click(f"[data-activate='{version}']")
         page.click("#confirm-ok")
         page.wait_for_selector(f"#active-version:text('v{version}')")
@@ -197,28 +216,41 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     activate(2)
     activate(1)
     page.click("#copy-curl")
-    assert f"{base}/predict/reviews" in page.inner_text("#curl")
+    page.wait_for_selector("#status:text('curl example copied')")
+    copied = page.evaluate("() => navigator.clipboard.readText()")
+    assert copied == page.inner_text("#curl") and copied.startswith(f"curl -s {base}/predict/reviews")
     _shot(page, shots, "task")
     page.click("nav >> text=Tasks")
-    page.wait_for_selector("a[href='#/tasks/reviews']")
+    rendered(page, "#/tasks")
+    assert page.query_selector("#task-list a[href='#/tasks/reviews']")
     _shot(page, shots, "tasks")
 
-    # 6. hub overview from /metrics
+    # 6. hub overview from /metrics: requests and mean latency per task, queue, batches, cache, worker
     page.click("nav >> text=Hub")
-    page.wait_for_selector("#queue-depth")
-    assert "reviews" in page.inner_text("main")
+    rendered(page, "#/hub")
+    row = page.inner_text("#task-requests tbody tr")
+    assert row.split("\t")[0].strip() == "reviews", row
+    metrics = httpx.get(f"{base}/metrics").text
+    predicted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith(
+            'prompthub_task_request_latency_seconds_count{route="/predict/{task}",task="reviews"}'
+        )
+    ]
+    assert predicted and f"\t{int(float(predicted[0].split()[-1]))}\t" in row, (predicted, row)
     assert "running" in page.inner_text("#worker-state")  # the supervised embedded worker (/readyz)
     _shot(page, shots, "hub")
 
     # 7. keyboard: the nav links are reachable and followed with Enter
     page.focus("nav a[data-page='jobs']")
     page.keyboard.press("Enter")
+    rendered(page, "#/jobs")
     page.wait_for_selector("nav a[data-page='jobs'][aria-current=page]")
 
     # 8. phone width: nothing wider than the screen
     page.set_viewport_size({"width": 390, "height": 844})
-    page.goto(f"{base}/ui#/tasks/reviews")
-    page.wait_for_selector("#active-version")
+    goto(page, base, "#/tasks/reviews")
     assert page.evaluate("document.documentElement.scrollWidth") <= 391
     _shot(page, shots, "phone-task")
     page.set_viewport_size({"width": 1100, "height": 760})
@@ -230,6 +262,7 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     page.screenshot(path=str(shots / "docs.png"))
     page.goto(f"{base}/redoc")
     page.wait_for_selector("h1:has-text('PromptHub')", timeout=60_000)
+    page.screenshot(path=str(shots / "redoc.png"))
 
     assert outside == [], f"requests left the machine: {outside}"
     assert errors == [], f"script errors: {errors}"
