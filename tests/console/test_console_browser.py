@@ -88,6 +88,14 @@ def _shot(page, folder: Path, name: str) -> None:
     page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
 
 
+def _publish_shots(shots: Path) -> None:
+    """With PROMPTHUB_UPDATE_SCREENSHOTS=1, copy the screenshots to docs/console/ for the README."""
+    if os.environ.get("PROMPTHUB_UPDATE_SCREENSHOTS"):
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        for png in shots.glob("*.png"):
+            shutil.copy(png, DOCS_SHOTS / png.name)
+
+
 def _train(page, base: str, *, epochs: int) -> str:
     """Fill the hyperparameters, start training, wait on the job page; returns the job id."""
     for name, value in (
@@ -267,10 +275,7 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     assert outside == [], f"requests left the machine: {outside}"
     assert errors == [], f"script errors: {errors}"
     context.close()
-    if os.environ.get("PROMPTHUB_UPDATE_SCREENSHOTS"):
-        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
-        for png in shots.glob("*.png"):
-            shutil.copy(png, DOCS_SHOTS / png.name)
+    _publish_shots(shots)
     print(f"screenshots: {shots}")
 
 
@@ -294,10 +299,10 @@ def test_try_it_renders_each_task_type(shipped_server, chromium, tmp_path: Path)
     page = chromium.new_page(viewport={"width": 1100, "height": 760})
 
     def run(task: str, fields: dict[str, str], expect: str) -> None:
-        page.goto(f"{base}/ui#/try/{task}")
         # a hash change re-renders the page in place: the old form (whose task list names every
-        # task) stays until the new one is drawn, so wait for the form whose chosen task is this one
-        page.wait_for_function("t => document.getElementById('try-task')?.value === t", arg=task)
+        # task) stays until the new one is drawn, so wait for this task's page to be drawn
+        goto(page, base, f"#/try/{task}")
+        assert page.input_value("#try-task") == task
         for sel, value in fields.items():
             page.fill(sel, value)
         page.click("#try-form button[type=submit]")
@@ -305,6 +310,7 @@ def test_try_it_renders_each_task_type(shipped_server, chromium, tmp_path: Path)
         _shot(page, shots, f"try-{task}")
 
     run("banking77", {"#in-text": "I still have not received my new card"}, ".bars")
+    assert "(77 in all)" in page.inner_text("#try-form")
     run("brown-pos", {"#in-text": "The jury praised the city."}, ".tokens small")
     assert "at" in page.inner_text("#try-out .tokens")  # Brown's article tag
     run(
@@ -324,3 +330,4 @@ def test_try_it_renders_each_task_type(shipped_server, chromium, tmp_path: Path)
     run("similarity", {"#in-text": "a cat sleeps", "#in-pair": "a kitten is asleep"}, ".big")
     float(page.inner_text("#try-out .big"))
     page.close()
+    _publish_shots(shots)

@@ -418,7 +418,7 @@ function renderPrediction(type, input, p) {
     const tokens = (p.tokens || []).map((t, i) => `<span>${esc(t)}<small>${esc((p.tags || [])[i] || "")}</small></span>`).join("");
     return `<p class="highlight">${html}</p><p class="muted">${ents.length} span${ents.length === 1 ? "" : "s"} marked; tags per word:</p><div class="tokens">${tokens}</div>`;
   }
-  if (type === "regression") return `<p>Score</p><p class="big" aria-label="score">${fmt(p.score, 3)}</p>`;
+  if (type === "regression") return `<p class="muted">Score</p><p class="big">${fmt(p.score, 3)}</p>`;
   const scores = Object.entries(p.scores || { [p.label]: p.score }).sort((a, b) => b[1] - a[1]).slice(0, 12);
   return `<p>Label: <strong class="answer">${esc(p.label)}</strong> <span class="muted">${fmt(p.score)}</span></p>${bars(scores, { max: 1 })}`;
 }
@@ -439,7 +439,7 @@ async function pageTry(name, version) {
         <div class="field"><label for="try-a">Version</label><select id="try-a">${vopts(version || t.active_version)}</select></div>
         <div class="field"><label for="try-b">Compare with</label><select id="try-b"><option value="">(no comparison)</option>${vopts("")}</select></div>
       </div>
-      <p class="muted">${esc(t.task_type)}${t.labels.length ? " · labels: " + esc(t.labels.slice(0, 12).join(", ")) : ""}</p>
+      <p class="muted">${esc(t.task_type)}${t.labels.length ? " · labels: " + esc(t.labels.slice(0, 12).join(", ")) + (t.labels.length > 12 ? ` … (${t.labels.length} in all)` : "") : ""}</p>
       ${inputFields(t.task_type)}
       <button type="submit">Predict</button>
     </form>
