@@ -168,6 +168,11 @@ def test_job_curves_grow_as_progress_arrives_cancel_and_failure(small_server, ch
     assert page.query_selector_all("#metric-chart svg circle")  # epoch 1's accuracy
     assert "reviews accuracy 0.5" in page.get_attribute("#metric-chart svg", "aria-label")
     page.screenshot(path=str(shots / "job-running.png"), full_page=True)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.wait_for_function("() => document.querySelector('#loss-chart svg').viewBox.baseVal.width < 400")
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    page.screenshot(path=str(shots / "phone-job-running.png"), full_page=True)
+    page.set_viewport_size({"width": 1100, "height": 760})
 
     page.focus("#cancel")  # a refresh keeps the keyboard focus where it was
     page.wait_for_timeout(1500)
@@ -224,4 +229,66 @@ def test_every_page_is_labelled_keyboard_usable_and_fits_a_phone(small_server, c
     page.keyboard.press("Escape")
     page.wait_for_selector("#confirm:not([open])", state="attached")
     assert httpx.get(f"{base}/tasks/reviews").status_code == 200  # not deleted
+    page.close()
+
+
+def _drop(page, name: str, text: str) -> None:
+    """Drop a file on the new-task page's drop zone, as a drag from the desktop does."""
+    page.evaluate(
+        """([name, text]) => {
+          const dt = new DataTransfer();
+          dt.items.add(new File([text], name, { type: "text/csv" }));
+          const zone = document.getElementById("drop");
+          zone.dispatchEvent(new DragEvent("dragover", { dataTransfer: dt, bubbles: true, cancelable: true }));
+          zone.dispatchEvent(new DragEvent("drop", { dataTransfer: dt, bubbles: true, cancelable: true }));
+        }""",
+        [name, text],
+    )
+
+
+def test_new_task_from_a_dropped_csv_and_the_apis_errors(small_server, chromium):
+    base, _ = small_server()
+    page = chromium.new_page(viewport={"width": 1100, "height": 760})
+    goto(page, base, "#/new")
+    page.fill("#task-name", "films")
+
+    # a bad CSV: the API's error names the line and the field
+    _drop(page, "films.csv", "text,label\ngood film,pos\nbad film,\n")
+    alert = page.wait_for_selector("#upload-result [role=alert]")
+    assert "422" in alert.inner_text() and "line 3: field 'label': missing" in alert.inner_text()
+
+    # a good one: columns, rows, label distribution and the first rows
+    rows = "".join(f"film {i},{'pos' if i % 3 else 'neg'}\n" for i in range(9))
+    _drop(page, "films.csv", "text,label\n" + rows)
+    page.wait_for_selector("#preview")
+    assert page.inner_text("#preview-rows") == "9"
+    assert "text, label" in page.inner_text("#preview")
+    assert [b.get_attribute("aria-label") for b in page.query_selector_all("#preview .bars [role=img]")] == [
+        "pos: 6",
+        "neg: 3",
+    ]
+    assert page.inner_text("#preview-table tbody tr:first-child") == "film 0\tneg"
+    # the dataset is in the picker too, chosen
+    assert "films.csv · 9 rows" in page.inner_text("#dataset option:checked")
+
+    # a value out of range: the API's error names the hyperparameter
+    page.fill("#hp-epochs", "0")
+    page.click("#start")
+    alert = page.wait_for_selector("#train-result [role=alert]")
+    assert "hyperparameters.epochs" in alert.inner_text(), alert.inner_text()
+
+    page.fill("#hp-epochs", "2")
+    page.click("#start")
+    page.wait_for_url(lambda url: "#/jobs/" in url)
+    job_id = page.url.rsplit("/", 1)[1]
+    rendered(page, f"#/jobs/{job_id}")
+    assert page.inner_text("#job-state") == "queued"  # no worker on this server
+
+    # delete a task through its confirmation dialog
+    goto(page, base, "#/tasks/reviews")
+    page.click("#delete-task")
+    assert "Delete reviews and all its 1 version(s)?" in page.inner_text("#confirm-text")
+    page.click("#confirm-ok")
+    rendered(page, "#/tasks")
+    page.wait_for_selector("text=No tasks yet.")
     page.close()

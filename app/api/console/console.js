@@ -94,7 +94,8 @@ function bars(entries, { max = null, digits = 3 } = {}) {
 
 // A line chart as SVG: series = [{name, points: [[x, y], ...]}]
 function lineChart(title, series, xLabel) {
-  const W = 520, H = 200, L = 44, R = 10, T = 22, B = 30;
+  // drawn about as wide as it is shown, so its text stays readable on a phone
+  const W = Math.max(300, Math.min(520, (main.clientWidth || 520) - 60)), H = 200, L = 44, R = 10, T = 22, B = 30;
   const pts = series.flatMap((s) => s.points);
   if (!pts.length) return `<figure><figcaption>${esc(title)}</figcaption><p class="muted">no points yet</p></figure>`;
   let [x0, x1] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
