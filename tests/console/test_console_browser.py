@@ -176,6 +176,8 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     assert "reviews v1" in page.inner_text("#job-version")
     _shot(page, shots, "job")
     page.set_viewport_size({"width": 390, "height": 844})
+    # the job is over (no more polls): its charts are drawn again for the new width
+    page.wait_for_function("() => document.querySelector('#loss-chart svg').viewBox.baseVal.width < 400")
     _shot(page, shots, "phone-job")
     page.set_viewport_size({"width": 1100, "height": 760})
     page.click("nav >> text=Jobs")

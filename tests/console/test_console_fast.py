@@ -168,7 +168,7 @@ def test_job_curves_grow_as_progress_arrives_cancel_and_failure(small_server, ch
     assert page.query_selector_all("#metric-chart svg circle")  # epoch 1's accuracy
     assert "reviews accuracy 0.5" in page.get_attribute("#metric-chart svg", "aria-label")
     page.screenshot(path=str(shots / "job-running.png"), full_page=True)
-    page.set_viewport_size({"width": 390, "height": 844})
+    page.set_viewport_size({"width": 390, "height": 844})  # drawn again for the new width
     page.wait_for_function("() => document.querySelector('#loss-chart svg').viewBox.baseVal.width < 400")
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
     page.screenshot(path=str(shots / "phone-job-running.png"), full_page=True)

@@ -595,6 +595,12 @@ document.getElementById("key-form").addEventListener("submit", (e) => {
   showKeyState(); route();
 });
 document.getElementById("key-forget").addEventListener("click", () => { sessionStorage.removeItem(KEY); showKeyState(); route(); });
+// charts are drawn for the width they are shown at: a page with one is drawn again when it changes
+let resizeTimer = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => document.querySelector("main .chart") && route(), 250);
+});
 window.addEventListener("hashchange", () => { say(""); main.focus({ preventScroll: true }); route(); });
 showKeyState();
 route();
