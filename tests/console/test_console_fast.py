@@ -292,3 +292,32 @@ def test_new_task_from_a_dropped_csv_and_the_apis_errors(small_server, chromium)
     rendered(page, "#/tasks")
     page.wait_for_selector("text=No tasks yet.")
     page.close()
+
+
+def test_api_docs_render_with_no_internet(small_server, chromium):
+    """Swagger UI and ReDoc draw the API from their packaged assets; a request to any other host
+    is refused (as on a machine without internet) and none is made."""
+    from urllib.parse import urlparse
+
+    base, _ = small_server()
+    context = chromium.new_context()
+    outside: list[str] = []
+
+    def only_loopback(route):
+        if urlparse(route.request.url).hostname != "127.0.0.1":
+            outside.append(route.request.url)
+            return route.abort()
+        return route.continue_()
+
+    context.route("**/*", only_loopback)
+    page = context.new_page()
+    goto(page, base, "#/tasks")
+    page.click("nav >> text=API docs")  # the console links the docs
+    page.wait_for_selector(".swagger-ui .info .title", timeout=30_000)
+    assert "PromptHub" in page.inner_text(".swagger-ui .info .title")
+    page.wait_for_selector(".opblock-summary-path[data-path='/predict/{task}']")
+    page.goto(f"{base}/redoc")
+    page.wait_for_selector("h1:has-text('PromptHub')", timeout=60_000)
+    page.wait_for_selector("text='/predict/{task}'", state="attached")
+    assert outside == []
+    context.close()
