@@ -174,8 +174,10 @@ def test_job_curves_grow_as_progress_arrives_cancel_and_failure(small_server, ch
     page.screenshot(path=str(shots / "phone-job-running.png"), full_page=True)
     page.set_viewport_size({"width": 1100, "height": 760})
 
-    page.focus("#cancel")  # a refresh keeps the keyboard focus where it was
-    page.wait_for_timeout(1500)
+    # a refresh (the next poll draws the page anew) keeps the keyboard focus where it was
+    page.focus("#cancel")
+    page.evaluate("() => { document.getElementById('cancel').dataset.before = '1'; }")
+    page.wait_for_function("() => !document.querySelector('#cancel[data-before]')")
     assert page.evaluate("() => document.activeElement.id") == "cancel"
 
     _set_job(settings, running, state="failed", error="CUDA out of memory while training reviews")
