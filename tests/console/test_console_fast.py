@@ -253,6 +253,12 @@ def test_new_task_from_a_dropped_csv_and_the_apis_errors(small_server, chromium)
     page = chromium.new_page(viewport={"width": 1100, "height": 760})
     goto(page, base, "#/new")
     page.fill("#task-name", "films")
+    # defaults that depend on the task type are shown for the chosen type
+    assert page.get_attribute("#hp-lr", "placeholder") == "0.03 for classification"
+    page.select_option("#task-type", "regression")
+    assert page.get_attribute("#hp-lr", "placeholder") == "0.01 for regression"
+    page.select_option("#task-type", "classification")
+    assert page.input_value("#hp-epochs") == "30" and page.input_value("#hp-lr") == ""
 
     # a bad CSV: the API's error names the line and the field
     _drop(page, "films.csv", "text,label\ngood film,pos\nbad film,\n")

@@ -237,7 +237,7 @@ async function pageNew() {
     const per = o.task_defaults ? Object.entries(o.task_defaults).map(([t, v]) => `${t} ${fmt(v, 6)}`).join(", ") : "";
     const shown = per ? "" : o.default ?? "";
     return `<div class="field"><label for="hp-${o.name}">${esc(o.name)}</label>
-      <input id="hp-${o.name}" name="${o.name}" type="number" step="any" value="${shown}" data-default="${shown}" placeholder="${per ? "per task type" : ""}" aria-describedby="hp-${o.name}-help">
+      <input id="hp-${o.name}" name="${o.name}" type="number" step="any" value="${shown}" data-default="${shown}" data-type-defaults="${per ? esc(JSON.stringify({ ...o.task_defaults, "*": o.default })) : ""}" aria-describedby="hp-${o.name}-help">
       <small id="hp-${o.name}-help">${esc(o.help)} (default ${per ? esc(per) + "; otherwise " : ""}${fmt(o.default, 6)}${range ? "; " + esc(range) : ""})</small></div>`;
   }).join("");
   const datasetOptions = dsets.ok ? dsets.data.map((d) => `<option value="${esc(d.id)}">${esc(d.filename)} · ${d.rows} rows${d.task_type ? " · " + esc(d.task_type) : ""}</option>`).join("") : "";
@@ -264,7 +264,18 @@ async function pageNew() {
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); if (e.dataTransfer.files[0]) uploadFile(e.dataTransfer.files[0]); });
   file.addEventListener("change", () => file.files[0] && uploadFile(file.files[0]));
   document.getElementById("dataset").addEventListener("change", (e) => e.target.value && showPreview(e.target.value));
+  // a default that depends on the task type is shown for the chosen type, as a placeholder
+  const showTypeDefaults = () => {
+    const type = document.getElementById("task-type").value;
+    main.querySelectorAll("input[data-type-defaults]").forEach((i) => {
+      if (!i.dataset.typeDefaults) return;
+      const d = JSON.parse(i.dataset.typeDefaults);
+      i.placeholder = `${d[type] ?? d["*"]} for ${type}`;
+    });
+  };
+  showTypeDefaults();
   document.getElementById("task-type").addEventListener("change", () => {
+    showTypeDefaults();
     if (file.files[0]) uploadFile(file.files[0]); else if (upload) showPreview(upload.id);
   });
   document.getElementById("new-form").addEventListener("submit", startTraining);
@@ -552,7 +563,7 @@ async function pageHub() {
     <section class="card table-wrap"><h3>Requests and latency per task</h3><table class="stack" id="task-requests">
       <thead><tr><th scope="col">Task</th><th scope="col">Requests</th><th scope="col">Predictions</th><th scope="col">Errors</th><th scope="col">Mean latency, predict</th><th scope="col">Mean latency, all</th></tr></thead>
       <tbody>${taskRows || '<tr><td colspan="6">No requests for a task yet.</td></tr>'}</tbody></table></section>
-    <section class="card table-wrap"><h3>Latency by route</h3><table>
+    <section class="card table-wrap"><h3>Latency by route</h3><table class="nowrap" id="route-latency">
       <thead><tr><th scope="col">Route</th><th scope="col">Requests</th><th scope="col">Mean</th><th scope="col">p50</th><th scope="col">p95</th></tr></thead>
       <tbody>${latRows || '<tr><td colspan="5">No requests yet.</td></tr>'}</tbody></table></section>`;
   timer = setTimeout(route, 5000);
