@@ -250,6 +250,8 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     ]
     assert predicted and f"\t{int(float(predicted[0].split()[-1]))}\t" in row, (predicted, row)
     assert "running" in page.inner_text("#worker-state")  # the supervised embedded worker (/readyz)
+    workers = httpx.get(f"{base}/workers").json()
+    assert len(workers) == 1 and workers[0]["id"][:12] in page.inner_text("#workers")  # its heartbeat
     _shot(page, shots, "hub")
 
     # 7. keyboard: the nav links are reachable and followed with Enter

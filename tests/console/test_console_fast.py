@@ -118,6 +118,7 @@ def test_keyless_loopback_needs_no_key(small_server, chromium):
     assert page.evaluate("() => [sessionStorage.length, localStorage.length]") == [0, 0]
     goto(page, base, "#/hub")
     assert page.inner_text("#queue-depth") == "0"
+    assert page.inner_text("#workers tbody") == "No training worker is running."  # none on this server
     page.close()
 
 

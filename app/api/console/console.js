@@ -495,7 +495,7 @@ function workerHtml(rd) {
   // the embedded worker's supervisor, as /readyz reports it ("external": workers run elsewhere)
   const w = rd.worker;
   const training = rd.training || "external";
-  if (!w) return `<p class="muted">Workers: ${esc(training === "external" ? "run outside this server (prompthub worker); a running job means one is busy" : training)}.</p>`;
+  if (!w) return `<p class="muted">Workers: ${esc(training === "external" ? "run outside this server (prompthub worker, Celery); those alive are listed below" : training)}.</p>`;
   const badge = training === "up" ? "ok" : "failed";
   const exit = w.last_exit != null ? `, last exit: ${esc(String(w.last_exit))}` : "";
   return `<dl class="kv" id="worker-state"><dt>Embedded worker</dt><dd><span class="badge ${badge}">${esc(w.state || training)}</span>
@@ -503,7 +503,7 @@ function workerHtml(rd) {
 }
 
 async function pageHub() {
-  const [m, ready] = await Promise.all([api("GET", "/metrics"), api("GET", "/readyz")]);
+  const [m, ready, workers] = await Promise.all([api("GET", "/metrics"), api("GET", "/readyz"), api("GET", "/workers")]);
   if (!m.ok) return (main.innerHTML = `<h2>Hub</h2>${errorHtml(m)}`);
   const s = parseProm(String(m.data));
   const one = (n) => sum(s.filter((x) => x.name === n || x.name === n + "_total").map((x) => x.value));
@@ -545,6 +545,16 @@ async function pageHub() {
   const hits = one("prompthub_cache_hits"), misses = one("prompthub_cache_misses");
   const jobs = s.filter((x) => x.name === "prompthub_jobs").map((x) => [x.labels.state, x.value]);
   const rd = ready.data || {};
+  // the training workers' heartbeats (GET /workers: embedded, local and Celery workers alike)
+  const workerRows = workers.ok ? workers.data.map((w) => `<tr>
+      <th scope="row" data-label="Worker"><code>${esc(w.id.slice(0, 12))}</code></th><td data-label="Host">${esc(w.host)} (pid ${esc(String(w.pid))})</td>
+      <td data-label="Executor">${esc(w.executor)}${w.queue ? ` · ${esc(w.queue)}` : ""}</td><td data-label="Device">${esc(w.device)}</td>
+      <td data-label="Job">${w.job_id ? `<a href="#/jobs/${esc(w.job_id)}">${esc(w.job_tasks.join(", "))}</a>${w.job_progress && w.job_progress.total ? ` ${w.job_progress.step}/${w.job_progress.total}` : ""}` : "idle"}</td>
+      <td data-label="Heartbeat">${when(w.heartbeat_at)}</td></tr>`).join("") : "";
+  const workersHtml = workers.ok
+    ? `<table class="stack" id="workers"><thead><tr><th scope="col">Worker</th><th scope="col">Host</th><th scope="col">Executor</th><th scope="col">Device</th><th scope="col">Job</th><th scope="col">Heartbeat</th></tr></thead>
+      <tbody>${workerRows || '<tr><td colspan="6">No training worker is running.</td></tr>'}</tbody></table>`
+    : errorHtml(workers);
   main.innerHTML = `<h2>Hub overview</h2>
     <p class="muted">From <a href="/metrics">/metrics</a> (Prometheus), refreshed every 5 s.</p>
     <div class="grid2">
@@ -560,6 +570,7 @@ async function pageHub() {
       <section class="card"><h3>Batch sizes (rows per forward)</h3>${bars(batchHist, { digits: 0 })}</section>
       <section class="card"><h3>Cache</h3>${bars([["hits", hits], ["misses", misses]], { digits: 0 })}</section>
     </div>
+    <section class="card table-wrap"><h3>Training workers</h3>${workersHtml}</section>
     <section class="card table-wrap"><h3>Requests and latency per task</h3><table class="stack" id="task-requests">
       <thead><tr><th scope="col">Task</th><th scope="col">Requests</th><th scope="col">Predictions</th><th scope="col">Errors</th><th scope="col">Mean latency, predict</th><th scope="col">Mean latency, all</th></tr></thead>
       <tbody>${taskRows || '<tr><td colspan="6">No requests for a task yet.</td></tr>'}</tbody></table></section>
