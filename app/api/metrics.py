@@ -11,7 +11,14 @@ import time
 from collections.abc import Callable, Iterator
 
 from fastapi import FastAPI, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Histogram,
+    Summary,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy.orm import Session
@@ -105,6 +112,14 @@ class ApiMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        # per task, the count and sum only (two series a task and route, no buckets): the mean
+        # latency of each task, as the console's hub page shows it
+        self.task_latency = Summary(
+            "prompthub_task_request_latency_seconds",
+            "HTTP request latency of routes that name a task, by route and task (count and sum)",
+            ["route", "task"],
+            registry=self.registry,
+        )
         self.registry.register(HubCollector(hub, sessionmaker))
         # task names seen answering 2xx on a route with {task}: only tasks that exist(ed) get a label
         # of their own, so random names from clients (401/403/404/422/429) cannot add series
@@ -121,6 +136,8 @@ class ApiMetrics:
     def observe(self, route: str, task: str, status: int, seconds: float) -> None:
         self.requests.labels(route, task, str(status)).inc()
         self.latency.labels(route, str(status)).observe(seconds)
+        if task:
+            self.task_latency.labels(route, task).observe(seconds)
 
     def refused(self, status: int) -> None:
         """A request the edge refused before routing (no route or task label: bounded by status)."""

@@ -57,6 +57,11 @@ def test_metrics(client, publish):
     assert 'prompthub_requests_total{route="/predict/{task}",status="200",task="sentiment"} 2.0' in text
     assert 'route="/predict/{task}",status="404",task="_unknown"' in text
     assert "prompthub_request_latency_seconds_bucket" in text
+    # the mean latency per task: a count and a sum per task and route
+    assert (
+        'prompthub_task_request_latency_seconds_count{route="/predict/{task}",task="sentiment"} 2.0' in text
+    )
+    assert 'prompthub_task_request_latency_seconds_sum{route="/predict/{task}",task="sentiment"}' in text
     assert "prompthub_batch_size_bucket" in text
     assert "prompthub_queue_rows 0.0" in text
     assert "prompthub_cache_hits_total 1.0" in text and "prompthub_cache_misses_total 1.0" in text

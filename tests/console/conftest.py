@@ -17,6 +17,8 @@ FLAGS = [
     "--disable-gpu",
     "--disable-background-networking",
     "--disable-component-update",
+    "--disable-sync",
+    "--disable-quic",
     "--no-first-run",
     "--disable-dev-shm-usage",
 ]

@@ -19,6 +19,7 @@ from urllib.parse import urlparse
 import httpx
 import pytest
 
+from tests.console.browser import goto, rendered
 from tests.helpers import minilm_server_settings, start_server, stop_server, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -87,6 +88,14 @@ def _shot(page, folder: Path, name: str) -> None:
     page.screenshot(path=str(folder / f"{name}.png"), full_page=True)
 
 
+def _publish_shots(shots: Path) -> None:
+    """With PROMPTHUB_UPDATE_SCREENSHOTS=1, copy the screenshots to docs/console/ for the README."""
+    if os.environ.get("PROMPTHUB_UPDATE_SCREENSHOTS"):
+        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
+        for png in shots.glob("*.png"):
+            shutil.copy(png, DOCS_SHOTS / png.name)
+
+
 def _train(page, base: str, *, epochs: int) -> str:
     """Fill the hyperparameters, start training, wait on the job page; returns the job id."""
     for name, value in (
@@ -101,10 +110,18 @@ def _train(page, base: str, *, epochs: int) -> str:
     page.click("#start")
     page.wait_for_url(lambda url: "#/jobs/" in url)
     job_id = page.url.rsplit("/", 1)[1]
-    # the curve is drawn from the progress the job reports while it runs
-    page.wait_for_selector("#loss-chart svg path", state="attached", timeout=JOB_TIMEOUT_MS)
+    rendered(page, f"#/jobs/{job_id}")
+    # the curves are drawn from the progress the job reports while it runs, polled every second
+    page.wait_for_selector("#loss-chart svg circle", state="attached", timeout=JOB_TIMEOUT_MS)
     page.wait_for_selector("#job-state:text('succeeded')", timeout=JOB_TIMEOUT_MS)
-    page.wait_for_selector("#metric-chart svg path", state="attached")
+    history = httpx.get(f"{base}/jobs/{job_id}").json()["progress"]["history"]
+    assert len(history) >= 2, history  # early stopping waits more than one epoch
+    # one loss point per epoch at least (each epoch's end; more where a poll caught it mid-epoch),
+    # one eval point per epoch
+    page.wait_for_function(
+        "n => document.querySelectorAll('#loss-chart svg circle').length >= n", arg=len(history)
+    )
+    assert len(page.query_selector_all("#metric-chart svg circle")) == len(history)
     return job_id
 
 
@@ -118,6 +135,7 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     bad.write_text(json.dumps(RECORDS[0]) + "\n" + json.dumps({"text": "no label here"}) + "\n")
 
     context = chromium.new_context(viewport={"width": 1100, "height": 760})
+    context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
     outside: list[str] = []
 
     def only_loopback(route):
@@ -133,17 +151,18 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
 
     # 1. tasks: empty at first
     page.goto(f"{base}/ui")
+    rendered(page, "#/tasks")  # /ui opens the task list
     page.wait_for_selector("text=No tasks yet.")
 
     # 2. new task: a bad file shows the API's error with its line and field
     page.click("nav >> text=New task")
-    page.wait_for_selector("#hp-epochs")
+    rendered(page, "#/new")
     assert page.input_value("#hp-epochs") == "30"  # the options table's default is shown
     assert page.input_value("#hp-lr") == ""  # a per-task-type default: the server picks it
     page.fill("#task-name", "reviews")
     page.set_input_files("#file", str(bad))
     alert = page.wait_for_selector("#upload-result [role=alert]")
-    assert "line 2" in alert.inner_text() and "label" in alert.inner_text(), alert.inner_text()
+    assert "line 2: field 'label': missing" in alert.inner_text(), alert.inner_text()
     _shot(page, shots, "new-task-error")
 
     page.set_input_files("#file", str(good))
@@ -156,11 +175,17 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     job1 = _train(page, base, epochs=3)
     assert "reviews v1" in page.inner_text("#job-version")
     _shot(page, shots, "job")
+    page.set_viewport_size({"width": 390, "height": 844})
+    # the job is over (no more polls): its charts are drawn again for the new width
+    page.wait_for_function("() => document.querySelector('#loss-chart svg').viewBox.baseVal.width < 400")
+    _shot(page, shots, "phone-job")
+    page.set_viewport_size({"width": 1100, "height": 760})
     page.click("nav >> text=Jobs")
-    page.wait_for_selector(f"a[href='#/jobs/{job1}']")
+    rendered(page, "#/jobs")
+    assert page.query_selector(f"#job-list a[href='#/jobs/{job1}']")
 
     # 4. try it
-    page.goto(f"{base}/ui#/try/reviews")
+    goto(page, base, "#/try/reviews")
     page.fill("#in-text", "what a wonderful, moving film")
     page.click("#try-form button[type=submit]")
     page.wait_for_selector("#try-out .bars")
@@ -168,14 +193,13 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
 
     # a second version from the uploaded dataset, then both side by side
     page.click("nav >> text=New task")
-    page.wait_for_selector("#hp-epochs")
+    rendered(page, "#/new")
     page.fill("#task-name", "reviews")
     page.select_option("#dataset", index=1)
     page.wait_for_selector("#preview")
     _train(page, base, epochs=2)
     assert "reviews v2" in page.inner_text("#job-version")
-    page.goto(f"{base}/ui#/try/reviews")
-    page.wait_for_selector("#try-b")
+    goto(page, base, "#/try/reviews")
     page.select_option("#try-a", "2")
     page.select_option("#try-b", "1")
     page.fill("#in-text", "what a wonderful, moving film")
@@ -183,10 +207,15 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     page.wait_for_selector("#try-out section:nth-child(2) .bars")
     assert [h.inner_text() for h in page.query_selector_all("#try-out h3")] == ["v2", "v1"]
     _shot(page, shots, "try")
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    _shot(page, shots, "phone-try")
+    page.set_viewport_size({"width": 1100, "height": 760})
 
     # 5. roll back to v1, promote v2, roll back again: each through the confirmation dialog
     def activate(version: int) -> None:
-        page.goto(f"{base}/ui#/tasks/reviews")
+        if page.evaluate("() => document.querySelector('main').dataset.rendered") != "#/tasks/reviews":
+            goto(page, base, "#/tasks/reviews")
         page.click(f"[data-activate='{version}']")
         page.click("#confirm-ok")
         page.wait_for_selector(f"#active-version:text('v{version}')")
@@ -197,28 +226,43 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     activate(2)
     activate(1)
     page.click("#copy-curl")
-    assert f"{base}/predict/reviews" in page.inner_text("#curl")
+    page.wait_for_selector("#status:text('curl example copied')")
+    copied = page.evaluate("() => navigator.clipboard.readText()")
+    assert copied == page.inner_text("#curl") and copied.startswith(f"curl -s {base}/predict/reviews")
     _shot(page, shots, "task")
     page.click("nav >> text=Tasks")
-    page.wait_for_selector("a[href='#/tasks/reviews']")
+    rendered(page, "#/tasks")
+    assert page.query_selector("#task-list a[href='#/tasks/reviews']")
     _shot(page, shots, "tasks")
 
-    # 6. hub overview from /metrics
+    # 6. hub overview from /metrics: requests and mean latency per task, queue, batches, cache, worker
     page.click("nav >> text=Hub")
-    page.wait_for_selector("#queue-depth")
-    assert "reviews" in page.inner_text("main")
+    rendered(page, "#/hub")
+    row = page.inner_text("#task-requests tbody tr")
+    assert row.split("\t")[0].strip() == "reviews", row
+    metrics = httpx.get(f"{base}/metrics").text
+    predicted = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith(
+            'prompthub_task_request_latency_seconds_count{route="/predict/{task}",task="reviews"}'
+        )
+    ]
+    assert predicted and f"\t{int(float(predicted[0].split()[-1]))}\t" in row, (predicted, row)
     assert "running" in page.inner_text("#worker-state")  # the supervised embedded worker (/readyz)
+    workers = httpx.get(f"{base}/workers").json()
+    assert len(workers) == 1 and workers[0]["id"][:12] in page.inner_text("#workers")  # its heartbeat
     _shot(page, shots, "hub")
 
     # 7. keyboard: the nav links are reachable and followed with Enter
     page.focus("nav a[data-page='jobs']")
     page.keyboard.press("Enter")
+    rendered(page, "#/jobs")
     page.wait_for_selector("nav a[data-page='jobs'][aria-current=page]")
 
     # 8. phone width: nothing wider than the screen
     page.set_viewport_size({"width": 390, "height": 844})
-    page.goto(f"{base}/ui#/tasks/reviews")
-    page.wait_for_selector("#active-version")
+    goto(page, base, "#/tasks/reviews")
     assert page.evaluate("document.documentElement.scrollWidth") <= 391
     _shot(page, shots, "phone-task")
     page.set_viewport_size({"width": 1100, "height": 760})
@@ -230,14 +274,12 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
     page.screenshot(path=str(shots / "docs.png"))
     page.goto(f"{base}/redoc")
     page.wait_for_selector("h1:has-text('PromptHub')", timeout=60_000)
+    page.screenshot(path=str(shots / "redoc.png"))
 
     assert outside == [], f"requests left the machine: {outside}"
     assert errors == [], f"script errors: {errors}"
     context.close()
-    if os.environ.get("PROMPTHUB_UPDATE_SCREENSHOTS"):
-        DOCS_SHOTS.mkdir(parents=True, exist_ok=True)
-        for png in shots.glob("*.png"):
-            shutil.copy(png, DOCS_SHOTS / png.name)
+    _publish_shots(shots)
     print(f"screenshots: {shots}")
 
 
@@ -261,10 +303,10 @@ def test_try_it_renders_each_task_type(shipped_server, chromium, tmp_path: Path)
     page = chromium.new_page(viewport={"width": 1100, "height": 760})
 
     def run(task: str, fields: dict[str, str], expect: str) -> None:
-        page.goto(f"{base}/ui#/try/{task}")
         # a hash change re-renders the page in place: the old form (whose task list names every
-        # task) stays until the new one is drawn, so wait for the form whose chosen task is this one
-        page.wait_for_function("t => document.getElementById('try-task')?.value === t", arg=task)
+        # task) stays until the new one is drawn, so wait for this task's page to be drawn
+        goto(page, base, f"#/try/{task}")
+        assert page.input_value("#try-task") == task
         for sel, value in fields.items():
             page.fill(sel, value)
         page.click("#try-form button[type=submit]")
@@ -272,6 +314,7 @@ def test_try_it_renders_each_task_type(shipped_server, chromium, tmp_path: Path)
         _shot(page, shots, f"try-{task}")
 
     run("banking77", {"#in-text": "I still have not received my new card"}, ".bars")
+    assert "(77 in all)" in page.inner_text("#try-form")
     run("brown-pos", {"#in-text": "The jury praised the city."}, ".tokens small")
     assert "at" in page.inner_text("#try-out .tokens")  # Brown's article tag
     run(
@@ -291,3 +334,4 @@ def test_try_it_renders_each_task_type(shipped_server, chromium, tmp_path: Path)
     run("similarity", {"#in-text": "a cat sleeps", "#in-pair": "a kitten is asleep"}, ".big")
     float(page.inner_text("#try-out .big"))
     page.close()
+    _publish_shots(shots)

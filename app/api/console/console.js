@@ -6,7 +6,8 @@ const KEY = "prompthub.key";
 const main = document.getElementById("main");
 const statusBox = document.getElementById("status");
 let timer = null; // the current page's polling timer
-const jobPoints = new Map(); // job id -> [[step, loss], ...] seen while polling
+let routeSeq = 0; // bumped on each render of a page: GETs begun for an older one are dropped
+const jobPoints = new Map(); // job id -> Map(epoch -> [epoch, loss]) seen while polling
 
 // ------------------------------------------------------------------ helpers
 function esc(v) {
@@ -25,6 +26,7 @@ function when(t) { return t ? esc(String(t).replace("T", " ").slice(0, 19)) : "�
 function say(msg) { statusBox.textContent = msg; }
 
 async function api(method, path, body) {
+  const seq = routeSeq;
   const headers = {};
   const key = sessionStorage.getItem(KEY);
   if (key) headers.Authorization = `Bearer ${key}`;
@@ -34,6 +36,9 @@ async function api(method, path, body) {
   let res;
   try { res = await fetch(path, init); } catch (e) { return { ok: false, status: 0, data: { detail: `network error: ${e}` } }; }
   const text = await res.text();
+  // a read for a page the user has left must not draw over the new one: it never resolves
+  if (method === "GET" && seq !== routeSeq) return new Promise(() => {});
+  if (res.status === 401) document.getElementById("key-state").textContent = headers.Authorization ? "this key was refused" : "this server needs a key";
   let data = text;
   try { data = JSON.parse(text); } catch (_) { /* plain text, e.g. /metrics */ }
   return { ok: res.ok, status: res.status, data, next: res.headers.get("X-Next-Cursor") };
@@ -89,12 +94,13 @@ function bars(entries, { max = null, digits = 3 } = {}) {
 
 // A line chart as SVG: series = [{name, points: [[x, y], ...]}]
 function lineChart(title, series, xLabel) {
-  const W = 520, H = 200, L = 44, R = 10, T = 22, B = 30;
+  // drawn about as wide as it is shown, so its text stays readable on a phone
+  const W = Math.max(300, Math.min(520, (main.clientWidth || 520) - 60)), H = 200, L = 44, R = 10, T = 22, B = 30;
   const pts = series.flatMap((s) => s.points);
   if (!pts.length) return `<figure><figcaption>${esc(title)}</figcaption><p class="muted">no points yet</p></figure>`;
   let [x0, x1] = [Math.min(...pts.map((p) => p[0])), Math.max(...pts.map((p) => p[0]))];
   let [y0, y1] = [Math.min(...pts.map((p) => p[1])), Math.max(...pts.map((p) => p[1]))];
-  if (x1 === x0) { x0 -= 1; x1 += 1; }
+  if (x1 === x0) { x0 = Math.max(0, x0 - 1); x1 += 1; }
   if (y1 === y0) { y0 -= 0.5; y1 += 0.5; }
   const sx = (x) => L + ((x - x0) / (x1 - x0)) * (W - L - R);
   const sy = (y) => H - B - ((y - y0) / (y1 - y0)) * (H - T - B);
@@ -126,12 +132,12 @@ async function pageTasks() {
   const r = await apiAll("/tasks");
   if (!r.ok) return (main.innerHTML = `<h2>Tasks</h2>${errorHtml(r)}`);
   const rows = r.data.map((t) => `<tr>
-      <td><a href="#/tasks/${encodeURIComponent(t.name)}">${esc(t.name)}</a></td><td>${esc(t.task_type)}</td>
-      <td>${t.labels.length ? esc(t.labels.slice(0, 8).join(", ")) + (t.labels.length > 8 ? ` … (${t.labels.length})` : "") : "—"}</td>
-      <td>${t.active_version ? "v" + t.active_version : "—"}</td><td>${when(t.updated_at)}</td></tr>`).join("");
+      <th scope="row" data-label="Name"><a href="#/tasks/${encodeURIComponent(t.name)}">${esc(t.name)}</a></th><td data-label="Type">${esc(t.task_type)}</td>
+      <td data-label="Labels">${t.labels.length ? esc(t.labels.slice(0, 8).join(", ")) + (t.labels.length > 8 ? ` … (${t.labels.length})` : "") : "—"}</td>
+      <td data-label="Active">${t.active_version ? "v" + t.active_version : "—"}</td><td data-label="Updated">${when(t.updated_at)}</td></tr>`).join("");
   main.innerHTML = `<h2>Tasks</h2>
     <p><a href="#/new">Train a new task</a></p>
-    <div class="card table-wrap"><table><caption class="muted">${r.data.length} task(s)</caption>
+    <div class="card table-wrap"><table class="stack" id="task-list"><caption class="muted">${r.data.length} task(s)</caption>
       <thead><tr><th scope="col">Name</th><th scope="col">Type</th><th scope="col">Labels</th><th scope="col">Active</th><th scope="col">Updated</th></tr></thead>
       <tbody>${rows || '<tr><td colspan="5">No tasks yet.</td></tr>'}</tbody></table></div>`;
 }
@@ -169,9 +175,9 @@ async function pageTask(name) {
     const m = v.metrics || {};
     const metrics = Object.entries(m).filter(([, x]) => typeof x === "number").map(([k, x]) => `${esc(k)} ${fmt(x)}`).join(", ");
     return `<tr${v.active ? ' class="active"' : ""}>
-      <th scope="row">v${v.version} ${v.active ? '<span class="badge active">active</span>' : ""}</th>
-      <td>${metrics || "—"}</td><td>${esc(configSummary(v))}</td><td>${bytes(v.size_bytes)}</td><td>${when(v.created_at)}</td>
-      <td>${v.active ? "" : `<button class="secondary" data-activate="${v.version}">${v.version < t.active_version ? "Roll back to" : "Activate"} v${v.version}</button>`}
+      <th scope="row" data-label="Version">v${v.version} ${v.active ? '<span class="badge active">active</span>' : ""}</th>
+      <td data-label="Metrics">${metrics || "—"}</td><td data-label="Config">${esc(configSummary(v))}</td><td data-label="Size">${bytes(v.size_bytes)}</td><td data-label="Created">${when(v.created_at)}</td>
+      <td data-label="Actions" class="actions">${v.active ? "" : `<button class="secondary" data-activate="${v.version}">${v.version < t.active_version ? "Roll back to" : "Activate"} v${v.version}</button>`}
           <a href="#/try/${encodeURIComponent(t.name)}/${v.version}">Try</a></td></tr>`;
   }).join("");
   main.innerHTML = `<h2>Task <code>${esc(t.name)}</code></h2>
@@ -188,7 +194,7 @@ async function pageTask(name) {
       </div>
       <pre id="curl" aria-label="curl example">${esc(curlFor(t))}</pre></div>
     <h3>Versions</h3>
-    <div class="card table-wrap"><table>
+    <div class="card table-wrap"><table class="stack" id="versions">
       <thead><tr><th scope="col">Version</th><th scope="col">Metrics</th><th scope="col">Config</th><th scope="col">Size</th><th scope="col">Created</th><th scope="col">Actions</th></tr></thead>
       <tbody>${versions}</tbody></table></div>`;
   document.getElementById("copy-curl").onclick = async () => {
@@ -231,7 +237,7 @@ async function pageNew() {
     const per = o.task_defaults ? Object.entries(o.task_defaults).map(([t, v]) => `${t} ${fmt(v, 6)}`).join(", ") : "";
     const shown = per ? "" : o.default ?? "";
     return `<div class="field"><label for="hp-${o.name}">${esc(o.name)}</label>
-      <input id="hp-${o.name}" name="${o.name}" type="number" step="any" value="${shown}" data-default="${shown}" placeholder="${per ? "per task type" : ""}" aria-describedby="hp-${o.name}-help">
+      <input id="hp-${o.name}" name="${o.name}" type="number" step="any" value="${shown}" data-default="${shown}" data-type-defaults="${per ? esc(JSON.stringify({ ...o.task_defaults, "*": o.default })) : ""}" aria-describedby="hp-${o.name}-help">
       <small id="hp-${o.name}-help">${esc(o.help)} (default ${per ? esc(per) + "; otherwise " : ""}${fmt(o.default, 6)}${range ? "; " + esc(range) : ""})</small></div>`;
   }).join("");
   const datasetOptions = dsets.ok ? dsets.data.map((d) => `<option value="${esc(d.id)}">${esc(d.filename)} · ${d.rows} rows${d.task_type ? " · " + esc(d.task_type) : ""}</option>`).join("") : "";
@@ -258,7 +264,18 @@ async function pageNew() {
   drop.addEventListener("drop", (e) => { e.preventDefault(); drop.classList.remove("over"); if (e.dataTransfer.files[0]) uploadFile(e.dataTransfer.files[0]); });
   file.addEventListener("change", () => file.files[0] && uploadFile(file.files[0]));
   document.getElementById("dataset").addEventListener("change", (e) => e.target.value && showPreview(e.target.value));
+  // a default that depends on the task type is shown for the chosen type, as a placeholder
+  const showTypeDefaults = () => {
+    const type = document.getElementById("task-type").value;
+    main.querySelectorAll("input[data-type-defaults]").forEach((i) => {
+      if (!i.dataset.typeDefaults) return;
+      const d = JSON.parse(i.dataset.typeDefaults);
+      i.placeholder = `${d[type] ?? d["*"]} for ${type}`;
+    });
+  };
+  showTypeDefaults();
   document.getElementById("task-type").addEventListener("change", () => {
+    showTypeDefaults();
     if (file.files[0]) uploadFile(file.files[0]); else if (upload) showPreview(upload.id);
   });
   document.getElementById("new-form").addEventListener("submit", startTraining);
@@ -292,8 +309,8 @@ async function showPreview(id) {
       columns <code>${esc(p.columns.join(", "))}</code></p>
     ${labels.length ? `<h3>Label distribution (${labels.length})</h3>${bars(labels.slice(0, 30), { digits: 0 })}` : ""}
     ${p.scores ? `<p>Scores: min ${fmt(p.scores.min)}, mean ${fmt(p.scores.mean)}, max ${fmt(p.scores.max)}</p>` : ""}
-    <h3>First rows</h3><div class="table-wrap"><table><thead><tr>${cols.map((c) => `<th scope="col">${esc(c)}</th>`).join("")}</tr></thead>
-    <tbody>${p.first_rows.map((row) => `<tr>${cols.map((c) => `<td>${cell(row[c])}</td>`).join("")}</tr>`).join("")}</tbody></table></div></div>`;
+    <h3>First rows</h3><div class="table-wrap"><table class="stack" id="preview-table"><thead><tr>${cols.map((c) => `<th scope="col">${esc(c)}</th>`).join("")}</tr></thead>
+    <tbody>${p.first_rows.map((row) => `<tr>${cols.map((c) => `<td data-label="${esc(c)}">${cell(row[c])}</td>`).join("")}</tr>`).join("")}</tbody></table></div></div>`;
 }
 
 async function startTraining(e) {
@@ -322,11 +339,11 @@ async function pageJobs() {
   if (!r.ok) return (main.innerHTML = `<h2>Jobs</h2>${errorHtml(r)}`);
   const rows = r.data.map((j) => {
     const p = j.progress || {};
-    return `<tr><td><a href="#/jobs/${esc(j.id)}">${esc(j.id.slice(0, 8))}</a></td><td>${esc(j.task_names.join(", "))}</td>
-      <td><span class="badge ${esc(j.state)}">${esc(j.state)}</span></td>
-      <td>${p.total ? `${p.step}/${p.total}` : "—"}</td><td>${when(j.created_at)}</td></tr>`;
+    return `<tr><th scope="row" data-label="Job"><a href="#/jobs/${esc(j.id)}">${esc(j.id.slice(0, 8))}</a></th><td data-label="Tasks">${esc(j.task_names.join(", "))}</td>
+      <td data-label="State"><span class="badge ${esc(j.state)}">${esc(j.state)}</span></td>
+      <td data-label="Steps">${p.total ? `${p.step}/${p.total}` : "—"}</td><td data-label="Created">${when(j.created_at)}</td></tr>`;
   }).join("");
-  main.innerHTML = `<h2>Jobs</h2><div class="card table-wrap"><table>
+  main.innerHTML = `<h2>Jobs</h2><div class="card table-wrap"><table class="stack" id="job-list">
     <thead><tr><th scope="col">Job</th><th scope="col">Tasks</th><th scope="col">State</th><th scope="col">Steps</th><th scope="col">Created</th></tr></thead>
     <tbody>${rows || '<tr><td colspan="5">No jobs yet.</td></tr>'}</tbody></table></div>`;
   if (r.data.some((j) => !TERMINAL.includes(j.state))) timer = setTimeout(route, 2000);
@@ -336,11 +353,15 @@ async function pageJob(id) {
   const r = await api("GET", `/jobs/${encodeURIComponent(id)}`);
   if (!r.ok) return (main.innerHTML = `<h2>Job</h2>${errorHtml(r)}`);
   const j = r.data, p = j.progress || {};
-  const points = jobPoints.get(id) || [];
-  if (p.loss != null && p.step && (!points.length || points[points.length - 1][0] !== p.step)) points.push([p.step, p.loss]);
-  jobPoints.set(id, points);
+  // the loss by (fractional) epoch: what each poll saw while it ran, and each epoch's end from the
+  // history (so a job that ran between two polls, or a page opened later, still has its curve)
+  const seen = jobPoints.get(id) || new Map();
+  if (p.loss != null && p.epoch != null) seen.set(Number(p.epoch).toFixed(4), [Number(p.epoch), p.loss]);
+  jobPoints.set(id, seen);
   const history = p.history || [];
-  const perEpoch = history.map((h) => [h.epoch, h.loss]);
+  const curve = new Map(seen);
+  for (const h of history) if (h.loss != null) curve.set(Number(h.epoch).toFixed(4), [Number(h.epoch), h.loss]);
+  const lossPoints = [...curve.values()].sort((a, b) => a[0] - b[0]);
   const metricSeries = {};
   for (const h of history) for (const [task, m] of Object.entries(h.metrics || {})) {
     const k = primaryMetric(m);
@@ -361,7 +382,7 @@ async function pageJob(id) {
       ${j.error ? `<div class="error" role="alert" id="job-error"><strong>Failed:</strong> ${esc(j.error)}</div>` : ""}
     </div>
     <div class="grid2">
-      <div class="card" id="loss-chart">${lineChart("Training loss (running mean in the epoch)", [{ name: "loss", points: points.length ? points : perEpoch }], points.length ? "step" : "epoch")}</div>
+      <div class="card" id="loss-chart">${lineChart("Training loss (running mean in the epoch)", [{ name: "loss", points: lossPoints }], "epoch")}</div>
       <div class="card" id="metric-chart">${lineChart("Eval metric per epoch", Object.entries(metricSeries).map(([name, pts]) => ({ name, points: pts })), "epoch")}
         ${history.length && !Object.keys(metricSeries).length ? '<p class="muted">No eval data: set holdout_fraction (files of 20 rows or more) to see a metric per epoch.</p>' : ""}</div>
     </div>`;
@@ -409,7 +430,7 @@ function renderPrediction(type, input, p) {
     const tokens = (p.tokens || []).map((t, i) => `<span>${esc(t)}<small>${esc((p.tags || [])[i] || "")}</small></span>`).join("");
     return `<p class="highlight">${html}</p><p class="muted">${ents.length} span${ents.length === 1 ? "" : "s"} marked; tags per word:</p><div class="tokens">${tokens}</div>`;
   }
-  if (type === "regression") return `<p>Score</p><p class="big" aria-label="score">${fmt(p.score, 3)}</p>`;
+  if (type === "regression") return `<p class="muted">Score</p><p class="big">${fmt(p.score, 3)}</p>`;
   const scores = Object.entries(p.scores || { [p.label]: p.score }).sort((a, b) => b[1] - a[1]).slice(0, 12);
   return `<p>Label: <strong class="answer">${esc(p.label)}</strong> <span class="muted">${fmt(p.score)}</span></p>${bars(scores, { max: 1 })}`;
 }
@@ -430,7 +451,7 @@ async function pageTry(name, version) {
         <div class="field"><label for="try-a">Version</label><select id="try-a">${vopts(version || t.active_version)}</select></div>
         <div class="field"><label for="try-b">Compare with</label><select id="try-b"><option value="">(no comparison)</option>${vopts("")}</select></div>
       </div>
-      <p class="muted">${esc(t.task_type)}${t.labels.length ? " · labels: " + esc(t.labels.slice(0, 12).join(", ")) : ""}</p>
+      <p class="muted">${esc(t.task_type)}${t.labels.length ? " · labels: " + esc(t.labels.slice(0, 12).join(", ")) + (t.labels.length > 12 ? ` … (${t.labels.length} in all)` : "") : ""}</p>
       ${inputFields(t.task_type)}
       <button type="submit">Predict</button>
     </form>
@@ -441,7 +462,9 @@ async function pageTry(name, version) {
     const input = readInput(t.task_type);
     const picks = [document.getElementById("try-a").value, document.getElementById("try-b").value].filter(Boolean);
     const results = await Promise.all(picks.map((v) => api("POST", `/predict/${encodeURIComponent(t.name)}`, { inputs: [input], version: Number(v) })));
-    document.getElementById("try-out").innerHTML = results.map((r, i) => `<section class="card" aria-label="version ${picks[i]}">
+    const out = document.getElementById("try-out");
+    if (!out) return; // the user went to another page meanwhile
+    out.innerHTML = results.map((r, i) => `<section class="card" aria-label="version ${picks[i]}">
       <h3>v${esc(picks[i])}</h3>${r.ok ? renderPrediction(t.task_type, input, r.data.predictions[0]) : errorHtml(r)}</section>`).join("");
   };
 }
@@ -472,7 +495,7 @@ function workerHtml(rd) {
   // the embedded worker's supervisor, as /readyz reports it ("external": workers run elsewhere)
   const w = rd.worker;
   const training = rd.training || "external";
-  if (!w) return `<p class="muted">Workers: ${esc(training === "external" ? "run outside this server (prompthub worker); a running job means one is busy" : training)}.</p>`;
+  if (!w) return `<p class="muted">Workers: ${esc(training === "external" ? "run outside this server (prompthub worker, Celery); those alive are listed below" : training)}.</p>`;
   const badge = training === "up" ? "ok" : "failed";
   const exit = w.last_exit != null ? `, last exit: ${esc(String(w.last_exit))}` : "";
   return `<dl class="kv" id="worker-state"><dt>Embedded worker</dt><dd><span class="badge ${badge}">${esc(w.state || training)}</span>
@@ -480,13 +503,30 @@ function workerHtml(rd) {
 }
 
 async function pageHub() {
-  const [m, ready] = await Promise.all([api("GET", "/metrics"), api("GET", "/readyz")]);
+  const [m, ready, workers] = await Promise.all([api("GET", "/metrics"), api("GET", "/readyz"), api("GET", "/workers")]);
   if (!m.ok) return (main.innerHTML = `<h2>Hub</h2>${errorHtml(m)}`);
   const s = parseProm(String(m.data));
   const one = (n) => sum(s.filter((x) => x.name === n || x.name === n + "_total").map((x) => x.value));
-  const reqs = s.filter((x) => x.name === "prompthub_requests_total");
+  // per task: requests (all routes that name it; /predict apart), errors, mean latency
   const byTask = {};
-  for (const x of reqs) if (x.labels.task) byTask[x.labels.task] = (byTask[x.labels.task] || 0) + x.value;
+  const taskRow = (t) => (byTask[t] ||= { requests: 0, predict: 0, errors: 0, sum: 0, count: 0, psum: 0, pcount: 0 });
+  for (const x of s.filter((y) => y.name === "prompthub_requests_total" && y.labels.task)) {
+    const r = taskRow(x.labels.task);
+    r.requests += x.value;
+    if (x.labels.route === "/predict/{task}") r.predict += x.value;
+    if (!String(x.labels.status).startsWith("2")) r.errors += x.value;
+  }
+  for (const x of s.filter((y) => y.name.startsWith("prompthub_task_request_latency_seconds") && y.labels.task)) {
+    const r = taskRow(x.labels.task), predict = x.labels.route === "/predict/{task}";
+    if (x.name.endsWith("_sum")) { r.sum += x.value; if (predict) r.psum += x.value; }
+    if (x.name.endsWith("_count")) { r.count += x.value; if (predict) r.pcount += x.value; }
+  }
+  const ms = (total, n) => (n ? `${fmt((1000 * total) / n, 1)} ms` : "—");
+  const taskRows = Object.entries(byTask).sort((a, b) => b[1].requests - a[1].requests).slice(0, 50).map(([t, r]) => `<tr>
+      <th scope="row" data-label="Task">${t === "_unknown" ? '<span class="muted">other names (not found)</span>' : `<a href="#/tasks/${encodeURIComponent(t)}">${esc(t)}</a>`}</th>
+      <td data-label="Requests">${fmt(r.requests, 0)}</td><td data-label="Predictions">${fmt(r.predict, 0)}</td>
+      <td data-label="Errors">${fmt(r.errors, 0)}</td><td data-label="Mean latency, predict">${ms(r.psum, r.pcount)}</td>
+      <td data-label="Mean latency, all">${ms(r.sum, r.count)}</td></tr>`).join("");
   const routes = {};
   for (const x of s.filter((y) => y.name.startsWith("prompthub_request_latency_seconds"))) {
     const r = (routes[x.labels.route] ||= { sum: 0, count: 0, buckets: {} });
@@ -497,7 +537,7 @@ async function pageHub() {
   const latRows = Object.entries(routes).filter(([, r]) => r.count).sort((a, b) => b[1].count - a[1].count).map(([route, r]) => {
     const b = Object.entries(r.buckets).map(([le, c]) => [le === "+Inf" ? Infinity : Number(le), c]).sort((x, y) => x[0] - y[0]);
     const q = (v) => (v == null ? "—" : v === Infinity ? "> 30 s" : `≤ ${v * 1000} ms`);
-    return `<tr><td><code>${esc(route)}</code></td><td>${fmt(r.count, 0)}</td><td>${fmt((1000 * r.sum) / r.count, 1)} ms</td><td>${q(quantile(b, 0.5))}</td><td>${q(quantile(b, 0.95))}</td></tr>`;
+    return `<tr><th scope="row" data-label="Route"><code>${esc(route)}</code></th><td data-label="Requests">${fmt(r.count, 0)}</td><td data-label="Mean">${fmt((1000 * r.sum) / r.count, 1)} ms</td><td data-label="p50">${q(quantile(b, 0.5))}</td><td data-label="p95">${q(quantile(b, 0.95))}</td></tr>`;
   }).join("");
   const batch = s.filter((x) => x.name === "prompthub_batch_size_bucket").map((x) => [x.labels.le === "+Inf" ? Infinity : Number(x.labels.le), x.value]).sort((a, b) => a[0] - b[0]);
   const batchCount = one("prompthub_batch_size_count"), batchSum = one("prompthub_batch_size_sum");
@@ -505,6 +545,16 @@ async function pageHub() {
   const hits = one("prompthub_cache_hits"), misses = one("prompthub_cache_misses");
   const jobs = s.filter((x) => x.name === "prompthub_jobs").map((x) => [x.labels.state, x.value]);
   const rd = ready.data || {};
+  // the training workers' heartbeats (GET /workers: embedded, local and Celery workers alike)
+  const workerRows = workers.ok ? workers.data.map((w) => `<tr>
+      <th scope="row" data-label="Worker"><code>${esc(w.id.slice(0, 12))}</code></th><td data-label="Host">${esc(w.host)} (pid ${esc(String(w.pid))})</td>
+      <td data-label="Executor">${esc(w.executor)}${w.queue ? ` · ${esc(w.queue)}` : ""}</td><td data-label="Device">${esc(w.device)}</td>
+      <td data-label="Job">${w.job_id ? `<a href="#/jobs/${esc(w.job_id)}">${esc(w.job_tasks.join(", "))}</a>${w.job_progress && w.job_progress.total ? ` ${w.job_progress.step}/${w.job_progress.total}` : ""}` : "idle"}</td>
+      <td data-label="Heartbeat">${when(w.heartbeat_at)}</td></tr>`).join("") : "";
+  const workersHtml = workers.ok
+    ? `<table class="stack" id="workers"><thead><tr><th scope="col">Worker</th><th scope="col">Host</th><th scope="col">Executor</th><th scope="col">Device</th><th scope="col">Job</th><th scope="col">Heartbeat</th></tr></thead>
+      <tbody>${workerRows || '<tr><td colspan="6">No training worker is running.</td></tr>'}</tbody></table>`
+    : errorHtml(workers);
   main.innerHTML = `<h2>Hub overview</h2>
     <p class="muted">From <a href="/metrics">/metrics</a> (Prometheus), refreshed every 5 s.</p>
     <div class="grid2">
@@ -517,10 +567,14 @@ async function pageHub() {
       </dl></section>
       <section class="card"><h3>Training jobs</h3>${bars(jobs, { digits: 0 })}
         ${workerHtml(rd)}</section>
-      <section class="card"><h3>Requests per task</h3>${bars(Object.entries(byTask).sort((a, b) => b[1] - a[1]).slice(0, 20), { digits: 0 })}</section>
       <section class="card"><h3>Batch sizes (rows per forward)</h3>${bars(batchHist, { digits: 0 })}</section>
+      <section class="card"><h3>Cache</h3>${bars([["hits", hits], ["misses", misses]], { digits: 0 })}</section>
     </div>
-    <section class="card table-wrap"><h3>Latency by route</h3><table>
+    <section class="card table-wrap"><h3>Training workers</h3>${workersHtml}</section>
+    <section class="card table-wrap"><h3>Requests and latency per task</h3><table class="stack" id="task-requests">
+      <thead><tr><th scope="col">Task</th><th scope="col">Requests</th><th scope="col">Predictions</th><th scope="col">Errors</th><th scope="col">Mean latency, predict</th><th scope="col">Mean latency, all</th></tr></thead>
+      <tbody>${taskRows || '<tr><td colspan="6">No requests for a task yet.</td></tr>'}</tbody></table></section>
+    <section class="card table-wrap"><h3>Latency by route</h3><table class="nowrap" id="route-latency">
       <thead><tr><th scope="col">Route</th><th scope="col">Requests</th><th scope="col">Mean</th><th scope="col">p50</th><th scope="col">p95</th></tr></thead>
       <tbody>${latRows || '<tr><td colspan="5">No requests yet.</td></tr>'}</tbody></table></section>`;
   timer = setTimeout(route, 5000);
@@ -529,6 +583,9 @@ async function pageHub() {
 // ------------------------------------------------------------------ routing and the key
 async function route() {
   clearTimeout(timer);
+  const seq = ++routeSeq;
+  // a refresh of the same page (polling) keeps the keyboard focus where it was
+  const focused = main.contains(document.activeElement) && document.activeElement.id ? document.activeElement.id : null;
   const parts = (location.hash || "#/tasks").slice(2).split("/").map(decodeURIComponent);
   const page = parts[0] || "tasks";
   document.querySelectorAll("nav a[data-page]").forEach((a) => (a.dataset.page === page ? a.setAttribute("aria-current", "page") : a.removeAttribute("aria-current")));
@@ -542,12 +599,15 @@ async function route() {
     hub: pageHub,
   };
   await (pages[page] || pageTasks)();
-  if (first) { document.title = `PromptHub · ${page}`; }
+  if (seq !== routeSeq) return;
+  if (first) document.title = `PromptHub · ${page}`;
+  else if (focused && document.getElementById(focused)) document.getElementById(focused).focus({ preventScroll: true });
+  main.dataset.rendered = location.hash || "#/tasks"; // what the tests wait on: this page is drawn
 }
 
 function showKeyState() {
   const key = sessionStorage.getItem(KEY);
-  document.getElementById("key-state").textContent = key ? `key …${key.slice(-4)} in use` : "no key (loopback)";
+  document.getElementById("key-state").textContent = key ? `key …${key.slice(-4)} in use` : "no key (none needed on loopback)";
 }
 document.getElementById("key-form").addEventListener("submit", (e) => {
   e.preventDefault();
@@ -557,6 +617,12 @@ document.getElementById("key-form").addEventListener("submit", (e) => {
   showKeyState(); route();
 });
 document.getElementById("key-forget").addEventListener("click", () => { sessionStorage.removeItem(KEY); showKeyState(); route(); });
+// charts are drawn for the width they are shown at: a page with one is drawn again when it changes
+let resizeTimer = null;
+window.addEventListener("resize", () => {
+  clearTimeout(resizeTimer);
+  resizeTimer = setTimeout(() => document.querySelector("main .chart") && route(), 250);
+});
 window.addEventListener("hashchange", () => { say(""); main.focus({ preventScroll: true }); route(); });
 showKeyState();
 route();
