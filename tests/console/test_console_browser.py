@@ -67,7 +67,7 @@ def server(tmp_path: Path):
 
 @pytest.fixture
 def shipped_server(tmp_path: Path):
-    """A server with the shipped tasks (banking77, brown-pos, squad) in its store."""
+    """A server with the shipped tasks (banking77, brown-pos) in its store."""
     shutil.copytree(REPO / "prompts_store", tmp_path / "store")
     yield from _serve(tmp_path)
 
@@ -287,6 +287,36 @@ def test_try_it_renders_each_task_type(shipped_server, chromium, tmp_path: Path)
     """Classification as score bars, token classification as tags (and entity marks), QA as the
     answer marked in its context, regression as a score; shipped tasks plus a small regression."""
     base, _ = shipped_server
+    # no QA prefix is shipped (QA is train-your-own): a small one, trained here, is enough to draw
+    ctx = "The Eiffel Tower is a wrought-iron tower in Paris. It was built for the 1889 World Fair."
+    qa = [
+        {
+            "question": "When was the tower built?",
+            "context": ctx,
+            "answers": {"text": ["1889"], "answer_start": [ctx.index("1889")]},
+        },
+        {
+            "question": "Where is the tower?",
+            "context": ctx,
+            "answers": {"text": ["Paris"], "answer_start": [ctx.index("Paris")]},
+        },
+    ] * 4
+    r = httpx.post(
+        f"{base}/train",
+        json={
+            "task": "tower-qa",
+            "task_type": "question-answering",
+            "train": {"records": qa},
+            "hyperparameters": {
+                "epochs": 1,
+                "batch_size": 8,
+                "prefix_length": 4,
+                "max_length": 64,
+                "doc_stride": 32,
+            },
+        },
+    )
+    assert r.status_code == 202, r.text
     pairs = [("a man plays guitar", "someone plays music", 4.0), ("a dog runs", "the market fell", 0.2)] * 4
     r = httpx.post(
         f"{base}/train",
@@ -317,20 +347,14 @@ def test_try_it_renders_each_task_type(shipped_server, chromium, tmp_path: Path)
     assert "(77 in all)" in page.inner_text("#try-form")
     run("brown-pos", {"#in-text": "The jury praised the city."}, ".tokens small")
     assert "at" in page.inner_text("#try-out .tokens")  # Brown's article tag
-    run(
-        "squad",
-        {
-            "#in-question": "When was the tower built?",
-            "#in-context": "The Eiffel Tower is a wrought-iron tower in Paris. It was built for the 1889 World Fair.",
-        },
-        "mark",
-    )
-    assert page.inner_text("#try-out mark") == page.inner_text("#try-out .answer")
     deadline = httpx.Timeout(5)
-    for _ in range(600):
-        if httpx.get(f"{base}/tasks/similarity", timeout=deadline).status_code == 200:
-            break
-        time.sleep(0.5)
+    for name in ("tower-qa", "similarity"):
+        for _ in range(600):
+            if httpx.get(f"{base}/tasks/{name}", timeout=deadline).status_code == 200:
+                break
+            time.sleep(0.5)
+    run("tower-qa", {"#in-question": "When was the tower built?", "#in-context": ctx}, "mark")
+    assert page.inner_text("#try-out mark") == page.inner_text("#try-out .answer")
     run("similarity", {"#in-text": "a cat sleeps", "#in-pair": "a kitten is asleep"}, ".big")
     float(page.inner_text("#try-out .big"))
     page.close()
