@@ -18,8 +18,15 @@ from typing import Any
 
 from app.engine.backbone import Backbone
 from app.engine.model import SpecError, TaskSpec
+from app.engine.search_state import (
+    SearchState,
+    fingerprint,
+    rng_state,
+    set_rng_state,
+    trial_doc,
+    trial_from_doc,
+)
 from app.engine.train import (
-    Cancelled,
     Progress,
     ProgressFn,
     StopFn,
@@ -82,8 +89,12 @@ def run_search(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     task_name: str | None = None,
+    state: SearchState | None = None,
 ) -> SearchResult:
-    """Search `trials` settings around `spec` / `config` (their other fields stay as given)."""
+    """Search `trials` settings around `spec` / `config` (their other fields stay as given).
+    `state`: save the search's state after every sampled and every finished trial, and resume from a
+    saved one (app.engine.search_state): finished trials are not run again, the trial in flight goes
+    on from its own training state, and the result is the one an uninterrupted search gives."""
     import optuna
 
     check_search(spec.task_type, trials, metric, timeout_s)
@@ -103,6 +114,55 @@ def run_search(
     best: dict[str, Any] = {}
     log: list[dict[str, Any]] = []
     started = time.monotonic()
+    fp = fingerprint(
+        trials=trials,
+        metric=metric,
+        timeout_s=timeout_s,
+        spec=spec.to_dict(),
+        config=config,
+        train=len(train),
+        held=len(held),
+    )
+    saved = state.load(fp) if state is not None else None
+    finished: list[dict[str, Any]] = []
+    sampled: dict[str, Any] = {}  # the trial in flight: number, params, the sampler's state after it
+    if saved is not None:
+        finished = list(saved["trials"])
+        for doc in finished:
+            study.add_trial(trial_from_doc(doc))
+        log[:] = [e for e in saved["log"] if e["state"] != "running"]
+        if saved.get("best"):
+            best.update(saved["best"], result=state.load_best(backbone))
+        started -= saved.get("elapsed_s", 0.0)
+        if saved.get("running"):
+            study.enqueue_trial(saved["running"]["params"])
+        if saved.get("rng"):
+            set_rng_state(study.sampler, saved["rng"])
+        if progress is not None:
+            progress(
+                Progress(
+                    step=0,
+                    total=0,
+                    epoch=0.0,
+                    loss=None,
+                    message=f"search resumed after {len(finished)} of {trials} trials",
+                )
+            )
+
+    def save_state(running: dict[str, Any] | None) -> None:
+        if state is None:
+            return
+        state.save(
+            {
+                "fingerprint": fp,
+                "trials": finished,
+                "log": log,
+                "best": {k: v for k, v in best.items() if k != "result"},
+                "running": running,
+                "rng": sampled.get("rng"),
+                "elapsed_s": time.monotonic() - started,
+            }
+        )
 
     def objective(trial: optuna.Trial) -> float:
         number = trial.number + 1
@@ -119,6 +179,9 @@ def run_search(
                 setattr(t_spec, k, params[k])
         if "layers" in params:
             t_spec.layers = None if params["layers"] == "all" else params["layers"]
+        if state is not None:  # before the trial trains: what it runs with, and where the sampler is
+            sampled.update(number=trial.number, params=dict(trial.params), rng=rng_state(study.sampler))
+            save_state({"number": trial.number, "params": dict(trial.params)})
         t_config = replace(config, lr=params["lr"], holdout_fraction=0.0)
         entry: dict[str, Any] = {"trial": number, "params": params, "state": "running", "scores": []}
         log.append(entry)
@@ -159,6 +222,7 @@ def run_search(
                 should_stop=should_stop,
                 task_name=task_name,
                 epoch_end=epoch_end,
+                checkpointer=state.trial_checkpointer(trial.number) if state is not None else None,
             )
         except optuna.TrialPruned:
             entry["state"] = "pruned"
@@ -171,13 +235,21 @@ def run_search(
         entry.update(state="complete", value=value, best_epoch=result.best_epoch, steps=result.steps)
         if not best or value > best["value"]:
             best.update(value=value, result=result, params=params, trial=number)
+            if state is not None:
+                state.save_best(result, backbone)
         say(f"search trial {number}/{trials} done: {metric} {value:.4f} (best {best['value']:.4f})")
         return value
 
-    try:
-        study.optimize(objective, n_trials=trials, timeout=timeout_s, catch=())
-    except Cancelled:
-        raise
+    def trial_done(_study, frozen) -> None:
+        finished.append(trial_doc(frozen))
+        if state is not None:
+            save_state(None)
+            state.trial_checkpointer(frozen.number).clear()
+
+    remaining = trials - len(finished)
+    time_left = None if timeout_s is None else max(timeout_s - (time.monotonic() - started), 0.001)
+    if remaining > 0:
+        study.optimize(objective, n_trials=remaining, timeout=time_left, catch=(), callbacks=[trial_done])
     if not best:
         raise SpecError("no search trial completed", field="search")
     doc = {
