@@ -217,6 +217,7 @@ def _response(spec: Any, ex: TokenExample, feature: dict, row: Tensor) -> dict:
 
 class TokenClassification(TaskType):
     name = "token-classification"
+    input_fields = (("text",), ())
     example_type = TokenExample
     label_field = "tags"
 
