@@ -52,7 +52,7 @@ class WorkerSupervisor:
         stop: Callable[[subprocess.Popen], int | None] | None = None,
         recover: Callable[[Settings], list[str]] | None = None,
     ) -> None:
-        from app.jobs.worker import spawn_embedded_worker, stop_embedded_worker
+        from app.jobs.process import spawn_embedded_worker, stop_embedded_worker
 
         self.settings = settings
         self._spawn = spawn or spawn_embedded_worker
