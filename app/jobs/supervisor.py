@@ -29,11 +29,11 @@ STARTING, RUNNING, RESTARTING, FAILED, STOPPED = "starting", "running", "restart
 
 
 def _recover_jobs(settings: Settings) -> list[str]:
-    from app.db import jobs as db_jobs
+    from app.db import job_queue
     from app.db.session import get_sessionmaker
 
     with get_sessionmaker(settings.database_url)() as s:
-        return db_jobs.recover_stale_jobs(
+        return job_queue.recover_stale_jobs(
             s,
             stale_after_s=settings.job_stale_s,
             on_crash=settings.on_crash,

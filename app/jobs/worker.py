@@ -22,6 +22,7 @@ from typing import Any
 from app import versions
 from app.config import Settings
 from app.db import datasets as db_datasets
+from app.db import job_queue
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
 from app.db.models import CANCELLED, FAILED, SUCCEEDED
@@ -59,7 +60,7 @@ class Worker:
         stop_event: threading.Event | None = None,
     ) -> None:
         self.settings = settings
-        self.worker_id = worker_id or db_jobs.make_worker_id()
+        self.worker_id = worker_id or job_queue.make_worker_id()
         self.sessionmaker = get_sessionmaker(settings.database_url)
         self.store = open_store(settings)  # the local folder or S3 (PROMPTHUB_STORE_URL)
         self.datasets = open_datasets(settings, self.store)
@@ -80,7 +81,7 @@ class Worker:
 
     def recover(self) -> list[str]:
         with self.sessionmaker() as s:
-            ids = db_jobs.recover_stale_jobs(
+            ids = job_queue.recover_stale_jobs(
                 s,
                 stale_after_s=self.settings.job_stale_s,
                 on_crash=self.settings.on_crash,
@@ -101,7 +102,7 @@ class Worker:
         self._maybe_recover()
         backbone = self.backbone  # loaded before claiming: a broken backbone must not eat jobs
         with self.sessionmaker() as s:
-            job = db_jobs.claim_next_job(s, self.worker_id, max_running=self.settings.max_running_jobs)
+            job = job_queue.claim_next_job(s, self.worker_id, max_running=self.settings.max_running_jobs)
             if job is None:
                 return False
             job_id, kind, payload = job.id, job.kind, dict(job.payload or {})
@@ -196,7 +197,7 @@ class Worker:
                     return FAILED
                 if self.stop_event.is_set() and not run.stop_requested.is_set():
                     with self.sessionmaker() as s:
-                        db_jobs.release_job(s, job_id, worker_id=self.worker_id)
+                        job_queue.release_job(s, job_id, worker_id=self.worker_id)
                     self._released = job_id
                     log.info("job %s put back in the queue: the worker is stopping", job_id)
                     return "released"

@@ -44,6 +44,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app import versions
+from app.db import job_queue
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
 from app.db.errors import Conflict
@@ -303,7 +304,7 @@ def _unregistrable(
 
 
 def check_jobs(s: Session, stale_after_s: float, counts: dict | None = None) -> list[Finding]:
-    running, stale = db_jobs.stale_running_jobs(s, stale_after_s)
+    running, stale = job_queue.stale_running_jobs(s, stale_after_s)
     if counts is not None:
         counts["jobs_running"] = running
     found = []
@@ -445,7 +446,7 @@ class _Repairer:
         if self.jobs_recovered or self.jobs is None:
             return
         self.jobs_recovered = True
-        ids = db_jobs.recover_stale_jobs(
+        ids = job_queue.recover_stale_jobs(
             self.s,
             stale_after_s=self.jobs.stale_after_s,
             on_crash=self.jobs.on_crash,
