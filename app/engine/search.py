@@ -17,8 +17,10 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.engine.backbone import Backbone
+from app.engine.evaluation import primary_metric
 from app.engine.model import SpecError, TaskSpec
-from app.engine.train import (
+from app.engine.train import train_task
+from app.engine.train_config import (
     Cancelled,
     Progress,
     ProgressFn,
@@ -26,9 +28,7 @@ from app.engine.train import (
     TrainConfig,
     TrainResult,
     infer_labels,
-    primary_metric,
     split_holdout,
-    train_task,
 )
 
 #: the most trials one search may run (POST /train, the CLI)

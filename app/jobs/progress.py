@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from app.db import jobs as db_jobs
-from app.engine.train import Progress
+from app.engine.train_config import Progress
 
 if TYPE_CHECKING:
     from app.jobs.worker import Worker

@@ -11,7 +11,8 @@ from app import versions
 from app.db import tasks as db_tasks
 from app.engine.backbone import Backbone
 from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes
-from app.engine.train import MIN_HOLDOUT_EXAMPLES, TrainConfig, TrainResult, evaluate, primary_metric
+from app.engine.evaluation import evaluate, primary_metric
+from app.engine.train_config import MIN_HOLDOUT_EXAMPLES, TrainConfig, TrainResult
 from app.jobs.payload import training_doc
 from app.jobs.progress import jsonable
 

@@ -34,13 +34,8 @@ from app.engine.model import ServingTask
 from app.engine.options import build_training, validate_training
 from app.engine.resume import RunCheckpointer
 from app.engine.search import run_search
-from app.engine.train import (
-    Cancelled,
-    infer_labels,
-    split_holdout,
-    train_multitask,
-    train_task,
-)
+from app.engine.train import train_multitask, train_task
+from app.engine.train_config import Cancelled, infer_labels, split_holdout
 from app.jobs.payload import DataRef, load_split
 from app.jobs.presence import WorkerPresence
 from app.jobs.progress import JobRun, jsonable

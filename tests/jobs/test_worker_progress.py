@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from app.engine.train import Progress
+from app.engine.train_config import Progress
 from app.jobs.progress import JobRun
 
 
