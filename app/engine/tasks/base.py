@@ -56,6 +56,8 @@ class TaskType(ABC):
     input_fields: ClassVar[tuple[tuple[str, ...], tuple[str, ...]]]
     #: fields of decode()'s dicts sent as tensors of their own (besides the whole `prediction`)
     output_tensors: ClassVar[tuple[OutputTensor, ...]] = ()
+    #: the metrics a hyperparameter search may maximise (app.engine.search; keys of evaluate())
+    search_metrics: ClassVar[tuple[str, ...]] = ()
 
     # ---------------------------------------------------------------- records
 

@@ -81,6 +81,7 @@ class Classification(TaskType):
     heads = ("linear", "verbalizer")
     label_field = "label"
     input_fields = (("text",), ("text_pair",))
+    search_metrics = ("accuracy", "macro_f1")
     output_tensors = (
         OutputTensor("label", "BYTES"),
         OutputTensor("score", "FP32"),

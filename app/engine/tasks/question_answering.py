@@ -322,6 +322,7 @@ class QuestionAnswering(TaskType):
     squad_json = True
     always_pairs = True
     input_fields = (("question", "context"), ())
+    search_metrics = ("f1", "exact_match")
     output_tensors = (
         OutputTensor("answer", "BYTES"),
         OutputTensor("score", "FP32"),

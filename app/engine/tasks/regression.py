@@ -48,6 +48,7 @@ def _parse_score(value: Any, line: int) -> float:
 class Regression(TaskType):
     name = "regression"
     input_fields = (("text",), ("text_pair",))
+    search_metrics = ("pearson", "spearman")
     output_tensors = (OutputTensor("score", "FP32"),)
     example_type = RegressionExample
 
