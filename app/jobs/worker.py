@@ -35,7 +35,7 @@ from app.engine.options import build_training, validate_training
 from app.engine.resume import RunCheckpointer
 from app.engine.search import run_search
 from app.engine.train import train_multitask, train_task
-from app.engine.train_config import Cancelled, infer_labels, split_holdout
+from app.engine.train_config import Cancelled, TrainConfig, TrainResult, infer_labels, split_holdout
 from app.jobs.payload import DataRef, load_split
 from app.jobs.presence import WorkerPresence
 from app.jobs.progress import JobRun, jsonable
@@ -314,24 +314,10 @@ class Worker:
                 should_stop=run.should_stop,
                 task_name=name,
             )
-            promote, why = decide_promotion(
-                self.sessionmaker, self.store, name, mode, found.best, ev, backbone, config
+            version, promoted = self._promote_and_publish(
+                job_id, name, mode, found.best, ev, backbone, hp, config, data, search=found.log
             )
-            version = publish_result(
-                self.sessionmaker,
-                self.store,
-                job_id,
-                name,
-                found.best,
-                backbone,
-                hp,
-                config,
-                data,
-                activate=promote,
-                promotion=why,
-                search=found.log,
-            )
-            return {name: version}, jsonable(found.best.metrics), {name: {**why, "version": version}}
+            return {name: version}, jsonable(found.best.metrics), {name: promoted}
         result = train_task(
             backbone,
             spec,
@@ -347,24 +333,10 @@ class Worker:
         extra = {"init_from": payload.get("init_from")} if payload.get("init_from") else {}
         if run.resumed_from is not None:
             extra["resumed_from_step"] = run.resumed_from
-        promote, why = decide_promotion(
-            self.sessionmaker, self.store, name, mode, result, ev, backbone, config
+        version, promoted = self._promote_and_publish(
+            job_id, name, mode, result, ev, backbone, hp, config, data, **extra
         )
-        version = publish_result(
-            self.sessionmaker,
-            self.store,
-            job_id,
-            name,
-            result,
-            backbone,
-            hp,
-            config,
-            data,
-            activate=promote,
-            promotion=why,
-            **extra,
-        )
-        return {name: version}, jsonable(result.metrics), {name: {**why, "version": version}}
+        return {name: version}, jsonable(result.metrics), {name: promoted}
 
     def _train_multitask(
         self, job_id: str, payload: dict[str, Any], backbone: Backbone, run: JobRun
@@ -394,25 +366,53 @@ class Worker:
         published: dict[str, int] = {}
         promotion: dict[str, Any] = {}
         for name, result in results.items():
-            promote, why = decide_promotion(
-                self.sessionmaker, self.store, name, mode, result, tasks[name][2], backbone, config
-            )
-            published[name] = publish_result(
-                self.sessionmaker,
-                self.store,
+            published[name], promotion[name] = self._promote_and_publish(
                 job_id,
                 name,
+                mode,
                 result,
+                tasks[name][2],
                 backbone,
                 hp,
                 config,
                 datas[name],
-                activate=promote,
-                promotion=why,
                 multitask=sorted(tasks),
             )
-            promotion[name] = {**why, "version": published[name]}
         return published, {name: jsonable(r.metrics) for name, r in results.items()}, promotion
+
+    def _promote_and_publish(
+        self,
+        job_id: str,
+        name: str,
+        mode: str,
+        result: TrainResult,
+        ev: Any,
+        backbone: Backbone,
+        hp: dict[str, Any],
+        config: TrainConfig,
+        data: dict[str, Any],
+        **extra: Any,
+    ) -> tuple[int, dict[str, Any]]:
+        """Decide whether the trained task's new version becomes the active one (`mode`: POST
+        /train's `activate`), then publish it; (the version, the promotion record with it)."""
+        promote, why = decide_promotion(
+            self.sessionmaker, self.store, name, mode, result, ev, backbone, config
+        )
+        version = publish_result(
+            self.sessionmaker,
+            self.store,
+            job_id,
+            name,
+            result,
+            backbone,
+            hp,
+            config,
+            data,
+            activate=promote,
+            promotion=why,
+            **extra,
+        )
+        return version, {**why, "version": version}
 
 
 def _ref(ref: DataRef | None) -> dict[str, Any] | None:
