@@ -78,21 +78,24 @@ def decide_promotion(
     return True, {**doc, "promoted": True, "reason": reason}
 
 
-def publish_result(
+def promote_and_publish(
     sessionmaker: Any,
     store: Any,
     job_id: str,
     name: str,
+    mode: str,
     result: TrainResult,
+    ev: Any,
     backbone: Backbone,
     hp: dict[str, Any],
     config: TrainConfig,
     data: dict[str, Any],
-    activate: bool = True,
     **extra: Any,
-) -> int:
-    """Publish the trained task (store, then database, then activation unless `activate` is
-    False); returns the version."""
+) -> tuple[int, dict[str, Any]]:
+    """Decide whether the trained task's new version becomes the active one (`mode`: POST /train's
+    `activate`, see decide_promotion), then publish it: store, then database, then activation when
+    promoted. Returns the version and the promotion record (with the version)."""
+    promote, why = decide_promotion(sessionmaker, store, name, mode, result, ev, backbone, config)
     training = jsonable(
         training_doc(
             hp,
@@ -104,6 +107,7 @@ def publish_result(
             seconds=getattr(result, "seconds", None),
             num_trainable=result.num_trainable,
             trainable_fraction=result.trainable_fraction,
+            promotion=why,
             **extra,
         )
     )
@@ -111,9 +115,10 @@ def publish_result(
     meta = {"training": training, "metrics": metrics, "source": f"job:{job_id}", "data": data}
     blob = checkpoint_bytes(result.task, backbone, meta=meta)
     with sessionmaker() as s:
-        return versions.publish(
-            s, store, name, blob, source=f"job:{job_id}", job_id=job_id, activate=activate
+        version = versions.publish(
+            s, store, name, blob, source=f"job:{job_id}", job_id=job_id, activate=promote
         ).version
+    return version, {**why, "version": version}
 
 
 def _fmt(value: Any) -> str:

@@ -35,11 +35,11 @@ from app.engine.options import build_training, validate_training
 from app.engine.resume import RunCheckpointer
 from app.engine.search import run_search
 from app.engine.train import train_multitask, train_task
-from app.engine.train_config import Cancelled, TrainConfig, TrainResult, infer_labels, split_holdout
+from app.engine.train_config import Cancelled, infer_labels, split_holdout
 from app.jobs.payload import DataRef, load_split
 from app.jobs.presence import WorkerPresence
 from app.jobs.progress import JobRun, jsonable
-from app.jobs.publish import decide_promotion, publish_result
+from app.jobs.publish import promote_and_publish
 from app.store import StoreError, open_datasets, open_store
 
 log = logging.getLogger(__name__)
@@ -314,8 +314,19 @@ class Worker:
                 should_stop=run.should_stop,
                 task_name=name,
             )
-            version, promoted = self._promote_and_publish(
-                job_id, name, mode, found.best, ev, backbone, hp, config, data, search=found.log
+            version, promoted = promote_and_publish(
+                self.sessionmaker,
+                self.store,
+                job_id,
+                name,
+                mode,
+                found.best,
+                ev,
+                backbone,
+                hp,
+                config,
+                data,
+                search=found.log,
             )
             return {name: version}, jsonable(found.best.metrics), {name: promoted}
         result = train_task(
@@ -333,8 +344,8 @@ class Worker:
         extra = {"init_from": payload.get("init_from")} if payload.get("init_from") else {}
         if run.resumed_from is not None:
             extra["resumed_from_step"] = run.resumed_from
-        version, promoted = self._promote_and_publish(
-            job_id, name, mode, result, ev, backbone, hp, config, data, **extra
+        version, promoted = promote_and_publish(
+            self.sessionmaker, self.store, job_id, name, mode, result, ev, backbone, hp, config, data, **extra
         )
         return {name: version}, jsonable(result.metrics), {name: promoted}
 
@@ -366,7 +377,9 @@ class Worker:
         published: dict[str, int] = {}
         promotion: dict[str, Any] = {}
         for name, result in results.items():
-            published[name], promotion[name] = self._promote_and_publish(
+            published[name], promotion[name] = promote_and_publish(
+                self.sessionmaker,
+                self.store,
                 job_id,
                 name,
                 mode,
@@ -379,40 +392,6 @@ class Worker:
                 multitask=sorted(tasks),
             )
         return published, {name: jsonable(r.metrics) for name, r in results.items()}, promotion
-
-    def _promote_and_publish(
-        self,
-        job_id: str,
-        name: str,
-        mode: str,
-        result: TrainResult,
-        ev: Any,
-        backbone: Backbone,
-        hp: dict[str, Any],
-        config: TrainConfig,
-        data: dict[str, Any],
-        **extra: Any,
-    ) -> tuple[int, dict[str, Any]]:
-        """Decide whether the trained task's new version becomes the active one (`mode`: POST
-        /train's `activate`), then publish it; (the version, the promotion record with it)."""
-        promote, why = decide_promotion(
-            self.sessionmaker, self.store, name, mode, result, ev, backbone, config
-        )
-        version = publish_result(
-            self.sessionmaker,
-            self.store,
-            job_id,
-            name,
-            result,
-            backbone,
-            hp,
-            config,
-            data,
-            activate=promote,
-            promotion=why,
-            **extra,
-        )
-        return version, {**why, "version": version}
 
 
 def _ref(ref: DataRef | None) -> dict[str, Any] | None:
