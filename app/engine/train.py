@@ -31,11 +31,11 @@ from app.engine.resume import RunCheckpointer, bytes_tensor, tensor_bytes
 from app.engine.train_config import (
     Cancelled,
     EpochFn,
-    Progress,
     ProgressFn,
     StopFn,
     TrainConfig,
     TrainResult,
+    emit,
     infer_labels,
     seed_everything,
     split_holdout,
@@ -90,11 +90,6 @@ def _scheduler(
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[list[int]]:
     order = torch.randperm(n, generator=gen).tolist()
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
-
-
-def _emit(progress: ProgressFn | None, **kw) -> None:
-    if progress is not None:
-        progress(Progress(**kw))
 
 
 # ------------------------------------------------------------------------------------ single task
@@ -241,7 +236,7 @@ def _fit(
         gen.set_state(saved["gen_epoch"])
         resume_rng = (saved["torch_rng"], saved["py_rng"], saved["running"])
         resuming = True
-        _emit(
+        emit(
             progress,
             step=step,
             total=total,
@@ -281,7 +276,7 @@ def _fit(
                 step += 1
                 running += loss.item()
                 count += 1
-                _emit(
+                emit(
                     progress,
                     step=step,
                     total=total,
@@ -304,7 +299,7 @@ def _fit(
         history.append(record)
         # one selection for all tasks: with a shared prefix they must come from the same epoch
         mean = sum(scores) / len(scores)
-        _emit(
+        emit(
             progress,
             step=step,
             total=total,
@@ -316,7 +311,7 @@ def _fit(
         if epoch_end is not None:
             epoch_end(epoch, mean)
         if selection.stop_after(epoch, mean, scores, snapshot):
-            _emit(
+            emit(
                 progress,
                 step=step,
                 total=total,

@@ -73,6 +73,12 @@ StopFn = Callable[[], bool]
 EpochFn = Callable[[int, float], None]
 
 
+def emit(progress: ProgressFn | None, **kw) -> None:
+    """Report a Progress(**kw) to the callback, when there is one."""
+    if progress is not None:
+        progress(Progress(**kw))
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
