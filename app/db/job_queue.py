@@ -14,10 +14,10 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from app.db.jobs import get_job
+from app.db.jobs import get_job, update_jobs
 from app.db.models import (
     CANCELLED,
     FAILED,
@@ -57,12 +57,7 @@ def _running_count():
 def _claim_guarded(s: Session, job_id: str, worker_id: str, guard: list) -> Job | None:
     """Claim `job_id` for `worker_id` if every `guard` condition holds (one UPDATE, committed):
     the claimed job, or None when another worker or the running-jobs cap got there first."""
-    res = s.execute(
-        update(Job)
-        .where(*guard)
-        .values(**_claim_values(worker_id))
-        .execution_options(synchronize_session=False)
-    )
+    res = update_jobs(s, guard, **_claim_values(worker_id))
     s.commit()
     return get_job(s, job_id) if res.rowcount == 1 else None  # type: ignore[attr-defined]
 
@@ -86,12 +81,7 @@ def claim_next_job(s: Session, worker_id: str, max_running: int | None = None) -
         if job_id is None:
             s.rollback()
             return None
-        s.execute(
-            update(Job)
-            .where(Job.id == job_id)
-            .values(**_claim_values(worker_id))
-            .execution_options(synchronize_session=False)
-        )
+        update_jobs(s, [Job.id == job_id], **_claim_values(worker_id))
         s.commit()
         return get_job(s, job_id)
     for _ in range(100):
@@ -130,9 +120,7 @@ def release_job(
     cond = [Job.id == id, Job.state == RUNNING]
     if worker_id is not None:
         cond.append(Job.worker_id == worker_id)
-    res = s.execute(
-        update(Job).where(*cond).values(**_requeued(message)).execution_options(synchronize_session=False)
-    )
+    res = update_jobs(s, cond, **_requeued(message))
     s.commit()
     return res.rowcount == 1  # type: ignore[attr-defined]
 
@@ -217,9 +205,7 @@ def recover_stale_jobs(
                     else f"worker died while running (attempt {attempt})"
                 ),
             }
-        res = s.execute(
-            update(Job).where(*guard).values(**values).execution_options(synchronize_session=False)
-        )
+        res = update_jobs(s, guard, **values)
         if res.rowcount == 1:  # type: ignore[attr-defined]
             recovered.append(job.id)
     s.commit()
@@ -322,24 +308,14 @@ def take_over_job(s: Session, id: str, *, dead_worker_id: str | None, worker_id:
         }
     guard = [Job.id == id, Job.state == RUNNING]
     guard.append(Job.worker_id == dead_worker_id if dead_worker_id else Job.worker_id.is_(None))
-    res = s.execute(
-        update(Job)
-        .where(*guard)
-        .values(attempts=kills, **values)
-        .execution_options(synchronize_session=False)
-    )
+    res = update_jobs(s, guard, attempts=kills, **values)
     s.commit()
     return outcome if res.rowcount == 1 else GONE  # type: ignore[attr-defined]
 
 
 def mark_dispatched(s: Session, id: str) -> None:
     """ "run job X" was sent for this queued job."""
-    s.execute(
-        update(Job)
-        .where(Job.id == id, Job.state == QUEUED)
-        .values(dispatched_at=utcnow())
-        .execution_options(synchronize_session=False)
-    )
+    update_jobs(s, [Job.id == id, Job.state == QUEUED], dispatched_at=utcnow())
     s.commit()
 
 
@@ -358,11 +334,8 @@ def claim_undispatched(s: Session, older_than_s: float, limit: int = 100) -> lis
     s.rollback()
     out: list[tuple[str, dict[str, Any]]] = []
     for job_id, payload in rows:
-        res = s.execute(
-            update(Job)
-            .where(Job.id == job_id, Job.state == QUEUED, Job.dispatched_at.is_(None))
-            .values(dispatched_at=utcnow())
-            .execution_options(synchronize_session=False)
+        res = update_jobs(
+            s, [Job.id == job_id, Job.state == QUEUED, Job.dispatched_at.is_(None)], dispatched_at=utcnow()
         )
         s.commit()
         if res.rowcount == 1:  # type: ignore[attr-defined]
@@ -371,10 +344,5 @@ def claim_undispatched(s: Session, older_than_s: float, limit: int = 100) -> lis
 
 
 def undispatch(s: Session, id: str) -> None:
-    s.execute(
-        update(Job)
-        .where(Job.id == id, Job.state == QUEUED)
-        .values(dispatched_at=None)
-        .execution_options(synchronize_session=False)
-    )
+    update_jobs(s, [Job.id == id, Job.state == QUEUED], dispatched_at=None)
     s.commit()

@@ -28,6 +28,12 @@ from app.db.models import (
 )
 
 
+def update_jobs(s: Session, where: Sequence[Any], **values: Any) -> Any:
+    """UPDATE the jobs matching every condition of `where` (a bulk update: the session's loaded
+    objects are not synchronised; the caller commits). The result's rowcount is the rows changed."""
+    return s.execute(update(Job).where(*where).values(**values).execution_options(synchronize_session=False))
+
+
 def create_job(
     s: Session,
     *,
@@ -121,18 +127,15 @@ def request_cancel(s: Session, id: str) -> Job:
     """Queued: cancelled at once. Running: flagged; the worker stops at its next step.
     Finished jobs are returned unchanged."""
     now = utcnow()
-    s.execute(
-        update(Job)
-        .where(Job.id == id, Job.state == QUEUED)
-        .values(state=CANCELLED, finished_at=now, cancel_requested=True, error=None)
-        .execution_options(synchronize_session=False)
+    update_jobs(
+        s,
+        [Job.id == id, Job.state == QUEUED],
+        state=CANCELLED,
+        finished_at=now,
+        cancel_requested=True,
+        error=None,
     )
-    s.execute(
-        update(Job)
-        .where(Job.id == id, Job.state == RUNNING)
-        .values(cancel_requested=True)
-        .execution_options(synchronize_session=False)
-    )
+    update_jobs(s, [Job.id == id, Job.state == RUNNING], cancel_requested=True)
     s.commit()
     return _get_job_or_raise(s, id)
 
@@ -147,18 +150,15 @@ def cancel_jobs_of_task(s: Session, name: str) -> list[str]:
         s.rollback()
         return []
     now = utcnow()
-    s.execute(
-        update(Job)
-        .where(Job.id.in_(ids), Job.state == QUEUED)
-        .values(state=CANCELLED, finished_at=now, cancel_requested=True, error=None)
-        .execution_options(synchronize_session=False)
+    update_jobs(
+        s,
+        [Job.id.in_(ids), Job.state == QUEUED],
+        state=CANCELLED,
+        finished_at=now,
+        cancel_requested=True,
+        error=None,
     )
-    s.execute(
-        update(Job)
-        .where(Job.id.in_(ids), Job.state == RUNNING)
-        .values(cancel_requested=True)
-        .execution_options(synchronize_session=False)
-    )
+    update_jobs(s, [Job.id.in_(ids), Job.state == RUNNING], cancel_requested=True)
     s.commit()
     return ids
 
@@ -187,7 +187,7 @@ def heartbeat(
     cond = [Job.id == id, Job.state == RUNNING]
     if worker_id is not None:
         cond.append(Job.worker_id == worker_id)
-    res = s.execute(update(Job).where(*cond).values(**values).execution_options(synchronize_session=False))
+    res = update_jobs(s, cond, **values)
     s.commit()
     if res.rowcount != 1:  # type: ignore[attr-defined]
         return True
@@ -221,6 +221,6 @@ def finish_job(
     }
     if promotion is not None:
         values["promotion"] = promotion
-    s.execute(update(Job).where(*cond).values(**values).execution_options(synchronize_session=False))
+    update_jobs(s, cond, **values)
     s.commit()
     return _get_job_or_raise(s, id)
