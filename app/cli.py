@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve_command(args)
     if args.command == "worker":
-        from app.jobs.worker import worker_command
+        from app.jobs.process import worker_command
 
         return worker_command(args)
     if args.command == "migrate":

@@ -75,7 +75,7 @@ def setup(work: Path, n_tasks: int) -> tuple[dict[str, str], dict[str, str], lis
     from app.engine.backbone import load_backbone
     from app.engine.checkpoint import checkpoint_bytes
     from app.engine.model import TaskModel, TaskSpec
-    from app.jobs.worker import settings_env
+    from app.jobs.process import settings_env
     from app.store import PromptStore
 
     settings = Settings(

@@ -67,8 +67,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     from app.engine.backbone import load_backbone
+    from app.engine.evaluation import evaluate
     from app.engine.options import build_training
-    from app.engine.train import evaluate, train_task
+    from app.engine.train import train_task
     from bench.quality import data, log
     from bench.quality.run import ProgressPrinter, score_of
 

@@ -23,7 +23,8 @@ from pathlib import Path
 
 from app.engine.checkpoint import sha256_bytes
 from app.store import PromptStore
-from app.store.s3 import S3Objects, S3PromptStore, make_client
+from app.store.s3 import S3PromptStore
+from app.store.s3_objects import S3Objects, make_client
 
 
 def _free_port() -> int:

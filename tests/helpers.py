@@ -193,7 +193,7 @@ def children_of(pid: int) -> list[int]:
 def process_env(settings) -> dict[str, str]:
     """The environment of a `prompthub` child process running with `settings`."""
     from app.db.session import REPO_ROOT
-    from app.jobs.worker import settings_env
+    from app.jobs.process import settings_env
 
     env = {**os.environ, **settings_env(settings), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     env["PYTHONPATH"] = str(REPO_ROOT)

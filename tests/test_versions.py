@@ -209,12 +209,13 @@ def test_a_failed_row_write_removes_the_file(store, session_factory, make_checkp
 
 
 def test_deleting_a_task_cancels_its_jobs_and_publish_refuses_them(store, session_factory, make_checkpoint):
+    from app.db import job_queue
     from app.db import jobs as db_jobs
 
     with session_factory() as s:
         versions.publish(s, store, "sent", make_checkpoint(), source="t")
         running = db_jobs.create_job(s, kind="single", payload={}, task_names=["sent"], max_queued=10).id
-        assert db_jobs.claim_next_job(s, "w1").id == running
+        assert job_queue.claim_next_job(s, "w1").id == running
         queued = db_jobs.create_job(
             s, kind="multitask", payload={}, task_names=["other", "sent"], max_queued=10
         ).id
@@ -231,5 +232,5 @@ def test_deleting_a_task_cancels_its_jobs_and_publish_refuses_them(store, sessio
         # a live job publishes as before
         live = db_jobs.create_job(s, kind="single", payload={}, task_names=["sent"], max_queued=10).id
         db_jobs.request_cancel(s, unrelated)
-        assert db_jobs.claim_next_job(s, "w2").id == live
+        assert job_queue.claim_next_job(s, "w2").id == live
         assert versions.publish(s, store, "sent", make_checkpoint(), source="j", job_id=live).version == 1

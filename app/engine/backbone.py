@@ -15,25 +15,22 @@ Position ids never depend on the prefix: each architecture numbers the tokens fr
 start, exactly as the plain model does, so a masked-out prefix gives the plain model's output.
 The one exception is asked for per row (`position_offsets`, BERT family only): a task imported
 from PEFT was trained with its tokens numbered after its prefix, as PEFT's prefix tuning does
-(docs/peft.md), and is served the same way.
+(docs/peft.md), and is served the same way. The per-architecture steps are app.engine.architectures.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-BERT_FAMILY = {"bert", "roberta", "electra", "xlm-roberta", "camembert"}
-SUPPORTED_MODEL_TYPES = BERT_FAMILY | {"mpnet", "deberta-v2"}
+from app.engine.architectures import ADAPTERS, SUPPORTED_MODEL_TYPES
 
 #: Names that resolve to a backbone shipped in a registry package (see README, "Backbones").
 BACKBONE_ALIASES = {
@@ -139,166 +136,13 @@ def _weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
-def _additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
-    """[B, K] with 1 = attend -> [B, 1, 1, K] additive float mask."""
-    neg = torch.finfo(dtype).min
-    return (1.0 - mask.to(dtype))[:, None, None, :] * neg
-
-
-class _Adapter:
-    """How to run one architecture's layers with prefixes. Subclasses hold no parameters."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.config = model.config
-
-    # each returns hidden states [B, L, H]
-    def embed(self, input_ids: Tensor, token_type_ids: Tensor | None, attention_mask: Tensor) -> Tensor:
-        raise NotImplementedError
-
-    def embed_offset(self, input_ids: Tensor, token_type_ids: Tensor | None, offset: int) -> Tensor:
-        """Embeddings with the tokens numbered from `offset` on (after a prefix, as PEFT does)."""
-        raise BackboneError(
-            f"position offsets are supported on BERT-family backbones only, not {self.config.model_type!r}"
-        )
-
-    def layers(self) -> nn.ModuleList:
-        return self.model.encoder.layer
-
-    def context(self, hidden: Tensor, attention_mask: Tensor) -> dict:
-        return {}
-
-    def layer(
-        self, i: int, hidden: Tensor, kv: tuple[Tensor, Tensor] | None, key_mask: Tensor, ctx: dict
-    ) -> Tensor:
-        raise NotImplementedError
-
-    def after_layer(self, i: int, hidden: Tensor, embedded: Tensor, attention_mask: Tensor) -> Tensor:
-        return hidden
-
-
-def _split_heads(x: Tensor, heads: int) -> Tensor:
-    b, n, _ = x.shape
-    return x.view(b, n, heads, -1).transpose(1, 2)
-
-
-def _merge_heads(x: Tensor) -> Tensor:
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
-
-
-class _BertFamily(_Adapter):
-    def embed(self, input_ids, token_type_ids, attention_mask):
-        out = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
-        project = getattr(self.model, "embeddings_project", None)  # ELECTRA
-        return project(out) if project is not None else out
-
-    def embed_offset(self, input_ids, token_type_ids, offset):
-        # the models' own numbering after a cache of `offset` tokens (RoBERTa: from the padding id on)
-        out = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, cache_length=offset)
-        project = getattr(self.model, "embeddings_project", None)
-        return project(out) if project is not None else out
-
-    def layer(self, i, hidden, kv, key_mask, ctx):
-        layer = self.layers()[i]
-        sa = layer.attention.self
-        heads = sa.num_attention_heads
-        q = _split_heads(sa.query(hidden), heads)
-        k = sa.key(hidden)
-        v = sa.value(hidden)
-        if kv is not None:
-            k = torch.cat([kv[0], k], dim=1)
-            v = torch.cat([kv[1], v], dim=1)
-        k, v = _split_heads(k, heads), _split_heads(v, heads)
-        p = sa.dropout.p if self.model.training else 0.0
-        attn = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=_additive_mask(key_mask, q.dtype), dropout_p=p
-        )
-        attn_out = layer.attention.output(_merge_heads(attn), hidden)
-        return layer.output(layer.intermediate(attn_out), attn_out)
-
-
-class _MPNet(_Adapter):
-    def embed(self, input_ids, token_type_ids, attention_mask):
-        return self.model.embeddings(input_ids=input_ids)
-
-    def context(self, hidden, attention_mask):
-        return {"bias": self.model.encoder.compute_position_bias(hidden)}
-
-    def layer(self, i, hidden, kv, key_mask, ctx):
-        layer = self.layers()[i]
-        a = layer.attention.attn
-        heads = a.num_attention_heads
-        q = _split_heads(a.q(hidden), heads)
-        k, v = a.k(hidden), a.v(hidden)
-        bias = ctx["bias"]
-        if kv is not None:
-            k = torch.cat([kv[0], k], dim=1)
-            v = torch.cat([kv[1], v], dim=1)
-            bias = F.pad(bias, (kv[0].shape[1], 0))  # prefix keys: no position bias
-        k, v = _split_heads(k, heads), _split_heads(v, heads)
-        mask = bias + _additive_mask(key_mask, q.dtype)
-        p = a.dropout.p if self.model.training else 0.0
-        attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        o = a.o(_merge_heads(attn))
-        attn_out = layer.attention.LayerNorm(layer.attention.dropout(o) + hidden)
-        return layer.output(layer.intermediate(attn_out), attn_out)
-
-
-class _DebertaV2(_Adapter):
-    def embed(self, input_ids, token_type_ids, attention_mask):
-        if token_type_ids is None:
-            token_type_ids = torch.zeros_like(input_ids)
-        return self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids, mask=attention_mask)
-
-    def context(self, hidden, attention_mask):
-        enc = self.model.encoder
-        return {"rel_pos": enc.get_rel_pos(hidden), "rel_emb": enc.get_rel_embedding()}
-
-    def layer(self, i, hidden, kv, key_mask, ctx):
-        layer = self.layers()[i]
-        sa = layer.attention.self
-        heads = sa.num_attention_heads
-        q = sa.transpose_for_scores(sa.query_proj(hidden), heads)  # [B*h, L, d]
-        k = sa.transpose_for_scores(sa.key_proj(hidden), heads)
-        v = sa.transpose_for_scores(sa.value_proj(hidden), heads)
-        scale_factor = 1 + ("c2p" in sa.pos_att_type) + ("p2c" in sa.pos_att_type)
-        scale = math.sqrt(q.size(-1) * scale_factor)
-        scores = torch.bmm(q, k.transpose(-1, -2) / scale)
-        if sa.relative_attention:
-            rel_emb = sa.pos_dropout(ctx["rel_emb"])
-            scores = scores + sa.disentangled_attention_bias(q, k, ctx["rel_pos"], rel_emb, scale_factor)
-        if kv is not None:
-            pk = sa.transpose_for_scores(kv[0], heads)
-            pv = sa.transpose_for_scores(kv[1], heads)
-            scores = torch.cat([torch.bmm(q, pk.transpose(-1, -2) / scale), scores], dim=-1)
-            v = torch.cat([pv, v], dim=1)
-        b = hidden.shape[0]
-        scores = scores.view(b, heads, scores.size(-2), scores.size(-1))
-        scores = scores.masked_fill(~key_mask.bool()[:, None, None, :], torch.finfo(q.dtype).min)
-        probs = sa.dropout(F.softmax(scores, dim=-1))
-        ctx_layer = torch.bmm(probs.view(b * heads, probs.size(-2), probs.size(-1)), v)
-        ctx_layer = ctx_layer.view(b, heads, ctx_layer.size(-2), ctx_layer.size(-1))
-        attn_out = layer.attention.output(_merge_heads(ctx_layer), hidden)
-        return layer.output(layer.intermediate(attn_out), attn_out)
-
-    def after_layer(self, i, hidden, embedded, attention_mask):
-        conv = self.model.encoder.conv
-        if i == 0 and conv is not None:
-            return conv(embedded, hidden, attention_mask)
-        return hidden
-
-
-_ADAPTERS = {t: _BertFamily for t in BERT_FAMILY} | {"mpnet": _MPNet, "deberta-v2": _DebertaV2}
-
-
 class Backbone(nn.Module):
     """A pretrained encoder, frozen unless asked otherwise, with prefix-aware forward."""
 
     def __init__(self, model: nn.Module, tokenizer, name: str, source: str | None = None):
         super().__init__()
         model_type = model.config.model_type
-        if model_type not in _ADAPTERS:
+        if model_type not in ADAPTERS:
             raise BackboneError(
                 f"backbone {name!r}: model type {model_type!r} is not supported "
                 f"(supported: {', '.join(sorted(SUPPORTED_MODEL_TYPES))})"
@@ -308,7 +152,7 @@ class Backbone(nn.Module):
         self.name = name
         self.source = source
         self.model_type = model_type
-        self._adapter = _ADAPTERS[model_type](model)
+        self._adapter = ADAPTERS[model_type](model)
         cfg = model.config
         self.num_layers: int = cfg.num_hidden_layers
         self.hidden_size: int = cfg.hidden_size

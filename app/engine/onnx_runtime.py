@@ -35,7 +35,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from app.engine.backbone import BERT_FAMILY, Backbone, BackboneError, PrefixBatch
+from app.engine.architectures import BERT_FAMILY
+from app.engine.backbone import Backbone, BackboneError, PrefixBatch
 
 log = logging.getLogger(__name__)
 

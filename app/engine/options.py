@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from app.engine.data import Example
     from app.engine.model import TaskSpec
-    from app.engine.train import TrainConfig
+    from app.engine.train_config import TrainConfig
 
 METHODS = ("p-tuning-v2", "prompt-tuning", "fine-tuning")
 #: the methods a server trains (full fine-tuning carries a whole encoder copy: CLI only)
@@ -238,7 +238,7 @@ def build_training(
     means the default, which for `lr` depends on the method). Checks types and ranges only; the
     task type's rules are TaskSpec.validate's (see validate_training)."""
     from app.engine.model import TaskSpec
-    from app.engine.train import TrainConfig
+    from app.engine.train_config import TrainConfig
 
     hp = dict(hp or {})
     unknown = sorted(set(hp) - set(BY_NAME))

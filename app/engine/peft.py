@@ -36,7 +36,8 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from app.engine import tasks
-from app.engine.backbone import BERT_FAMILY, Backbone
+from app.engine.architectures import BERT_FAMILY
+from app.engine.backbone import Backbone
 from app.engine.model import ServingTask, SpecError, TaskSpec
 
 ADAPTER_CONFIG = "adapter_config.json"

@@ -16,7 +16,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from app.engine import tasks as registry
 from app.engine.backbone import Backbone
+from app.engine.evaluation import primary_metric
 from app.engine.model import SpecError, TaskSpec
 from app.engine.search_state import (
     SearchState,
@@ -26,27 +28,19 @@ from app.engine.search_state import (
     trial_doc,
     trial_from_doc,
 )
-from app.engine.train import (
+from app.engine.train import train_task
+from app.engine.train_config import (
     Progress,
     ProgressFn,
     StopFn,
     TrainConfig,
     TrainResult,
     infer_labels,
-    primary_metric,
     split_holdout,
-    train_task,
 )
 
 #: the most trials one search may run (POST /train, the CLI)
 MAX_TRIALS = 50
-#: metrics a search may maximise, per task type (None: the task type's primary metric)
-SEARCH_METRICS: dict[str, tuple[str, ...]] = {
-    "classification": ("accuracy", "macro_f1"),
-    "token-classification": ("token_accuracy", "f1"),
-    "question-answering": ("f1", "exact_match"),
-    "regression": ("pearson", "spearman"),
-}
 #: the search space (P-Tuning v2; shallow prompt tuning searches lr and prefix length only)
 LR_RANGE = (3e-3, 1e-1)
 PREFIX_LENGTHS = (8, 16, 32, 64, 128)
@@ -64,7 +58,7 @@ def check_search(task_type: str, trials: Any, metric: Any, timeout_s: Any = None
     """SpecError naming the field ('search.trials', 'search.metric', 'search.timeout_s')."""
     if isinstance(trials, bool) or not isinstance(trials, int) or not 1 <= trials <= MAX_TRIALS:
         raise SpecError(f"trials must be an integer from 1 to {MAX_TRIALS}", field="search.trials")
-    allowed = SEARCH_METRICS.get(task_type, ())
+    allowed = registry.get(task_type).search_metrics
     if metric is not None and metric not in allowed:
         raise SpecError(
             f"{metric!r}: a {task_type} search maximises one of {', '.join(allowed)}", field="search.metric"

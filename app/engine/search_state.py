@@ -30,7 +30,7 @@ import torch
 
 from app.engine.checkpoint import atomic_write, checkpoint_bytes, load_checkpoint_bytes
 from app.engine.resume import RunCheckpointer, bytes_tensor, tensor_bytes
-from app.engine.train import TrainResult
+from app.engine.train_config import TrainResult
 
 log = logging.getLogger(__name__)
 

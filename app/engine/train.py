@@ -4,6 +4,8 @@ AdamW with linear warm-up and decay, gradient clipping, evaluation every epoch w
 best-checkpoint selection and early stopping, seeded, progress through a callback, cancellation
 between steps. `train_multitask` trains one shared prefix jointly over several tasks (each with
 its own head), then optionally continues per task from the shared prefix (the paper's MPT-2).
+A run's configuration, progress and result are app.engine.train_config; evaluation, best-epoch
+selection and early stopping app.engine.evaluation.
 """
 
 from __future__ import annotations
@@ -11,8 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -22,118 +23,29 @@ from app.engine import tasks as registry
 from app.engine.backbone import Backbone
 from app.engine.batch import collate
 from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes
+from app.engine.evaluation import EpochSelection, evaluate_epoch
 from app.engine.model import ServingTask, TaskModel, TaskSpec, new_prefix_encoder
-from app.engine.options import default
-from app.engine.predict import encode_examples, run_features
+from app.engine.predict import encode_examples
 from app.engine.prefix import PrefixEncoder
 from app.engine.resume import RunCheckpointer, bytes_tensor, tensor_bytes
+from app.engine.train_config import (
+    Cancelled,
+    EpochFn,
+    ProgressFn,
+    StopFn,
+    TrainConfig,
+    TrainResult,
+    emit,
+    infer_labels,
+    seed_everything,
+    split_holdout,
+)
 
-
-class Cancelled(Exception):
-    """Training stopped because should_stop() returned True."""
-
-
-@dataclass
-class TrainConfig:
-    """How a run trains. The options a user sets start from app.engine.options' table; build
-    TrainConfigs from user input with options.build_training."""
-
-    epochs: int = default("epochs")
-    lr: float = default("lr")
-    batch_size: int = default("batch_size")
-    weight_decay: float = 0.01
-    warmup_ratio: float = 0.06
-    max_grad_norm: float = 1.0
-    seed: int = default("seed")
-    early_stopping_patience: int = default("early_stopping_patience")
-    max_steps: int | None = default("max_steps")
-    eval_batch_size: int = default("eval_batch_size")
-    #: learning rate of the encoder in full fine-tuning
-    backbone_lr: float = default("backbone_lr")
-    #: with no eval data, hold out this fraction of the training data (seeded) for evaluation; a
-    #: library call holds out nothing unless asked (the training surfaces default to the table's)
-    holdout_fraction: float = 0.0
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-@dataclass
-class Progress:
-    step: int
-    total: int
-    epoch: float
-    loss: float | None
-    metrics: dict | None = None
-    message: str = ""
-    task: str | None = None
-
-
-@dataclass
-class TrainResult:
-    task: ServingTask
-    metrics: dict
-    history: list[dict] = field(default_factory=list)
-    best_epoch: int | None = None
-    num_trainable: int = 0
-    trainable_fraction: float = 0.0
-    seconds: float = 0.0
-    steps: int = 0
-
-
-ProgressFn = Callable[[Progress], None]
-StopFn = Callable[[], bool]
-#: called after every evaluated epoch with (epoch, mean primary score); may raise to stop the run
-EpochFn = Callable[[int, float], None]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def primary_metric(spec: TaskSpec) -> str:
-    return registry.get(spec.task_type).primary_metric(spec)
-
-
-MIN_HOLDOUT_EXAMPLES = 20
-#: a held-out split carved from train is at most this large (enough to rank epochs; the rest trains)
-MAX_HOLDOUT_EXAMPLES = 1000
-
-
-def split_holdout(
-    train: Sequence, evals: Sequence | None, fraction: float, seed: int
-) -> tuple[list, list | None]:
-    """(train, eval): a seeded held-out slice of train when no eval data is given."""
-    train = list(train)
-    if evals or fraction <= 0 or len(train) < MIN_HOLDOUT_EXAMPLES:
-        return train, list(evals) if evals else None
-    order = list(range(len(train)))
-    random.Random(seed).shuffle(order)
-    n = min(MAX_HOLDOUT_EXAMPLES, max(1, int(len(train) * fraction)))
-    held = set(order[:n])
-    return [e for i, e in enumerate(train) if i not in held], [train[i] for i in sorted(held)]
-
-
-def infer_labels(spec: TaskSpec, examples: Sequence) -> TaskSpec:
-    if not spec.labels:
-        spec.labels = registry.get(spec.task_type).infer_labels(examples)
-    return spec
-
-
-# ------------------------------------------------------------------------------------ loss, evaluation
+# ------------------------------------------------------------------------------------ loss, batches
 
 
 def task_loss(spec: TaskSpec, logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
     return registry.get(spec.task_type).loss(spec, logits, batch)
-
-
-def evaluate(backbone: Backbone, task: ServingTask, examples: Sequence, batch_size: int = 64) -> dict:
-    """Metrics of a served task on labelled examples."""
-    spec = task.spec
-    features = encode_examples(spec, backbone.tokenizer, examples, with_labels=False)
-    logits = run_features(backbone, task, features, batch_size)
-    return registry.get(spec.task_type).evaluate(spec, list(examples), features, logits)
 
 
 def training_batch(
@@ -178,11 +90,6 @@ def _scheduler(
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[list[int]]:
     order = torch.randperm(n, generator=gen).tolist()
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
-
-
-def _emit(progress: ProgressFn | None, **kw) -> None:
-    if progress is not None:
-        progress(Progress(**kw))
 
 
 # ------------------------------------------------------------------------------------ single task
@@ -275,9 +182,7 @@ def _fit(
         total = min(total, config.max_steps)
     sched = _scheduler(opt, total, config.warmup_ratio)
     history: list[dict] = []
-    best: dict[str, tuple[float, ServingTask, dict, int]] = {}
-    bad_epochs = 0
-    best_score = -math.inf
+    selection = EpochSelection(config.early_stopping_patience)
     step = 0
     epoch = 0
     running, count = 0.0, 0
@@ -305,11 +210,11 @@ def _fit(
             "torch_rng": torch.get_rng_state(),
             "py_rng": random.getstate(),
             "history": history,
-            "bad_epochs": bad_epochs,
-            "best_score": best_score,
+            "bad_epochs": selection.bad_epochs,
+            "best_score": selection.best_score,
             "best": {
                 n: [sc, bytes_tensor(checkpoint_bytes(srv, backbone)), m, ep]
-                for n, (sc, srv, m, ep) in best.items()
+                for n, (sc, srv, m, ep) in selection.best.items()
             },
         }
 
@@ -322,15 +227,16 @@ def _fit(
         opt.load_state_dict(saved["optimizer"])
         sched.load_state_dict(saved["scheduler"])
         step, epoch, skip = saved["step"], saved["epoch"] - 1, saved["count"]
-        history, bad_epochs, best_score = saved["history"], saved["bad_epochs"], saved["best_score"]
-        best = {
+        history, selection.bad_epochs = saved["history"], saved["bad_epochs"]
+        selection.best_score = saved["best_score"]
+        selection.best = {
             n: (sc, load_checkpoint_bytes(tensor_bytes(blob), backbone), m, ep)
             for n, (sc, blob, m, ep) in saved["best"].items()
         }
         gen.set_state(saved["gen_epoch"])
         resume_rng = (saved["torch_rng"], saved["py_rng"], saved["running"])
         resuming = True
-        _emit(
+        emit(
             progress,
             step=step,
             total=total,
@@ -370,7 +276,7 @@ def _fit(
                 step += 1
                 running += loss.item()
                 count += 1
-                _emit(
+                emit(
                     progress,
                     step=step,
                     total=total,
@@ -383,24 +289,17 @@ def _fit(
         finally:
             joint.eval()
         skip = 0
-        record = {"epoch": epoch, "step": step, "loss": running / max(1, count), "metrics": {}}
-        scores = []
-        snapshot: dict[str, tuple[ServingTask, dict]] = {}
-        for name in names:
-            model, _, eval_examples = tasks[name]
-            serving = model.to_serving()
-            if eval_examples:
-                m = evaluate(backbone, serving, eval_examples, config.eval_batch_size)
-                record["metrics"][name] = m
-                scores.append(m[primary_metric(model.spec)])
-            else:
-                m = {}
-                scores.append(float(epoch))  # no eval data: the last epoch wins
-            snapshot[name] = (serving, m)
+        metrics, scores, snapshot = evaluate_epoch(
+            backbone,
+            {name: (tasks[name][0], tasks[name][2]) for name in names},
+            epoch,
+            config.eval_batch_size,
+        )
+        record = {"epoch": epoch, "step": step, "loss": running / max(1, count), "metrics": metrics}
         history.append(record)
         # one selection for all tasks: with a shared prefix they must come from the same epoch
         mean = sum(scores) / len(scores)
-        _emit(
+        emit(
             progress,
             step=step,
             total=total,
@@ -411,29 +310,22 @@ def _fit(
         )
         if epoch_end is not None:
             epoch_end(epoch, mean)
-        if mean > best_score:
-            best_score, bad_epochs = mean, 0
-            best = {
-                name: (scores[i], snapshot[name][0], snapshot[name][1], epoch) for i, name in enumerate(names)
-            }
-        else:
-            bad_epochs += 1
-            if config.early_stopping_patience and bad_epochs >= config.early_stopping_patience:
-                _emit(
-                    progress,
-                    step=step,
-                    total=total,
-                    epoch=float(epoch),
-                    loss=record["loss"],
-                    message="early stopping",
-                )
-                break
+        if selection.stop_after(epoch, mean, scores, snapshot):
+            emit(
+                progress,
+                step=step,
+                total=total,
+                epoch=float(epoch),
+                loss=record["loss"],
+                message="early stopping",
+            )
+            break
     seconds = time.monotonic() - start_time
     backbone_params = backbone.num_parameters()
     out = {}
     for name in names:
         model = tasks[name][0]
-        score, serving, m, ep = best[name]
+        score, serving, m, ep = selection.best[name]
         n_train = model.num_trainable()
         out[name] = TrainResult(
             task=serving,

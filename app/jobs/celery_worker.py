@@ -8,12 +8,12 @@ together, so RabbitMQ puts the unacknowledged message back at once and another w
 prefork the job would run in a child; billiard does not make that child die with its parent, so a
 SIGKILLed parent would leave an orphan still training while the message went to another worker.
 
-What a worker does with "run job X" is decided on the job row (app.db.jobs.claim_job):
+What a worker does with "run job X" is decided on the job row (app.db.job_queue.claim_job):
 - queued: claim it (a guarded UPDATE: one worker wins) and run it;
 - finished or missing (e.g. cancelled while queued): acknowledge and drop the message;
 - running on a worker that died (its process is gone on this host, or the job's heartbeat is older
   than `job_stale_s`): count the death in `attempts`; at `max_worker_kills` the job fails with that
-  reason, else this worker takes it over (app.db.jobs.take_over_job);
+  reason, else this worker takes it over (app.db.job_queue.take_over_job);
 - running on a live worker: a duplicate message is dropped; a re-delivered one (its first worker's
   connection closed) waits until that worker's heartbeat goes stale or the job ends.
 
@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 from app.config import Settings
-from app.db import jobs as db_jobs
+from app.db import job_queue
 from app.db import workers as db_workers
 from app.db.session import run_migrations
 from app.jobs.celery_app import (
@@ -77,7 +77,7 @@ class CeleryExecutor:
             if self.stop_event.is_set():
                 raise StopRequested(job_id)
             with self.sessionmaker() as s:
-                outcome, job = db_jobs.claim_job(
+                outcome, job = job_queue.claim_job(
                     s, job_id, self.worker_id, max_running=self.settings.max_running_jobs
                 )
                 snapshot = (
@@ -85,13 +85,13 @@ class CeleryExecutor:
                     if job is not None
                     else None
                 )
-            if outcome == db_jobs.GONE:
+            if outcome == job_queue.GONE:
                 log.info("job %s: %s; message dropped", job_id, snapshot[4] if snapshot else "no such job")
                 return "dropped"
-            if outcome == db_jobs.CLAIMED:
+            if outcome == job_queue.CLAIMED:
                 assert snapshot is not None
                 return self._run(job_id, snapshot[0], snapshot[1])
-            if outcome == db_jobs.BUSY:  # max_running_jobs over the fleet: keep the message, wait
+            if outcome == job_queue.BUSY:  # max_running_jobs over the fleet: keep the message, wait
                 self.stop_event.wait(WAIT_POLL_S)
                 continue
             assert snapshot is not None
@@ -100,17 +100,17 @@ class CeleryExecutor:
                 return "dropped"
             if self._owner_dead(owner, snapshot[3]):
                 with self.sessionmaker() as s:
-                    taken = db_jobs.take_over_job(
+                    taken = job_queue.take_over_job(
                         s,
                         job_id,
                         dead_worker_id=owner,
                         worker_id=self.worker_id,
                         max_kills=self.settings.max_worker_kills,
                     )
-                if taken == db_jobs.CLAIMED:
+                if taken == job_queue.CLAIMED:
                     log.warning("job %s: its worker %s died; taking it over", job_id, owner)
                     return self._run(job_id, snapshot[0], snapshot[1])
-                if taken != db_jobs.GONE:
+                if taken != job_queue.GONE:
                     log.warning("job %s: its worker %s died; the job is now %s", job_id, owner, taken)
                     return taken
                 continue  # the row changed meanwhile: look again
@@ -127,7 +127,7 @@ class CeleryExecutor:
             self.stop_event.wait(WAIT_POLL_S)
 
     def _owner_dead(self, owner: str | None, heartbeat_at: Any) -> bool:
-        if db_jobs.worker_process_gone(owner):
+        if job_queue.worker_process_gone(owner):
             return True
         if heartbeat_at is None:
             return False
@@ -148,7 +148,7 @@ class CeleryExecutor:
                 presence.set_job(None)
         if state == "released":
             with self.sessionmaker() as s:
-                db_jobs.mark_dispatched(s, job_id)  # its message goes back to the queue
+                job_queue.mark_dispatched(s, job_id)  # its message goes back to the queue
             raise StopRequested(job_id)
         return state
 
@@ -157,15 +157,15 @@ class CeleryExecutor:
         """Recover jobs of dead workers, send jobs never sent, prune long-dead workers' rows."""
         s_ = self.settings
         with self.sessionmaker() as s:
-            recovered = db_jobs.recover_stale_jobs(
+            recovered = job_queue.recover_stale_jobs(
                 s,
                 stale_after_s=s_.job_stale_s,
                 on_crash="requeue",
                 max_attempts=s_.max_worker_kills,
-                fail_reason=lambda n, w: db_jobs.kill_reason(n, s_.max_worker_kills, w),
+                fail_reason=lambda n, w: job_queue.kill_reason(n, s_.max_worker_kills, w),
             )
             db_workers.prune_workers(s, max(PRUNE_WORKERS_AFTER_S, 10 * s_.job_stale_s))
-            to_send = db_jobs.claim_undispatched(s, DISPATCH_GRACE_S)
+            to_send = job_queue.claim_undispatched(s, DISPATCH_GRACE_S)
         for job_id in recovered:
             log.warning("job %s: its worker died; re-queued or failed (sweep)", job_id)
         sent: list[str] = []
@@ -177,7 +177,7 @@ class CeleryExecutor:
             except Exception as e:
                 log.warning("job %s: sending failed (%s); next sweep tries again", job_id, e)
                 with self.sessionmaker() as s:
-                    db_jobs.undispatch(s, job_id)
+                    job_queue.undispatch(s, job_id)
         return {"recovered": recovered, "sent": sent}
 
     def _sweep_loop(self) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 
 from app.engine import tasks
 from app.engine.data import DataError, Example, parse_records, read_examples
-from app.engine.train import TrainConfig
+from app.engine.train_config import TrainConfig
 
 
 @dataclass

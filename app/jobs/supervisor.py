@@ -34,11 +34,11 @@ STARTING, RUNNING, RESTARTING, FAILED, STOPPED = "starting", "running", "restart
 
 def _recover_jobs(settings: Settings, fail_reason: str | None = None) -> list[str]:
     """Recover the dead worker's jobs; with `fail_reason` they are failed with it, not re-queued."""
-    from app.db import jobs as db_jobs
+    from app.db import job_queue
     from app.db.session import get_sessionmaker
 
     with get_sessionmaker(settings.database_url)() as s:
-        return db_jobs.recover_stale_jobs(
+        return job_queue.recover_stale_jobs(
             s,
             stale_after_s=settings.job_stale_s,
             on_crash="fail" if fail_reason else settings.on_crash,
@@ -70,7 +70,7 @@ class WorkerSupervisor:
         stop: Callable[[subprocess.Popen], int | None] | None = None,
         recover: Callable[..., list[str]] | None = None,
     ) -> None:
-        from app.jobs.worker import spawn_embedded_worker, stop_embedded_worker
+        from app.jobs.process import spawn_embedded_worker, stop_embedded_worker
 
         self.settings = settings
         self._spawn = spawn or spawn_embedded_worker

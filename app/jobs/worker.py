@@ -6,158 +6,43 @@ Liveness: a background thread refreshes the job's heartbeat; a worker that dies 
 heartbeat goes stale (or whose process is gone), and `recover_stale_jobs`, run by every worker at
 start and then periodically, re-queues or fails it. SIGTERM/SIGINT stop between two training steps
 and put the current job back in the queue.
+
+Beside it: app.jobs.progress (the job's heartbeat, stop flag and progress), app.jobs.publish
+(promotion and publishing) and app.jobs.process (`prompthub worker` and the embedded worker).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from app import versions
-from app.config import Settings, get_settings
+from app.config import Settings
 from app.db import datasets as db_datasets
+from app.db import job_queue
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
 from app.db.models import CANCELLED, FAILED, SUCCEEDED
-from app.db.session import REPO_ROOT, get_sessionmaker, run_migrations
+from app.db.session import get_sessionmaker
 from app.engine.backbone import Backbone, load_backbone
-from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes
+from app.engine.checkpoint import load_checkpoint_bytes
 from app.engine.data import DataError
 from app.engine.model import ServingTask
 from app.engine.options import build_training, validate_training
 from app.engine.resume import RunCheckpointer
 from app.engine.search import run_search
-from app.engine.train import (
-    MIN_HOLDOUT_EXAMPLES,
-    Cancelled,
-    Progress,
-    TrainConfig,
-    TrainResult,
-    evaluate,
-    infer_labels,
-    primary_metric,
-    split_holdout,
-    train_multitask,
-    train_task,
-)
-from app.jobs.payload import DataRef, load_split, training_doc
+from app.engine.train import train_multitask, train_task
+from app.engine.train_config import Cancelled, infer_labels, split_holdout
+from app.jobs.payload import DataRef, load_split
 from app.jobs.presence import WorkerPresence
+from app.jobs.progress import JobRun, jsonable
+from app.jobs.publish import promote_and_publish
 from app.store import StoreError, open_datasets, open_store
 
 log = logging.getLogger(__name__)
-
-PROGRESS_MIN_INTERVAL_S = 0.5  # at most 2 progress writes a second (plus always the last)
-PARENT_PID_ENV = "PROMPTHUB_WORKER_PARENT_PID"
-
-
-def _jsonable(value: Any) -> Any:
-    """Plain JSON (numpy/torch scalars and the like become floats or strings)."""
-
-    def default(o: Any) -> Any:
-        try:
-            return float(o)
-        except (TypeError, ValueError):
-            return str(o)
-
-    return json.loads(json.dumps(value, default=default))
-
-
-class _JobRun:
-    """State of the job being trained: the stop flag, throttled progress, the heartbeat thread."""
-
-    def __init__(self, worker: Worker, job_id: str) -> None:
-        self.worker = worker
-        self.job_id = job_id
-        self.stop_requested = threading.Event()  # cancel asked for, or the job is no longer ours
-        self.started = time.monotonic()
-        self.budget_s = worker.settings.job_max_seconds
-        self.over_budget = False  # the job ran past PROMPTHUB_JOB_MAX_SECONDS
-        self._done = threading.Event()
-        self._last_write = 0.0
-        self._pending: dict[str, Any] | None = None
-        self._latest: dict[str, Any] | None = None  # the last progress reported, written or not
-        self._history: list[dict[str, Any]] = []  # per-epoch loss and eval metrics, shown while it runs
-        self.resumed_from: int | None = None  # the step a requeued job resumed from (its saved state)
-        self._lock = threading.Lock()
-        self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{job_id[:8]}", daemon=True)
-
-    def __enter__(self) -> _JobRun:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join(timeout=10)
-
-    def _write(self, progress: dict[str, Any] | None) -> None:
-        try:
-            with self.worker.sessionmaker() as s:
-                if db_jobs.heartbeat(s, self.job_id, progress, worker_id=self.worker.worker_id):
-                    self.stop_requested.set()
-        except Exception:  # the database may blip; the next beat tries again
-            log.warning("job %s: heartbeat failed", self.job_id, exc_info=True)
-
-    def _beat(self) -> None:
-        interval = max(0.05, self.worker.settings.job_heartbeat_s)
-        while not self._done.wait(interval):
-            with self._lock:
-                self._write(None)
-
-    def should_stop(self) -> bool:
-        """Checked by the training loop between steps: a cancel, a stopping worker, or the job's
-        wall-time budget spent."""
-        if self.budget_s and time.monotonic() - self.started > self.budget_s:
-            self.over_budget = True
-            return True
-        return self.stop_requested.is_set() or self.worker.stop_event.is_set()
-
-    def progress(self, p: Progress) -> None:
-        doc = {
-            "step": p.step,
-            "total": p.total,
-            "epoch": round(float(p.epoch), 4) if p.epoch is not None else None,
-            "loss": float(p.loss) if p.loss is not None else None,
-            "message": p.message or "training",
-        }
-        if p.message.startswith("resumed from step"):
-            self.resumed_from = p.step
-        if self.resumed_from is not None:
-            doc["resumed_from_step"] = self.resumed_from
-        if getattr(p, "task", None):
-            doc["task"] = p.task
-        if p.metrics is not None:  # an epoch ended: keep its record and write it at once
-            self._history.append(_jsonable({"epoch": round(p.epoch), "loss": p.loss, "metrics": p.metrics}))
-        if self._history:
-            doc["history"] = list(self._history)
-        now = time.monotonic()
-        last = (bool(p.total) and p.step >= p.total and not p.message) or p.metrics is not None
-        with self._lock:
-            self._latest = doc
-            if last or now - self._last_write >= PROGRESS_MIN_INTERVAL_S:
-                self._write(doc)
-                self._last_write = now
-                self._pending = None
-            else:
-                self._pending = doc
-
-    def flush(self, message: str | None = None) -> None:
-        """Write the last progress (always), optionally with a final message."""
-        with self._lock:
-            doc = self._pending
-            self._pending = None
-            if message is not None:  # the final word keeps the last step, loss and history
-                doc = {**(doc or self._latest or {}), "message": message}
-            if doc is not None:
-                self._write(doc)
 
 
 class Worker:
@@ -170,7 +55,7 @@ class Worker:
         stop_event: threading.Event | None = None,
     ) -> None:
         self.settings = settings
-        self.worker_id = worker_id or db_jobs.make_worker_id()
+        self.worker_id = worker_id or job_queue.make_worker_id()
         self.sessionmaker = get_sessionmaker(settings.database_url)
         self.store = open_store(settings)  # the local folder or S3 (PROMPTHUB_STORE_URL)
         self.datasets = open_datasets(settings, self.store)
@@ -191,7 +76,7 @@ class Worker:
 
     def recover(self) -> list[str]:
         with self.sessionmaker() as s:
-            ids = db_jobs.recover_stale_jobs(
+            ids = job_queue.recover_stale_jobs(
                 s,
                 stale_after_s=self.settings.job_stale_s,
                 on_crash=self.settings.on_crash,
@@ -212,7 +97,7 @@ class Worker:
         self._maybe_recover()
         backbone = self.backbone  # loaded before claiming: a broken backbone must not eat jobs
         with self.sessionmaker() as s:
-            job = db_jobs.claim_next_job(s, self.worker_id, max_running=self.settings.max_running_jobs)
+            job = job_queue.claim_next_job(s, self.worker_id, max_running=self.settings.max_running_jobs)
             if job is None:
                 return False
             job_id, kind, payload = job.id, job.kind, dict(job.payload or {})
@@ -286,7 +171,7 @@ class Worker:
                 ck.clear()
 
     def _run_job_once(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> str:
-        with _JobRun(self, job_id) as run:
+        with JobRun(self, job_id) as run:
             try:
                 if kind == "multitask":
                     result, metrics, promotion = self._train_multitask(job_id, payload, backbone, run)
@@ -307,7 +192,7 @@ class Worker:
                     return FAILED
                 if self.stop_event.is_set() and not run.stop_requested.is_set():
                     with self.sessionmaker() as s:
-                        db_jobs.release_job(s, job_id, worker_id=self.worker_id)
+                        job_queue.release_job(s, job_id, worker_id=self.worker_id)
                     self._released = job_id
                     log.info("job %s put back in the queue: the worker is stopping", job_id)
                     return "released"
@@ -325,7 +210,7 @@ class Worker:
                 return FAILED
             run.flush("done")
             self._finish(
-                job_id, SUCCEEDED, result=result, metrics=_jsonable(metrics), promotion=_jsonable(promotion)
+                job_id, SUCCEEDED, result=result, metrics=jsonable(metrics), promotion=jsonable(promotion)
             )
             log.info("job %s succeeded: %s", job_id, result)
             return SUCCEEDED
@@ -400,7 +285,7 @@ class Worker:
         return task
 
     def _train_single(
-        self, job_id: str, payload: dict[str, Any], backbone: Backbone, run: _JobRun
+        self, job_id: str, payload: dict[str, Any], backbone: Backbone, run: JobRun
     ) -> tuple[dict[str, int], dict[str, Any], dict[str, Any]]:
         # the API validated the request (name, task type, hyperparameters, records) when it queued
         # it; a task made meanwhile with another task type makes publish() refuse the version
@@ -429,20 +314,21 @@ class Worker:
                 should_stop=run.should_stop,
                 task_name=name,
             )
-            promote, why = self._promotion(name, mode, found.best, ev, backbone, config)
-            version = self._publish(
+            version, promoted = promote_and_publish(
+                self.sessionmaker,
+                self.store,
                 job_id,
                 name,
+                mode,
                 found.best,
+                ev,
                 backbone,
                 hp,
                 config,
                 data,
-                activate=promote,
-                promotion=why,
                 search=found.log,
             )
-            return {name: version}, _jsonable(found.best.metrics), {name: {**why, "version": version}}
+            return {name: version}, jsonable(found.best.metrics), {name: promoted}
         result = train_task(
             backbone,
             spec,
@@ -458,14 +344,13 @@ class Worker:
         extra = {"init_from": payload.get("init_from")} if payload.get("init_from") else {}
         if run.resumed_from is not None:
             extra["resumed_from_step"] = run.resumed_from
-        promote, why = self._promotion(name, mode, result, ev, backbone, config)
-        version = self._publish(
-            job_id, name, result, backbone, hp, config, data, activate=promote, promotion=why, **extra
+        version, promoted = promote_and_publish(
+            self.sessionmaker, self.store, job_id, name, mode, result, ev, backbone, hp, config, data, **extra
         )
-        return {name: version}, _jsonable(result.metrics), {name: {**why, "version": version}}
+        return {name: version}, jsonable(result.metrics), {name: promoted}
 
     def _train_multitask(
-        self, job_id: str, payload: dict[str, Any], backbone: Backbone, run: _JobRun
+        self, job_id: str, payload: dict[str, Any], backbone: Backbone, run: JobRun
     ) -> tuple[dict[str, int], dict[str, Any], dict[str, Any]]:
         hp = payload.get("hyperparameters") or {}
         mode = payload.get("activate") or "always"
@@ -492,216 +377,22 @@ class Worker:
         published: dict[str, int] = {}
         promotion: dict[str, Any] = {}
         for name, result in results.items():
-            promote, why = self._promotion(name, mode, result, tasks[name][2], backbone, config)
-            published[name] = self._publish(
+            published[name], promotion[name] = promote_and_publish(
+                self.sessionmaker,
+                self.store,
                 job_id,
                 name,
+                mode,
                 result,
+                tasks[name][2],
                 backbone,
                 hp,
                 config,
                 datas[name],
-                activate=promote,
-                promotion=why,
                 multitask=sorted(tasks),
             )
-            promotion[name] = {**why, "version": published[name]}
-        return published, {name: _jsonable(r.metrics) for name, r in results.items()}, promotion
-
-    def _promotion(
-        self,
-        name: str,
-        mode: str,
-        result: TrainResult,
-        ev: Any,
-        backbone: Backbone,
-        config: TrainConfig,
-    ) -> tuple[bool, dict[str, Any]]:
-        """Whether the new version of `name` becomes the active one, and why (POST /train's
-        `activate`). if_better evaluates the active version and the new one on the same eval
-        examples (the job's eval split, or the held-out part of its training data) with the task
-        type's primary metric; the new one must be strictly better (a tie keeps the active one). A task without an active version takes its
-        first version whatever the mode."""
-        with self.sessionmaker() as s:
-            active = db_tasks.get_active_version(s, name)
-            current = (active.version, active.sha256) if active is not None else None
-        doc: dict[str, Any] = {"mode": mode}
-        if current is None:
-            return True, {**doc, "promoted": True, "reason": "the task had no active version"}
-        number, sha = current
-        doc["compared_with"] = number
-        if mode == "always":
-            return True, {**doc, "promoted": True, "reason": f"activate=always: replaces v{number}"}
-        if mode == "never":
-            return False, {**doc, "promoted": False, "reason": f"activate=never: v{number} stays active"}
-        if not ev:
-            return False, {
-                **doc,
-                "promoted": False,
-                "reason": f"no eval data to compare with v{number} on (give `eval`, or "
-                f"holdout_fraction with {MIN_HOLDOUT_EXAMPLES}+ training rows): v{number} stays active",
-            }
-        metric = primary_metric(result.task.spec)
-        new = evaluate(backbone, result.task, ev, config.eval_batch_size).get(metric)
-        try:
-            old_task = load_checkpoint_bytes(
-                self.store.read_version(name, number, sha), backbone, where=f"task {name!r} v{number}"
-            )
-            old = evaluate(backbone, old_task, ev, config.eval_batch_size).get(metric)
-        except Exception as e:  # another label set, another backbone, a missing file...
-            log.warning("task %s: v%d could not be evaluated for if_better: %s", name, number, e)
-            return False, {
-                **doc,
-                "promoted": False,
-                "reason": f"the active v{number} could not be evaluated on this eval data ({e}); it stays "
-                "active: activate the new version by hand if it should be served",
-            }
-        doc.update(metric=metric, new=new, active=old, eval_rows=len(ev))
-        where = f"on the same eval data ({len(ev)} rows)"
-        if new is None or old is None or not float(new) > float(old):
-            sign = "=" if new is not None and old is not None and float(new) == float(old) else "<"
-            reason = (
-                f"{metric} {_fmt(new)} {sign} active v{number}'s {_fmt(old)} {where}: v{number} stays active"
-            )
-            return False, {**doc, "promoted": False, "reason": reason}
-        reason = f"{metric} {_fmt(new)} > active v{number}'s {_fmt(old)} {where}"
-        return True, {**doc, "promoted": True, "reason": reason}
-
-    def _publish(
-        self,
-        job_id: str,
-        name: str,
-        result: TrainResult,
-        backbone: Backbone,
-        hp: dict[str, Any],
-        config: TrainConfig,
-        data: dict[str, Any],
-        activate: bool = True,
-        **extra: Any,
-    ) -> int:
-        """Publish the trained task (store, then database, then activation unless `activate` is
-        False); returns the version."""
-        training = _jsonable(
-            training_doc(
-                hp,
-                config,
-                job_id=job_id,
-                history=result.history,
-                best_epoch=result.best_epoch,
-                steps=getattr(result, "steps", None),
-                seconds=getattr(result, "seconds", None),
-                num_trainable=result.num_trainable,
-                trainable_fraction=result.trainable_fraction,
-                **extra,
-            )
-        )
-        metrics = _jsonable(result.metrics)
-        meta = {"training": training, "metrics": metrics, "source": f"job:{job_id}", "data": data}
-        blob = checkpoint_bytes(result.task, backbone, meta=meta)
-        with self.sessionmaker() as s:
-            return versions.publish(
-                s, self.store, name, blob, source=f"job:{job_id}", job_id=job_id, activate=activate
-            ).version
-
-
-def _fmt(value: Any) -> str:
-    return "n/a" if value is None else f"{float(value):.4f}"
+        return published, {name: jsonable(r.metrics) for name, r in results.items()}, promotion
 
 
 def _ref(ref: DataRef | None) -> dict[str, Any] | None:
     return ref.as_dict() if ref is not None else None
-
-
-# ---------------------------------------------------------------------------- process entry points
-
-
-def _watch_parent(parent_pid: int, stop_event: threading.Event) -> None:
-    """An embedded worker stops when the server that started it is gone."""
-
-    def watch() -> None:
-        while not stop_event.wait(1.0):
-            if os.getppid() != parent_pid:
-                log.warning("worker: parent process %d is gone; stopping", parent_pid)
-                stop_event.set()
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def worker_command(args: argparse.Namespace) -> int:
-    """`prompthub worker [--once] [--poll S]`: the configured executor's worker (PROMPTHUB_EXECUTOR:
-    local, this module's poller; celery, app.jobs.celery_worker)."""
-    settings = get_settings()
-    if settings.executor == "celery":
-        if getattr(args, "once", False) or getattr(args, "poll", None) is not None:
-            print("prompthub worker: --once and --poll are for PROMPTHUB_EXECUTOR=local", file=sys.stderr)
-            return 2
-        from app.jobs.celery_worker import celery_worker_command
-
-        return celery_worker_command(settings)
-    if getattr(args, "poll", None) is not None:
-        settings = settings.model_copy(update={"worker_poll_s": float(args.poll)})
-    from app.logs import configure_logging
-
-    configure_logging(settings.log_level, settings.log_format)
-    run_migrations(settings.database_url)
-    stop_event = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        log.info("worker: signal %d, stopping after the current step", signum)
-        stop_event.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    parent = os.environ.get(PARENT_PID_ENV)
-    if parent and parent.isdigit():
-        _watch_parent(int(parent), stop_event)
-    worker = Worker(settings, stop_event=stop_event)
-    try:
-        if getattr(args, "once", False):
-            worker.run_once()
-        else:
-            worker.run_forever(stop_event)
-    except Exception as e:
-        log.exception("worker failed")
-        print(f"worker failed: {e}", file=sys.stderr)
-        return 1
-    return 0
-
-
-def settings_env(settings: Settings) -> dict[str, str]:
-    """The settings as PROMPTHUB_* variables, so a child process sees exactly these settings."""
-    env: dict[str, str] = {}
-    for key, value in settings.model_dump().items():
-        if value is None:  # unset optional settings stay unset (the child gets the same default)
-            continue
-        env[f"PROMPTHUB_{key.upper()}"] = (
-            ("true" if value else "false") if isinstance(value, bool) else str(value)
-        )
-    return env
-
-
-def spawn_embedded_worker(settings: Settings) -> subprocess.Popen:
-    """Start `python -m app.cli worker` with this process's environment and settings."""
-    env = os.environ.copy()
-    env.update(settings_env(settings))
-    env[PARENT_PID_ENV] = str(os.getpid())
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("HF_HUB_OFFLINE", "1")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env, cwd=os.getcwd())
-    log.info("embedded worker started (pid %d)", proc.pid)
-    return proc
-
-
-def stop_embedded_worker(proc: subprocess.Popen | None, timeout: float = 20.0) -> int | None:
-    """SIGTERM (the worker re-queues its job), then SIGKILL after `timeout`; returns the exit code."""
-    if proc is None:
-        return None
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            log.warning("embedded worker did not stop in %.0fs; killing it", timeout)
-            proc.kill()
-            proc.wait()
-    return proc.returncode

@@ -30,8 +30,8 @@ Checks (each problem has a `kind`):
   or running job refers to (repair: delete its row, and its file unless another upload shares it;
   the server's start-up does the same).
 
-The checks and repairs live in app.ops.maintenance (the server's start-up uses the same, with a
-smaller set of repairs). Repair migrates first when needed, then checks again: the exit code is 0
+The checks and repairs live in app.ops.checks and app.ops.repairs (the server's start-up uses the
+same, with a smaller set of repairs). Repair migrates first when needed, then checks again: the exit code is 0
 only when no problem remains.
 """
 
@@ -47,10 +47,11 @@ from pathlib import Path
 from typing import Any
 
 from app.config import Settings, get_settings
+from app.ops.checks import check_jobs, check_temp, check_versions
 from app.ops.datasets import check_datasets, check_expired_datasets
 from app.ops.findings import Finding
-from app.ops.maintenance import JobRecovery, check_jobs, check_temp, check_versions
-from app.ops.maintenance import repair as repair_findings
+from app.ops.repairs import JobRecovery
+from app.ops.repairs import repair as repair_findings
 from app.store import DatasetFiles, Store, open_datasets, open_store
 
 log = logging.getLogger(__name__)

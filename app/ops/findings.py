@@ -1,4 +1,4 @@
-"""A finding of the store <-> database checks (app.ops.maintenance, app.ops.datasets)."""
+"""A finding of the store <-> database checks (app.ops.checks, app.ops.datasets)."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ Store = Union[PromptStore, "S3PromptStore"]
 
 
 def _objects(settings: Any) -> Any:
-    from app.store.s3 import S3Objects, parse_store_url
+    from app.store.s3_objects import S3Objects, parse_store_url
 
     bucket, prefix = parse_store_url(settings.store_url)
     return S3Objects(bucket, prefix)
@@ -35,7 +35,7 @@ def open_datasets(settings: Any, store: Store | None = None) -> DatasetFiles:
     """The uploaded datasets' files, in the same backend as the prompt store."""
     if not settings.store_url:
         return DatasetFiles(settings.data_dir)
-    from app.store.s3 import S3DatasetFiles
+    from app.store.s3_datasets import S3DatasetFiles
 
     objects = getattr(store, "objects", None) or _objects(settings)
     return S3DatasetFiles(objects, settings.store_cache_dir)

@@ -32,7 +32,7 @@ class StoredDataset:
 
 
 class DatasetFiles:
-    """Uploaded dataset files in a local folder (the default); app.store.s3.S3DatasetFiles keeps them
+    """Uploaded dataset files in a local folder (the default); app.store.s3_datasets.S3DatasetFiles keeps them
     in S3-compatible object storage behind the same methods."""
 
     kind = "local"

@@ -22,319 +22,38 @@ match is removed and fetched again), written atomically (temp file, then rename:
 file), and bounded (`store_cache_bytes`: the least recently read files go first). A version served
 once is served again from the cache without a request to the bucket.
 
+Beside it: app.store.s3_objects (the client, conditional PUT, listing), app.store.read_cache (the
+node cache) and app.store.s3_datasets (uploaded datasets).
+
 Endpoint, credentials and region come from the usual AWS settings, which boto3 reads itself
 (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, ~/.aws/…).
 """
 
 from __future__ import annotations
 
-import base64
-import os
 import re
-import shutil
-import threading
-import time
-from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import Any, BinaryIO
-from urllib.parse import urlparse
+from typing import Any
 
 from app.engine.checkpoint import (
     CheckpointError,
-    atomic_write,
     parse_header,
     sha256_bytes,
-    sha256_file,
 )
 from app.names import TASK_NAME_RE, validate_task_name
-from app.store.datasets import DatasetFiles, StoredDataset
 from app.store.prompts import (
     _SIDECAR_FILE,
     _VERSION_FILE,
-    QUARANTINE,
     ScannedVersion,
     StoredFile,
     StoreError,
-    StoreUnavailable,
     VersionTaken,
     temp_files,
     version_filename,
 )
+from app.store.read_cache import ReadCache
+from app.store.s3_objects import S3Objects
 from app.store.sidecar import parse_sidecar, sidecar_bytes
-
-DATASETS = "datasets"
-_DATASET_NAME = re.compile(r"^[0-9a-f]{64}\.(jsonl|ndjson|json|csv|tsv)$")
-_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
-_CLIENT_LOCK = threading.Lock()  # boto3's default session is not safe to create clients from in parallel
-
-
-def parse_store_url(url: str) -> tuple[str, str]:
-    """(bucket, prefix) of `s3://bucket/prefix` (prefix without slashes at its ends, may be '')."""
-    u = urlparse(url)
-    if u.scheme != "s3" or not u.netloc:
-        raise ValueError(f"store_url: expected s3://bucket/prefix, got {url!r}")
-    if not _BUCKET.match(u.netloc):
-        raise ValueError(f"store_url: {u.netloc!r} is not a valid S3 bucket name")
-    prefix = u.path.strip("/")
-    if any(part in ("", ".", "..") for part in prefix.split("/")) and prefix:
-        raise ValueError(f"store_url: the prefix {prefix!r} has an empty, '.' or '..' part")
-    return u.netloc, prefix
-
-
-def make_client(**kw: Any) -> Any:
-    """A boto3 S3 client: endpoint, credentials and region from the standard AWS settings; standard
-    retry mode (backoff with jitter on throttling, 5xx and connection errors); path-style addressing
-    when an endpoint is configured (MinIO, moto, Ceph), the default for AWS."""
-    import boto3
-    from botocore.config import Config
-
-    custom = bool(os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL"))
-    config = Config(
-        retries={"mode": "standard", "max_attempts": 5},
-        connect_timeout=5,
-        read_timeout=60,
-        s3={"addressing_style": "path" if custom else "auto"},
-        # a checksum on every PUT (the SHA-256 we send), only when a response asks for it
-        request_checksum_calculation="when_required",
-        response_checksum_validation="when_required",
-    )
-    if "config" in kw:
-        config = config.merge(kw.pop("config"))
-    return boto3.client("s3", config=config, **kw)
-
-
-def _code(err: Exception) -> str:
-    resp = getattr(err, "response", None) or {}
-    return str((resp.get("Error") or {}).get("Code", ""))
-
-
-def _status(err: Exception) -> int:
-    resp = getattr(err, "response", None) or {}
-    return int((resp.get("ResponseMetadata") or {}).get("HTTPStatusCode", 0) or 0)
-
-
-def _not_found(err: Exception) -> bool:
-    return _code(err) in ("NoSuchKey", "404", "NotFound") or _status(err) == 404
-
-
-class S3Objects:
-    """Keys relative to `prefix` in one bucket: put (new only, or replace), get, head, delete, list.
-    Errors other than 'not there' are StoreError naming the object."""
-
-    def __init__(self, bucket: str, prefix: str = "", client: Any | None = None) -> None:
-        self.bucket = bucket
-        self.prefix = prefix.strip("/")
-        self._client = client
-        self.requests = 0  # requests sent (tests and the doctor's report)
-
-    @property
-    def client(self) -> Any:
-        if self._client is None:
-            with _CLIENT_LOCK:
-                if self._client is None:
-                    self._client = make_client()
-        return self._client
-
-    def key(self, rel: str) -> str:
-        return f"{self.prefix}/{rel}" if self.prefix else rel
-
-    def rel(self, key: str) -> str:
-        return key[len(self.prefix) + 1 :] if self.prefix else key
-
-    def url(self, rel: str = "") -> str:
-        return f"s3://{self.bucket}/{self.key(rel)}" if rel else f"s3://{self.bucket}/{self.prefix}"
-
-    def _call(self, op: str, rel: str, **kw: Any) -> Any:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        self.requests += 1
-        try:
-            return getattr(self.client, op)(Bucket=self.bucket, **kw)
-        except ClientError as e:
-            if _status(e) >= 500 and _code(e) != "NotImplemented":  # still failing after the retries
-                raise StoreUnavailable(f"{self.url(rel)}: {op} failed: {e}") from e
-            raise
-        except BotoCoreError as e:  # connection refused, timeouts (after the retries)
-            raise StoreUnavailable(f"{self.url(rel)}: {op} failed: {e}") from e
-
-    def put(self, rel: str, body: bytes | BinaryIO, *, sha256: str | None = None, new: bool = False) -> bool:
-        """Write the object whole. `new`: only if it does not exist (If-None-Match: *); False when it
-        does. `sha256` (hex): sent as the PUT's checksum and kept as object metadata."""
-        from botocore.exceptions import ClientError
-
-        kw: dict[str, Any] = {"Key": self.key(rel), "Body": body}
-        if sha256:
-            kw["ChecksumSHA256"] = base64.b64encode(bytes.fromhex(sha256)).decode()
-            kw["Metadata"] = {"sha256": sha256}
-        if new:
-            kw["IfNoneMatch"] = "*"
-        try:
-            self._call("put_object", rel, **kw)
-            return True
-        except ClientError as e:
-            if new and (
-                _code(e) in ("PreconditionFailed", "ConditionalRequestConflict") or _status(e) in (409, 412)
-            ):
-                return False
-            if new and _code(e) == "NotImplemented":  # no conditional writes: check, then write
-                if self.head(rel) is not None:
-                    return False
-                if hasattr(body, "seek"):
-                    body.seek(0)
-                return self.put(rel, body, sha256=sha256)
-            raise StoreError(f"{self.url(rel)}: could not write: {e}") from e
-
-    def get(self, rel: str) -> bytes | None:
-        """The object's bytes, None when it is not there."""
-        from botocore.exceptions import ClientError
-
-        try:
-            return self._call("get_object", rel, Key=self.key(rel))["Body"].read()
-        except ClientError as e:
-            if _not_found(e):
-                return None
-            raise StoreError(f"{self.url(rel)}: could not read: {e}") from e
-
-    def download(self, rel: str, dest: BinaryIO) -> bool:
-        """Stream the object into `dest`; False when it is not there."""
-        from botocore.exceptions import ClientError
-
-        try:
-            body = self._call("get_object", rel, Key=self.key(rel))["Body"]
-            for chunk in body.iter_chunks(1 << 20):
-                dest.write(chunk)
-            return True
-        except ClientError as e:
-            if _not_found(e):
-                return False
-            raise StoreError(f"{self.url(rel)}: could not read: {e}") from e
-
-    def head(self, rel: str) -> dict[str, Any] | None:
-        """{'size', 'sha256' (from the metadata, '' when none)}; None when it is not there."""
-        from botocore.exceptions import ClientError
-
-        try:
-            r = self._call("head_object", rel, Key=self.key(rel))
-        except ClientError as e:
-            if _not_found(e):
-                return None
-            raise StoreError(f"{self.url(rel)}: could not read: {e}") from e
-        return {"size": int(r.get("ContentLength", 0)), "sha256": (r.get("Metadata") or {}).get("sha256", "")}
-
-    def delete(self, rel: str) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
-            self._call("delete_object", rel, Key=self.key(rel))
-        except ClientError as e:
-            if not _not_found(e):
-                raise StoreError(f"{self.url(rel)}: could not delete: {e}") from e
-
-    def copy(self, src: str, dest: str) -> None:
-        from botocore.exceptions import ClientError
-
-        try:
-            self._call(
-                "copy_object",
-                dest,
-                Key=self.key(dest),
-                CopySource={"Bucket": self.bucket, "Key": self.key(src)},
-            )
-        except ClientError as e:
-            raise StoreError(f"{self.url(src)}: could not copy to {dest}: {e}") from e
-
-    def list(self, under: str = "") -> Iterator[tuple[str, int]]:
-        """(relative key, size) of every object whose relative key starts with `under`."""
-        from botocore.exceptions import ClientError
-
-        token: str | None = None
-        while True:
-            kw: dict[str, Any] = {
-                "Prefix": self.key(under) if under else (f"{self.prefix}/" if self.prefix else "")
-            }
-            if token:
-                kw["ContinuationToken"] = token
-            try:
-                r = self._call("list_objects_v2", under, **kw)
-            except ClientError as e:
-                raise StoreError(f"{self.url(under)}: could not list: {e}") from e
-            for obj in r.get("Contents") or []:
-                yield self.rel(obj["Key"]), int(obj.get("Size", 0))
-            if not r.get("IsTruncated"):
-                return
-            token = r.get("NextContinuationToken")
-
-
-class ReadCache:
-    """Verified, bounded node-local copies of store objects, keyed by their sha256."""
-
-    def __init__(self, root: str | Path, max_bytes: int) -> None:
-        self.root = Path(root)
-        self.max_bytes = max_bytes
-        self.hits = 0
-        self.misses = 0
-        self._lock = threading.Lock()
-        self._total: int | None = None  # bytes held, as this process knows it (None: not counted yet)
-
-    def path(self, task: str, version: int, sha256: str) -> Path:
-        if not re.fullmatch(r"[0-9a-f]{64}", sha256):
-            raise ValueError("sha256: expected 64 hex digits")
-        return self.root / validate_task_name(task) / f"v{version:04d}-{sha256}.safetensors"
-
-    def get(self, path: Path, sha256: str) -> bytes | None:
-        try:
-            data = path.read_bytes()
-        except OSError:
-            self.misses += 1
-            return None
-        if sha256_bytes(data) != sha256:  # damaged on this node: drop it, fetch again
-            path.unlink(missing_ok=True)
-            self.misses += 1
-            return None
-        self.hits += 1
-        try:
-            os.utime(path)  # recently read: evicted last
-        except OSError:
-            pass
-        return data
-
-    def put(self, path: Path, data: bytes) -> None:
-        try:
-            atomic_write(path, data)
-        except OSError:  # a full or read-only cache only costs a refetch
-            return
-        with self._lock:
-            self._total = None if self._total is None else self._total + len(data)
-            over = self._total is None or self._total > self.max_bytes
-        if over:  # the folder is walked on the first write and when over the bound, not every time
-            self.evict(keep=path)
-
-    def evict(self, keep: Path | None = None) -> list[Path]:
-        """Remove the least recently read files until the cache holds at most `max_bytes`."""
-        with self._lock:
-            files = []
-            for p in self.root.rglob("*"):
-                if p.is_file() and not p.name.startswith("."):
-                    try:
-                        st = p.stat()
-                    except OSError:
-                        continue
-                    files.append((st.st_mtime, st.st_size, p))
-            total = sum(size for _, size, _ in files)
-            removed = []
-            for _, size, p in sorted(files, key=lambda f: f[0]):
-                if total <= self.max_bytes:
-                    break
-                if p == keep:
-                    continue
-                p.unlink(missing_ok=True)
-                total -= size
-                removed.append(p)
-            self._total = total
-            return removed
-
-    def drop_task(self, task: str) -> None:
-        shutil.rmtree(self.root / validate_task_name(task), ignore_errors=True)
 
 
 class S3PromptStore:
@@ -574,112 +293,6 @@ class S3PromptStore:
         if self.objects.head(rel) is None:
             self.objects.delete(self._sidecar_rel(task, version))
             return None
-        dest = f"{QUARANTINE}/{label}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}.bad"
-        self.objects.copy(rel, dest)
+        dest = self.objects.quarantine_copy(rel, label)
         self.delete_version(task, version)
         return self.objects.url(dest)
-
-
-class S3DatasetFiles(DatasetFiles):
-    """Uploaded datasets under `<prefix>/datasets/`; spooled and cached in `<cache>/datasets/`.
-    The database records a dataset's location as its `s3://bucket/key` URL."""
-
-    kind = "s3"
-
-    def __init__(self, objects: S3Objects, cache_dir: str | Path) -> None:
-        super().__init__(Path(cache_dir) / DATASETS)
-        self.objects = objects
-
-    def _rel_of(self, location: str) -> str | None:
-        """The key (relative to the prefix) of a dataset URL of this bucket and prefix, else None."""
-        u = urlparse(str(location))
-        key = u.path.lstrip("/")
-        if u.scheme != "s3" or u.netloc != self.objects.bucket:
-            return None
-        rel = (
-            self.objects.rel(key)
-            if (not self.objects.prefix or key.startswith(self.objects.prefix + "/"))
-            else None
-        )
-        if (
-            rel is None
-            or not rel.startswith(f"{DATASETS}/")
-            or not _DATASET_NAME.match(rel[len(DATASETS) + 1 :])
-        ):
-            return None
-        return rel
-
-    def put(self, data: bytes, suffix: str) -> StoredDataset:
-        digest = sha256_bytes(data)
-        rel = f"{DATASETS}/{digest}{suffix}"
-        self.objects.put(rel, data, sha256=digest, new=True)  # False: the same bytes are there
-        return StoredDataset(path=self.objects.url(rel), sha256=digest, size_bytes=len(data))  # type: ignore[arg-type]
-
-    def keep(self, spooled: StoredDataset, suffix: str) -> StoredDataset:
-        """Upload a spooled file to `<prefix>/datasets/<sha256><suffix>` (an identical object is
-        reused), then keep the spooled file as this node's cached copy."""
-        rel = f"{DATASETS}/{spooled.sha256}{suffix}"
-        with open(spooled.path, "rb") as f:
-            self.objects.put(rel, f, sha256=spooled.sha256, new=True)
-        cached = self.root / f"{spooled.sha256}{suffix}"
-        try:
-            os.replace(spooled.path, cached)
-        except OSError:
-            Path(spooled.path).unlink(missing_ok=True)
-        return StoredDataset(path=self.objects.url(rel), sha256=spooled.sha256, size_bytes=spooled.size_bytes)  # type: ignore[arg-type]
-
-    def local_copy(self, location: str, sha256: str | None = None) -> Path:
-        """This node's verified copy of the dataset at `location` (fetched when absent or damaged);
-        FileNotFoundError when the object is not there, StoreError when it does not match `sha256`."""
-        rel = self._rel_of(location)
-        if rel is None:
-            return Path(location)  # a dataset uploaded to a local folder before the move to S3
-        cached = self.root / rel.rpartition("/")[2]
-        if cached.is_file() and (sha256 is None or sha256_file(cached) == sha256):
-            return cached
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f".{cached.name}.{os.getpid()}.{threading.get_ident()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                if not self.objects.download(rel, f):
-                    raise FileNotFoundError(location)
-                f.flush()
-                os.fsync(f.fileno())
-            if sha256 is not None and sha256_file(tmp) != sha256:
-                raise StoreError(
-                    f"dataset {location} does not match its recorded sha256 (changed or corrupt)"
-                )
-            os.replace(tmp, cached)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return cached
-
-    def check(self, location: str, sha256: str) -> str | None:
-        rel = self._rel_of(location)
-        if rel is None:
-            return super().check(location, sha256)
-        data = self.objects.get(rel)
-        if data is None:
-            return "missing"
-        return None if sha256_bytes(data) == sha256 else "changed"
-
-    def quarantine(self, location: str, label: str) -> str | None:
-        rel = self._rel_of(location)
-        if rel is None or self.objects.head(rel) is None:
-            return None
-        dest = f"{QUARANTINE}/{label}.{time.strftime('%Y%m%dT%H%M%S')}.{os.getpid()}.bad"
-        self.objects.copy(rel, dest)
-        self.objects.delete(rel)
-        (self.root / rel.rpartition("/")[2]).unlink(missing_ok=True)
-        return self.objects.url(dest)
-
-    def delete(self, path: str | Path) -> bool:
-        """Remove a dataset object of this store (only `<prefix>/datasets/<sha256>.<ext>`)."""
-        rel = self._rel_of(str(path))
-        if rel is None:
-            return super().delete(path)
-        if self.objects.head(rel) is None:
-            return False
-        self.objects.delete(rel)
-        (self.root / rel.rpartition("/")[2]).unlink(missing_ok=True)
-        return True

@@ -120,7 +120,7 @@ class TaskBudget:
 
     dataset: str  # bench.datasets name
     task_type: str
-    metric: str  # primary metric (key of app.engine.train.evaluate's result)
+    metric: str  # primary metric (key of app.engine.evaluation.evaluate's result)
     train_split: str
     eval_split: str
     n_train: int | None  # None: the whole split

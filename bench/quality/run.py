@@ -76,7 +76,7 @@ def evaluate_and_record(
     n_train: int, config,
 ) -> dict:  # fmt: skip
     """Evaluate a trained run on its eval set, keep its prompt checkpoint, and build its record."""
-    from app.engine.train import evaluate
+    from app.engine.evaluation import evaluate
 
     t0 = time.monotonic()
     metrics = evaluate(backbone, result.task, ev, batch_size=64)

@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.engine import onnx_runtime as O
     from app.engine.backbone import load_backbone
     from app.engine.checkpoint import load_checkpoint, read_metadata
-    from app.engine.train import evaluate
+    from app.engine.evaluation import evaluate
     from bench.common import machine_info
 
     bb = load_backbone("all-MiniLM-L6-v2")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from app.db import job_queue
 from app.db import jobs as db_jobs
 from app.db.session import get_sessionmaker
 
@@ -117,14 +118,14 @@ def test_max_running_jobs_is_enforced_at_claim(db_url):
     _queue(db_url, 4)
     maker = get_sessionmaker(db_url)
     with maker() as s:
-        assert db_jobs.claim_next_job(s, "w1", max_running=2) is not None
-        assert db_jobs.claim_next_job(s, "w2", max_running=2) is not None
-        assert db_jobs.claim_next_job(s, "w3", max_running=2) is None  # 2 running: the third waits
-        assert db_jobs.running_jobs(s) == 2
+        assert job_queue.claim_next_job(s, "w1", max_running=2) is not None
+        assert job_queue.claim_next_job(s, "w2", max_running=2) is not None
+        assert job_queue.claim_next_job(s, "w3", max_running=2) is None  # 2 running: the third waits
+        assert job_queue.running_jobs(s) == 2
         first = db_jobs.list_jobs(s, state="running")[0]
         db_jobs.finish_job(s, first.id, "succeeded")
-        assert db_jobs.claim_next_job(s, "w3", max_running=2) is not None
-        assert db_jobs.claim_next_job(s, "w4", max_running=None) is not None  # no limit given: no limit
+        assert job_queue.claim_next_job(s, "w3", max_running=2) is not None
+        assert job_queue.claim_next_job(s, "w4", max_running=None) is not None  # no limit given: no limit
 
 
 def test_max_running_jobs_holds_under_racing_workers(db_url):
@@ -139,7 +140,7 @@ def test_max_running_jobs_holds_under_racing_workers(db_url):
         barrier.wait()
         for _ in range(10):
             with maker() as s:
-                job = db_jobs.claim_next_job(s, f"w{k}", max_running=3)
+                job = job_queue.claim_next_job(s, f"w{k}", max_running=3)
                 if job is not None:
                     with lock:
                         claimed.append(job.id)
@@ -150,7 +151,7 @@ def test_max_running_jobs_holds_under_racing_workers(db_url):
     for t in threads:
         t.join(60)
     with maker() as s:
-        assert db_jobs.running_jobs(s) == 3
+        assert job_queue.running_jobs(s) == 3
     assert len(claimed) == len(set(claimed)) == 3
 
 
@@ -160,7 +161,7 @@ def test_worker_respects_max_running_jobs(settings_factory, tiny_backbone, sqlit
     settings = settings_factory(database_url=sqlite_url, max_running_jobs=1)
     ids = _queue(sqlite_url, 2)
     with get_sessionmaker(sqlite_url)() as s:
-        db_jobs.claim_next_job(s, "elsewhere")  # another worker is busy with the first job
+        job_queue.claim_next_job(s, "elsewhere")  # another worker is busy with the first job
     w = Worker(settings, worker_id="w", backbone=tiny_backbone)
     assert w.run_once() is False  # the fleet is at its limit: nothing is claimed
     with get_sessionmaker(sqlite_url)() as s:

@@ -10,8 +10,8 @@ import threading
 import pytest
 from starlette.testclient import TestClient
 
+from app.db import job_queue, keys
 from app.db import jobs as db_jobs
-from app.db import keys
 from app.db import workers as db_workers
 from tests.helpers import free_port, local_client, session_for, wait_for
 
@@ -39,7 +39,7 @@ def test_workers_need_the_train_scope_and_hide_other_tasks_jobs(settings_factory
                 "other": keys.create_key(s, name="o", scopes=["train"], tasks=["other*"])[1],
             }
             job = db_jobs.create_job(s, kind="single", payload={}, task_names=["secret"], max_queued=10)
-            db_jobs.claim_job(s, job.id, "h:1:a")
+            job_queue.claim_job(s, job.id, "h:1:a")
             db_workers.register_worker(
                 s,
                 id="h:1:a",

@@ -12,7 +12,7 @@ from sqlalchemy import inspect, update
 
 from app.config import Settings, get_settings, reset_settings
 from app.db import datasets as db_datasets
-from app.db import errors
+from app.db import errors, job_queue
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
 from app.db.models import Base, Job, utcnow
@@ -225,7 +225,7 @@ def test_job_lifecycle(session_factory):
             _job(s, kind="weird")
         assert db_jobs.job_counts(s)["queued"] == 2
 
-        claimed = db_jobs.claim_next_job(s, "w1")
+        claimed = job_queue.claim_next_job(s, "w1")
         assert claimed.id == a.id and claimed.state == "running" and claimed.worker_id == "w1"
         assert claimed.started_at is not None and claimed.heartbeat_at is not None
         assert (
@@ -240,7 +240,7 @@ def test_job_lifecycle(session_factory):
         assert db_jobs.heartbeat(s, a.id) is True
         cancelled = db_jobs.request_cancel(s, b.id)
         assert cancelled.state == "cancelled" and cancelled.finished_at is not None
-        assert db_jobs.claim_next_job(s, "w2") is None
+        assert job_queue.claim_next_job(s, "w2") is None
         with pytest.raises(errors.NotFound):
             db_jobs.request_cancel(s, "nope")
 
@@ -262,22 +262,22 @@ def test_job_lifecycle(session_factory):
 def test_finish_and_release_respect_owner(session_factory):
     with session_factory() as s:
         job = _job(s)
-        db_jobs.claim_next_job(s, "w1")
+        job_queue.claim_next_job(s, "w1")
         # another worker (or a recovery) cannot be overwritten by a worker that no longer owns the job
         assert db_jobs.finish_job(s, job.id, "failed", error="x", worker_id="w2").state == "running"
         assert db_jobs.heartbeat(s, job.id, worker_id="w2") is True
-        assert db_jobs.release_job(s, job.id, worker_id="w1") is True
+        assert job_queue.release_job(s, job.id, worker_id="w1") is True
         j = db_jobs.get_job(s, job.id)
         assert j.state == "queued" and j.worker_id is None
-        assert db_jobs.claim_next_job(s, "w3").id == job.id
+        assert job_queue.claim_next_job(s, "w3").id == job.id
 
 
 def test_claims_oldest_first(session_factory):
     with session_factory() as s:
         ids = [_job(s, f"t{i}").id for i in range(3)]
-        got = [db_jobs.claim_next_job(s, "w").id for _ in range(3)]
+        got = [job_queue.claim_next_job(s, "w").id for _ in range(3)]
         assert got == ids
-        assert db_jobs.claim_next_job(s, "w") is None
+        assert job_queue.claim_next_job(s, "w") is None
 
 
 def _claim_race(url: str, n_jobs: int, n_workers: int) -> list[str]:
@@ -294,7 +294,7 @@ def _claim_race(url: str, n_jobs: int, n_workers: int) -> list[str]:
         try:
             barrier.wait()
             with maker() as s:
-                while (job := db_jobs.claim_next_job(s, f"w{k}")) is not None:
+                while (job := job_queue.claim_next_job(s, f"w{k}")) is not None:
                     with lock:
                         claimed.append(job.id)
         except BaseException as e:  # pragma: no cover - reported below
@@ -335,7 +335,7 @@ def test_claim_skips_locked_row_postgres(pg_url):
             select(Job.id).where(Job.state == "queued").order_by(Job.created_at).limit(1).with_for_update()
         )
         assert locked == first
-        assert db_jobs.claim_next_job(other, "w2").id == second
+        assert job_queue.claim_next_job(other, "w2").id == second
         holder.rollback()
 
 
@@ -348,10 +348,10 @@ def test_recover_stale_jobs(session_factory):
     with session_factory() as s:
         stale = _job(s, "a")
         fresh = _job(s, "b")
-        db_jobs.claim_next_job(s, "w1")
-        db_jobs.claim_next_job(s, "w2")
+        job_queue.claim_next_job(s, "w1")
+        job_queue.claim_next_job(s, "w2")
         _age(s, stale.id, 120)
-        assert db_jobs.recover_stale_jobs(s, stale_after_s=30, on_crash="requeue", max_attempts=2) == [
+        assert job_queue.recover_stale_jobs(s, stale_after_s=30, on_crash="requeue", max_attempts=2) == [
             stale.id
         ]
         j = db_jobs.get_job(s, stale.id)
@@ -360,9 +360,9 @@ def test_recover_stale_jobs(session_factory):
         assert db_jobs.get_job(s, fresh.id).state == "running"
 
         # second crash: out of attempts -> failed with a clear error, never left running
-        assert db_jobs.claim_next_job(s, "w3").id == stale.id
+        assert job_queue.claim_next_job(s, "w3").id == stale.id
         _age(s, stale.id, 120)
-        assert db_jobs.recover_stale_jobs(s, stale_after_s=30, on_crash="requeue", max_attempts=2) == [
+        assert job_queue.recover_stale_jobs(s, stale_after_s=30, on_crash="requeue", max_attempts=2) == [
             stale.id
         ]
         j = db_jobs.get_job(s, stale.id)
@@ -371,11 +371,13 @@ def test_recover_stale_jobs(session_factory):
 
         # on_crash=fail fails at once
         _age(s, fresh.id, 120)
-        assert db_jobs.recover_stale_jobs(s, stale_after_s=30, on_crash="fail", max_attempts=5) == [fresh.id]
+        assert job_queue.recover_stale_jobs(s, stale_after_s=30, on_crash="fail", max_attempts=5) == [
+            fresh.id
+        ]
         j = db_jobs.get_job(s, fresh.id)
         assert j.state == "failed" and "worker died while running (attempt 1)" in j.error
         with pytest.raises(ValueError):
-            db_jobs.recover_stale_jobs(s, stale_after_s=30, on_crash="panic", max_attempts=2)
+            job_queue.recover_stale_jobs(s, stale_after_s=30, on_crash="panic", max_attempts=2)
 
 
 def test_recover_job_of_dead_process(session_factory):
@@ -385,13 +387,13 @@ def test_recover_job_of_dead_process(session_factory):
 
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
-    dead = f"{db_jobs.make_worker_id().split(':')[0]}:{proc.pid}:deadbeef"
+    dead = f"{job_queue.make_worker_id().split(':')[0]}:{proc.pid}:deadbeef"
     with session_factory() as s:
         job = _job(s)
-        db_jobs.claim_next_job(s, dead)
+        job_queue.claim_next_job(s, dead)
         live = _job(s, "live")
-        db_jobs.claim_next_job(s, db_jobs.make_worker_id())
-        ids = db_jobs.recover_stale_jobs(s, stale_after_s=3600, on_crash="requeue", max_attempts=2)
+        job_queue.claim_next_job(s, job_queue.make_worker_id())
+        ids = job_queue.recover_stale_jobs(s, stale_after_s=3600, on_crash="requeue", max_attempts=2)
         assert ids == [job.id]
         assert db_jobs.get_job(s, live.id).state == "running"
 
@@ -399,8 +401,8 @@ def test_recover_job_of_dead_process(session_factory):
 def test_recover_cancel_requested_job_is_cancelled(session_factory):
     with session_factory() as s:
         job = _job(s)
-        db_jobs.claim_next_job(s, "w1")
+        job_queue.claim_next_job(s, "w1")
         db_jobs.request_cancel(s, job.id)
         _age(s, job.id, 120)
-        db_jobs.recover_stale_jobs(s, stale_after_s=30, on_crash="requeue", max_attempts=3)
+        job_queue.recover_stale_jobs(s, stale_after_s=30, on_crash="requeue", max_attempts=3)
         assert db_jobs.get_job(s, job.id).state == "cancelled"

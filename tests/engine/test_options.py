@@ -11,7 +11,7 @@ from app.engine.model import SpecError, TaskSpec
 from app.engine.options import BY_NAME, OPTIONS, TASK_DEFAULTS, build_training, validate_training
 from app.engine.tasks.classification import ClassificationExample
 from app.engine.tasks.token_classification import TokenExample
-from app.engine.train import TrainConfig
+from app.engine.train_config import TrainConfig
 
 
 def test_defaults_come_from_the_table():
@@ -57,7 +57,7 @@ def test_defaults_per_task_type_are_shared_by_every_surface():
 
 
 def test_the_held_out_split_is_capped():
-    from app.engine.train import MAX_HOLDOUT_EXAMPLES, split_holdout
+    from app.engine.train_config import MAX_HOLDOUT_EXAMPLES, split_holdout
 
     rows = [ClassificationExample(str(i), label="a") for i in range(20_000)]
     train, held = split_holdout(rows, None, 0.1, seed=0)

@@ -8,7 +8,8 @@ import torch
 
 from app.engine.model import TaskSpec
 from app.engine.resume import RunCheckpointer
-from app.engine.train import Cancelled, TrainConfig, train_task
+from app.engine.train import train_task
+from app.engine.train_config import Cancelled, TrainConfig
 from tests.engine.test_train import sentiment, tagging
 
 

@@ -60,7 +60,7 @@ def test_a_resumed_search_equals_an_uninterrupted_one(tiny_backbone, tmp_path):
     from app.engine.model import TaskSpec
     from app.engine.search import run_search
     from app.engine.search_state import SearchState
-    from app.engine.train import Cancelled, TrainConfig
+    from app.engine.train_config import Cancelled, TrainConfig
 
     data = (sentiment(40, 0), None)
     cfg = TrainConfig(epochs=2, lr=3e-2, batch_size=16, seed=3, early_stopping_patience=0)

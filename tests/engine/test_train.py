@@ -8,12 +8,14 @@ import random
 import pytest
 import torch
 
+from app.engine.evaluation import evaluate
 from app.engine.model import TaskSpec
 from app.engine.predict import predict
 from app.engine.tasks.classification import ClassificationExample
 from app.engine.tasks.question_answering import QAExample
 from app.engine.tasks.token_classification import TokenExample
-from app.engine.train import Cancelled, TrainConfig, evaluate, train_multitask, train_task
+from app.engine.train import train_multitask, train_task
+from app.engine.train_config import Cancelled, TrainConfig
 
 POS = ["good", "great", "fine", "nice", "lovely", "superb"]
 NEG = ["bad", "awful", "poor", "nasty", "horrid", "dire"]
@@ -68,7 +70,7 @@ def test_training_is_reproducible(tiny_backbone):
 
 
 def test_holdout_when_no_eval_data(tiny_backbone):
-    from app.engine.train import split_holdout
+    from app.engine.train_config import split_holdout
 
     train, held = split_holdout(sentiment(100, 0), None, 0.1, seed=1)
     assert len(train) == 90 and len(held) == 10

@@ -116,7 +116,7 @@ def test_if_better_without_eval_data_keeps_the_active_version(settings, worker, 
 def test_if_better_holdout_split_is_the_one_trained_on(settings, worker, tiny_backbone):
     """With 20+ training rows and no eval data, the worker compares on the held-out rows that
     training itself evaluated on (the new version's own recorded metric is on the same rows)."""
-    from app.engine.train import split_holdout
+    from app.engine.train_config import split_holdout
 
     constant_version(settings, tiny_backbone, "sent", "neg")
     rows = TRAIN * 3

@@ -8,7 +8,7 @@ import torch
 from app.db import tasks as db_tasks
 from app.db.session import get_sessionmaker
 from app.engine.checkpoint import load_checkpoint_bytes
-from app.jobs import worker as worker_mod
+from app.jobs.progress import JobRun
 from app.store import PromptStore
 from tests.jobs.test_worker import job, settings, single, submit, worker  # noqa: F401 - fixtures
 
@@ -26,7 +26,7 @@ def test_a_requeued_job_resumes_and_equals_an_uninterrupted_one(worker, settings
     state_dir = settings.store_dir + "-state"
     worker.settings = settings.model_copy(update={"checkpoint_every_s": 1e-6, "train_state_dir": state_dir})
     payload = single(epochs=3, batch_size=4, prefix_dropout=0.2)  # 8 records: 2 steps an epoch
-    original = worker_mod._JobRun.progress
+    original = JobRun.progress
     stopped: list[str] = []
 
     def stop_at_step_3(self, p):
@@ -35,7 +35,7 @@ def test_a_requeued_job_resumes_and_equals_an_uninterrupted_one(worker, settings
             stopped.append(self.job_id)
             self.worker.stop_event.set()  # the worker is stopping: the job goes back to the queue
 
-    monkeypatch.setattr(worker_mod._JobRun, "progress", stop_at_step_3)
+    monkeypatch.setattr(JobRun, "progress", stop_at_step_3)
     job_id = submit(settings, payload)
     assert worker.run_once()
     j = job(settings, job_id)

@@ -55,7 +55,7 @@ def test_a_search_cannot_start_from_another_task(client):
 
 
 def test_a_three_trial_search_publishes_the_best_with_its_log(client, settings, tiny_backbone, monkeypatch):
-    from app.jobs import worker as worker_mod
+    from app.jobs.progress import JobRun
 
     r = client.post("/train", json=_body(search={"trials": 3, "metric": "accuracy"}))
     assert r.status_code == 202, r.text
@@ -63,13 +63,13 @@ def test_a_three_trial_search_publishes_the_best_with_its_log(client, settings, 
     with session_for(settings) as s:
         assert db_jobs.get_job(s, job_id).payload["search"]["trials"] == 3
     messages: list[str] = []
-    progress = worker_mod._JobRun.progress
+    progress = JobRun.progress
 
     def spy(self, p):
         messages.append(p.message)
         progress(self, p)
 
-    monkeypatch.setattr(worker_mod._JobRun, "progress", spy)
+    monkeypatch.setattr(JobRun, "progress", spy)
     assert Worker(settings, worker_id="search-worker", backbone=tiny_backbone).run_once()
     with session_for(settings) as s:
         job = db_jobs.get_job(s, job_id)

@@ -19,7 +19,8 @@ from app.db import tasks as db_tasks
 from app.db.session import REPO_ROOT, get_sessionmaker
 from app.engine.checkpoint import load_checkpoint_bytes, read_metadata
 from app.jobs import worker as worker_mod
-from app.jobs.worker import Worker, settings_env, spawn_embedded_worker, stop_embedded_worker
+from app.jobs.process import settings_env, spawn_embedded_worker, stop_embedded_worker
+from app.jobs.worker import Worker
 from app.store import PromptStore
 from tests.helpers import process_env, wait_for
 

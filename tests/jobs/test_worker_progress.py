@@ -6,16 +6,14 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from app.engine.train import Progress
-from app.jobs.worker import _JobRun
+from app.engine.train_config import Progress
+from app.jobs.progress import JobRun
 
 
 def test_epoch_history_is_reported_and_kept(monkeypatch):
     written: list[dict | None] = []
-    monkeypatch.setattr(_JobRun, "_write", lambda self, doc: written.append(doc))
-    run = _JobRun(
-        SimpleNamespace(settings=SimpleNamespace(job_heartbeat_s=60, job_max_seconds=3600)), "job-1"
-    )  # type: ignore[arg-type]
+    monkeypatch.setattr(JobRun, "_write", lambda self, doc: written.append(doc))
+    run = JobRun(SimpleNamespace(settings=SimpleNamespace(job_heartbeat_s=60, job_max_seconds=3600)), "job-1")  # type: ignore[arg-type]
     run.progress(Progress(step=1, total=4, epoch=0.5, loss=0.9))
     run.progress(Progress(step=2, total=4, epoch=1.0, loss=0.8))  # throttled: within 0.5 s
     run.progress(

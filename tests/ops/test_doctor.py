@@ -9,6 +9,7 @@ import socket
 import time
 
 from app.db import datasets as db_datasets
+from app.db import job_queue
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
 from app.ops.doctor import run_doctor
@@ -47,7 +48,7 @@ def _break_everything(hub, settings):
         job = db_jobs.create_job(
             s, kind="single", payload={"task": "alpha"}, task_names=["alpha"], max_queued=50
         )
-        db_jobs.claim_next_job(s, f"{socket.gethostname()}:{_dead_pid()}:dead")
+        job_queue.claim_next_job(s, f"{socket.gethostname()}:{_dead_pid()}:dead")
         ds = db_datasets.create_dataset(
             s,
             filename="x.jsonl",

@@ -8,7 +8,8 @@ import pytest
 from app import versions
 from app.db import tasks as db_tasks
 from app.engine.checkpoint import load_checkpoint_bytes, sha256_bytes
-from app.ops.maintenance import STARTUP_REPAIRS, startup_sync
+from app.ops.maintenance import startup_sync
+from app.ops.repairs import STARTUP_REPAIRS
 from app.store import PromptStore
 
 
@@ -97,7 +98,8 @@ def test_startup_reports_missing_files_and_deletes_nothing(store, session_factor
         assert _rows(s) == before == {"gone": (1, [1]), "sent": (2, [1, 2])}
         assert "missing_file sent v2" in caplog.text and "missing_file gone v1" in caplog.text
         # the explicit repair still drops them
-        from app.ops.maintenance import check_versions, repair
+        from app.ops.checks import check_versions
+        from app.ops.repairs import repair
 
         changes = repair(s, store, check_versions(s, store, deep=True))
         assert "dropped sent v2: its file is missing from the store" in changes
@@ -243,7 +245,7 @@ def test_a_file_its_job_did_not_publish_is_not_registered(store, session_factory
     re-run (or failed): the start-up must not serve it; a job's published file, or one from a job
     this database does not know (a store moved to a new database), is registered."""
     from app.db import jobs as db_jobs
-    from app.ops.maintenance import check_versions
+    from app.ops.checks import check_versions
 
     with session_factory() as s:
         job = db_jobs.create_job(s, kind="single", payload={}, task_names=["sent"], max_queued=10)

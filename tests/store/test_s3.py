@@ -12,7 +12,10 @@ import pytest
 
 from app.engine.checkpoint import parse_header, sha256_bytes
 from app.store import StoreError, VersionTaken
-from app.store.s3 import ReadCache, S3DatasetFiles, S3Objects, S3PromptStore, make_client, parse_store_url
+from app.store.read_cache import ReadCache
+from app.store.s3 import S3PromptStore
+from app.store.s3_datasets import S3DatasetFiles
+from app.store.s3_objects import S3Objects, make_client, parse_store_url
 from tests.helpers import free_port
 
 

@@ -17,7 +17,7 @@ from app.db import datasets as db_datasets
 from app.db import tasks as db_tasks
 from app.db.models import TaskVersion
 from app.db.session import get_sessionmaker
-from app.store.s3 import parse_store_url
+from app.store.s3_objects import parse_store_url
 from tests.helpers import local_client, publish_task, session_for, store_for
 
 RECORDS = [
@@ -263,7 +263,8 @@ def test_an_unreachable_bucket_is_a_503_and_cached_versions_still_serve(s3_setti
     from app.db.session import run_migrations
     from app.main import create_app, make_resolver
     from app.serving.hub import Hub
-    from app.store.s3 import S3Objects, S3PromptStore, make_client
+    from app.store.s3 import S3PromptStore
+    from app.store.s3_objects import S3Objects, make_client
     from tests.helpers import free_port
 
     settings = s3_settings()
@@ -307,7 +308,8 @@ def test_startup_with_the_bucket_unreachable_keeps_rows_and_starts(s3_settings, 
     from botocore.config import Config
 
     from app.ops.maintenance import startup_sync
-    from app.store.s3 import S3Objects, S3PromptStore, make_client
+    from app.store.s3 import S3PromptStore
+    from app.store.s3_objects import S3Objects, make_client
     from tests.helpers import free_port
 
     settings = s3_settings()

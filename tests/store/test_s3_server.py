@@ -13,7 +13,7 @@ import pytest
 
 from app.config import Settings
 from app.db import tasks as db_tasks
-from app.store.s3 import parse_store_url
+from app.store.s3_objects import parse_store_url
 from tests.helpers import free_port, seed_store, session_for, start_server, stop_server, wait_for, wait_ready
 
 RECORDS = [{"text": t, "label": lab} for t, lab in [("great film", "pos"), ("loved it", "pos"),

@@ -28,6 +28,7 @@ from app.api.schemas import (
 )
 from app.db import datasets as db_datasets
 from app.db import idempotency as db_idempotency
+from app.db import job_queue
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
 from app.db.errors import Conflict
@@ -218,7 +219,7 @@ def _accepted(
         from app.jobs.celery_app import job_device_class, try_send_run_job
 
         if try_send_run_job(settings, job.id, job_device_class(payload)):
-            db_jobs.mark_dispatched(s, job.id)
+            job_queue.mark_dispatched(s, job.id)
     body = JobAccepted(job_id=job.id, state=job.state).model_dump()
     return JSONResponse(body, status_code=202, headers={"Location": f"/jobs/{job.id}"})
 

@@ -32,6 +32,7 @@ from app.api.deps import HubDep, SessionDep, SettingsDep, TaskNameDep
 from app.api.edge import note_rows
 from app.api.errors import ApiError, InputError, check_json, data_error
 from app.db import tasks as db_tasks
+from app.engine import tasks as task_types
 from app.engine.data import DataError
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
@@ -39,14 +40,6 @@ router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
 VersionPath = Annotated[int, Path(ge=1, le=2**31 - 1, description="a version of the task")]
 HEADER_LENGTH = "inference-header-content-length"
 MAX_TENSORS = 8
-
-#: input tensors by task type (the names are the record fields of POST /predict)
-INPUTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # (required, optional)
-    "classification": (("text",), ("text_pair",)),
-    "regression": (("text",), ("text_pair",)),
-    "token-classification": (("text",), ()),
-    "question-answering": (("question", "context"), ()),
-}
 
 
 class TensorIn(BaseModel):
@@ -115,15 +108,14 @@ def _model(s: Any, task: str, version: int | None) -> dict[str, Any]:
     versions = [v.version for v in db_tasks.get_versions(s, task)]
     if version is not None and version not in versions:
         raise ApiError(404, f"version {version} of task {task!r} not found", code="version_not_found")
-    required, optional = INPUTS.get(row.task_type, ((), ()))
+    task_type = task_types.get(row.task_type)
+    required, optional = task_type.input_fields
     return {
         "name": task,
         "versions": [str(v) for v in versions],
         "platform": "prompthub",
         "inputs": [{"name": n, "datatype": "BYTES", "shape": [-1]} for n in (*required, *optional)],
-        "outputs": [
-            {"name": n, "datatype": d, "shape": sh} for n, d, sh in _outputs(row.task_type, row.labels)
-        ],
+        "outputs": [{"name": n, "datatype": d, "shape": sh} for n, d, sh in _outputs(task_type, row.labels)],
         "parameters": {
             "task_type": row.task_type,
             "labels": list(row.labels or []),
@@ -133,24 +125,12 @@ def _model(s: Any, task: str, version: int | None) -> dict[str, Any]:
     }
 
 
-def _outputs(task_type: str, labels: list[Any] | None) -> list[tuple[str, str, list[int]]]:
-    out = [("prediction", "BYTES", [-1])]
-    if task_type == "classification":
-        out += [
-            ("label", "BYTES", [-1]),
-            ("score", "FP32", [-1]),
-            ("scores", "FP32", [-1, len(labels or [])]),
-        ]
-    elif task_type == "regression":
-        out += [("score", "FP32", [-1])]
-    elif task_type == "question-answering":
-        out += [
-            ("answer", "BYTES", [-1]),
-            ("score", "FP32", [-1]),
-            ("start", "INT64", [-1]),
-            ("end", "INT64", [-1]),
-        ]
-    return out
+def _outputs(task_type: Any, labels: list[Any] | None) -> list[tuple[str, str, list[int]]]:
+    """(name, datatype, shape) of the model's output tensors: `prediction` and the type's own."""
+    return [("prediction", "BYTES", [-1])] + [
+        (t.name, t.datatype, [-1, len(labels or [])] if t.per_label else [-1])
+        for t in task_type.output_tensors
+    ]
 
 
 @router.get("/models/{task}")

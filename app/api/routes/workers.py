@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from app.api.auth import Train
 from app.api.deps import SessionDep, SettingsDep
 from app.api.schemas import WorkerOut
+from app.db import job_queue
 from app.db import jobs as db_jobs
 from app.db import workers as db
 
@@ -31,7 +32,7 @@ def list_workers(
     out: list[WorkerOut] = []
     for row in rows:
         # a worker on this host whose process is gone (SIGKILL) is dead before its heartbeat is stale
-        alive = not db.is_stale(row, settings.job_stale_s) and not db_jobs.worker_process_gone(row.id)
+        alive = not db.is_stale(row, settings.job_stale_s) and not job_queue.worker_process_gone(row.id)
         if not alive and not include_stale:
             continue
         doc = WorkerOut(

@@ -31,6 +31,17 @@ class HeadLayout:
     position: int | None
 
 
+@dataclass(frozen=True)
+class OutputTensor:
+    """A field of decode()'s dicts that the Open Inference Protocol sends as a tensor of its own."""
+
+    name: str
+    #: "BYTES", "FP32" or "INT64"
+    datatype: str
+    #: the field is a dict label -> value: one column per label
+    per_label: bool = False
+
+
 class TaskType(ABC):
     name: ClassVar[str]
     #: the dataclass parse() returns
@@ -41,6 +52,12 @@ class TaskType(ABC):
     heads: ClassVar[tuple[str, ...]] = ("linear",)
     #: every input is a pair read with segment ids (question, context)
     always_pairs: ClassVar[bool] = False
+    #: (required, optional) fields of a prediction record, the Open Inference Protocol's input tensors
+    input_fields: ClassVar[tuple[tuple[str, ...], tuple[str, ...]]]
+    #: fields of decode()'s dicts sent as tensors of their own (besides the whole `prediction`)
+    output_tensors: ClassVar[tuple[OutputTensor, ...]] = ()
+    #: the metrics a hyperparameter search may maximise (app.engine.search; keys of evaluate())
+    search_metrics: ClassVar[tuple[str, ...]] = ()
 
     # ---------------------------------------------------------------- records
 

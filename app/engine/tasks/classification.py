@@ -18,7 +18,7 @@ from app.engine.heads import (
     VerbalizerHead,
     label_word_embeddings,
 )
-from app.engine.tasks.base import HeadLayout, TaskType
+from app.engine.tasks.base import HeadLayout, OutputTensor, TaskType
 from app.engine.tasks.common import (
     clip_text_pair,
     encode_text_pairs,
@@ -80,6 +80,13 @@ class Classification(TaskType):
     example_type = ClassificationExample
     heads = ("linear", "verbalizer")
     label_field = "label"
+    input_fields = (("text",), ("text_pair",))
+    search_metrics = ("accuracy", "macro_f1")
+    output_tensors = (
+        OutputTensor("label", "BYTES"),
+        OutputTensor("score", "FP32"),
+        OutputTensor("scores", "FP32", per_label=True),
+    )
 
     def parse(self, record: dict, *, line: int, require_labels: bool) -> ClassificationExample:
         text, text_pair = parse_text_pair(record, line)

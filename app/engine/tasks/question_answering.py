@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from app.engine import metrics as M
 from app.engine.data import DataError, Example
 from app.engine.heads import QuestionAnsweringHead
-from app.engine.tasks.base import HeadLayout, TaskType
+from app.engine.tasks.base import HeadLayout, OutputTensor, TaskType
 from app.engine.tasks.common import chunks, require_str, token_type_ids
 
 
@@ -321,6 +321,14 @@ class QuestionAnswering(TaskType):
     example_type = QAExample
     squad_json = True
     always_pairs = True
+    input_fields = (("question", "context"), ())
+    search_metrics = ("f1", "exact_match")
+    output_tensors = (
+        OutputTensor("answer", "BYTES"),
+        OutputTensor("score", "FP32"),
+        OutputTensor("start", "INT64"),
+        OutputTensor("end", "INT64"),
+    )
 
     def parse(self, record: dict, *, line: int, require_labels: bool) -> QAExample:
         return parse_qa_record(record, line, require_labels)

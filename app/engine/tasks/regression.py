@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from app.engine import metrics as M
 from app.engine.data import DataError, Example
 from app.engine.heads import ClassificationHead
-from app.engine.tasks.base import HeadLayout, TaskType
+from app.engine.tasks.base import HeadLayout, OutputTensor, TaskType
 from app.engine.tasks.common import clip_text_pair, encode_text_pairs, parse_text_pair, text_pair_length
 
 
@@ -47,6 +47,9 @@ def _parse_score(value: Any, line: int) -> float:
 
 class Regression(TaskType):
     name = "regression"
+    input_fields = (("text",), ("text_pair",))
+    search_metrics = ("pearson", "spearman")
+    output_tensors = (OutputTensor("score", "FP32"),)
     example_type = RegressionExample
 
     def parse(self, record: dict, *, line: int, require_labels: bool) -> RegressionExample:

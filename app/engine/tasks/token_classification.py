@@ -217,6 +217,8 @@ def _response(spec: Any, ex: TokenExample, feature: dict, row: Tensor) -> dict:
 
 class TokenClassification(TaskType):
     name = "token-classification"
+    input_fields = (("text",), ())
+    search_metrics = ("token_accuracy", "f1")
     example_type = TokenExample
     label_field = "tags"
 

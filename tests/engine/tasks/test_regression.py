@@ -13,11 +13,13 @@ from app.engine import tasks
 from app.engine.batch import collate, mixed_forward, task_forward
 from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes
 from app.engine.data import read_examples_bytes
+from app.engine.evaluation import evaluate
 from app.engine.heads import ClassificationHead, FrozenHead
 from app.engine.model import SpecError, TaskModel, TaskSpec
 from app.engine.predict import predict, prepare
 from app.engine.tasks.regression import RegressionExample
-from app.engine.train import TrainConfig, evaluate, train_task
+from app.engine.train import train_task
+from app.engine.train_config import TrainConfig
 from tests.helpers import bad_record_at_line_4, jsonl, raises_at
 
 REG = "regression"
