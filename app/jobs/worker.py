@@ -34,6 +34,7 @@ from app.engine.model import ServingTask
 from app.engine.options import build_training, validate_training
 from app.engine.resume import RunCheckpointer
 from app.engine.search import run_search
+from app.engine.search_state import SearchState
 from app.engine.train import train_multitask, train_task
 from app.engine.train_config import Cancelled, infer_labels, split_holdout
 from app.jobs.payload import DataRef, load_split
@@ -158,6 +159,12 @@ class Worker:
         root = self.settings.train_state_dir or Path(self.settings.data_dir).parent / "train-state"
         return RunCheckpointer(Path(root) / f"{job_id}.state", every_s=every)
 
+    def _search_state(self, job_id: str) -> SearchState | None:
+        """Where a search job saves its state: finished trials, the trial in flight and its training
+        state (None: PROMPTHUB_CHECKPOINT_EVERY_S=0)."""
+        ck = self._state_checkpointer(job_id)
+        return None if ck is None else SearchState(ck.path.with_suffix(".search"), every_s=ck.every_s)
+
     def _run_job(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> str:
         """Train, publish and finish the job; returns its final state, or "released" when the worker
         is stopping and put it back in the queue."""
@@ -166,9 +173,10 @@ class Worker:
         finally:
             # the saved state outlives only a job that goes back to the queue (a stopping worker)
             # or whose worker dies (then this line never runs)
-            ck = self._state_checkpointer(job_id)
+            ck, search = self._state_checkpointer(job_id), self._search_state(job_id)
             if ck is not None and not (self.stop_event.is_set() and self._released == job_id):
                 ck.clear()
+                search.clear()
 
     def _run_job_once(self, job_id: str, kind: str, payload: dict[str, Any], backbone: Backbone) -> str:
         with JobRun(self, job_id) as run:
@@ -313,6 +321,7 @@ class Worker:
                 progress=run.progress,
                 should_stop=run.should_stop,
                 task_name=name,
+                state=self._search_state(job_id),
             )
             version, promoted = promote_and_publish(
                 self.sessionmaker,

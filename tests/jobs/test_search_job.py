@@ -87,3 +87,61 @@ def test_a_three_trial_search_publishes_the_best_with_its_log(client, settings, 
     assert doc["training"]["search"]["best_trial"] == search["best_trial"]
     assert any(m.startswith("search trial 1/3") for m in messages)
     assert any(m.startswith("search trial 3/3") for m in messages)
+
+
+def test_a_requeued_search_resumes_and_publishes_what_an_uninterrupted_one_does(
+    client, settings, tiny_backbone, monkeypatch
+):
+    """A worker stopping inside trial 2 puts the search back in the queue with its state; the next
+    run reruns no finished trial, and the version it publishes (trials, scores, best prefix) is the
+    one an uninterrupted search publishes. The state goes when the job ends."""
+    import torch
+
+    from app.engine.checkpoint import load_checkpoint_bytes
+    from app.jobs.progress import JobRun
+
+    state_dir = str(settings.store_dir) + "-state"
+    worker = Worker(
+        settings.model_copy(update={"checkpoint_every_s": 1e-6, "train_state_dir": state_dir}),
+        worker_id="search-worker",
+        backbone=tiny_backbone,
+    )
+    messages: list[str] = []
+    progress = JobRun.progress
+
+    def stop_in_trial_2(self, p):
+        messages.append(p.message)
+        progress(self, p)
+        if p.message.startswith("search trial 2/3") and not self.worker.stop_event.is_set():
+            if not any(m.startswith("search resumed") for m in messages):
+                self.worker.stop_event.set()  # stopping: the job goes back to the queue
+
+    monkeypatch.setattr(JobRun, "progress", stop_in_trial_2)
+    body = _body(search={"trials": 3, "metric": "accuracy"})
+    job_id = client.post("/train", json=body).json()["job_id"]
+    assert worker.run_once()
+    with session_for(settings) as s:
+        assert db_jobs.get_job(s, job_id).state == "queued"
+    state = worker._search_state(job_id)
+    assert state.doc_path.is_file()  # kept for the next attempt
+    worker.stop_event.clear()
+    assert worker.run_once()
+    assert "search resumed after 1 of 3 trials" in messages
+    assert sum(m.startswith("search trial 1/3 done") for m in messages) == 1  # trial 1 ran once
+    assert not state.root.exists()  # cleaned up when the job ended
+    ref_id = client.post("/train", json={**body, "task": "ref"}).json()["job_id"]
+    assert worker.run_once()
+
+    def published(name: str, job: str):
+        with session_for(settings) as s:
+            assert db_jobs.get_job(s, job).state == "succeeded"
+            ver = db_tasks.get_version(s, name, 1)
+            sha, training = ver.sha256, ver.training
+        data = PromptStore(settings.store_dir).read_version(name, 1, sha)
+        return load_checkpoint_bytes(data, tiny_backbone), training["search"]
+
+    resumed, log = published("sent", job_id)
+    ref, ref_log = published("ref", ref_id)
+    for key in ("best_trial", "best_value", "best_params", "log"):
+        assert log[key] == ref_log[key], key
+    assert torch.equal(resumed.kv, ref.kv)
