@@ -73,8 +73,17 @@ class RunCheckpointer:
         self.resumed_step = int(state["step"])
         return state
 
+    def stage(self, name: str) -> RunCheckpointer:
+        """The checkpointer of a later stage of the same job (a multi-task job's per-task stage)."""
+        return RunCheckpointer(
+            self.path.with_name(f"{self.path.name}.{name}"), self.every_s, self.every_steps
+        )
+
     def clear(self) -> None:
+        """Remove the state file and those of the job's later stages."""
         self.path.unlink(missing_ok=True)
+        for p in self.path.parent.glob(f"{self.path.name}.*"):
+            p.unlink(missing_ok=True)
 
 
 def bytes_tensor(data: bytes) -> torch.Tensor:

@@ -218,9 +218,10 @@ def _fit(
             },
         }
 
-    skip, resuming = 0, False
+    skip, resuming, finished = 0, False, False
     saved = checkpointer.load(fingerprint) if checkpointer is not None else None
     if saved is not None:
+        finished = bool(saved.get("done"))  # a stage that had ended (a multi-task job's joint stage)
         with torch.no_grad():
             for n, p in trainable:
                 p.copy_(saved["params"][n])
@@ -244,7 +245,7 @@ def _fit(
             loss=None,
             message=f"resumed from step {step}",
         )
-    while step < total:
+    while step < total and not finished:
         epoch += 1
         gen_epoch_state = gen.get_state()
         plan = [(name, b) for name in names for b in _batches(len(tasks[name][1]), config.batch_size, gen)]
@@ -320,6 +321,8 @@ def _fit(
                 message="early stopping",
             )
             break
+    if checkpointer is not None and not finished:  # the end too: a later stage may fail after it
+        checkpointer.save({**run_state(), "done": True})
     seconds = time.monotonic() - start_time
     backbone_params = backbone.num_parameters()
     out = {}
@@ -362,9 +365,12 @@ def train_multitask(
     progress: ProgressFn | None = None,
     should_stop: StopFn | None = None,
     per_task_epochs: int = 0,
+    checkpointer: RunCheckpointer | None = None,
 ) -> dict[str, TrainResult]:
     """One prefix shared by all tasks (each its own head), trained jointly on batches drawn from
-    every task; then, with per_task_epochs > 0, each task continues alone from the shared prefix."""
+    every task; then, with per_task_epochs > 0, each task continues alone from the shared prefix.
+    `checkpointer`: the joint stage saves its state there and each per-task stage beside it
+    (`checkpointer.stage(name)`), so a resumed job goes on from the stage it was in."""
     config = config or TrainConfig()
     if len(tasks) < 2:
         raise ValueError("multi-task training needs at least two tasks")
@@ -392,7 +398,7 @@ def train_multitask(
         model = TaskModel(spec, backbone, shared_prefix=shared).to(backbone.device)
         feats = encode_examples(spec, backbone.tokenizer, list(train), with_labels=True)
         models[name] = (model, feats, ev)
-    results = _fit(backbone, models, config, progress, should_stop)
+    results = _fit(backbone, models, config, progress, should_stop, checkpointer)
     if per_task_epochs <= 0:
         return results
     out = {}
@@ -410,6 +416,7 @@ def train_multitask(
             should_stop,
             init_kv=results[name].task,
             task_name=name,
+            checkpointer=checkpointer.stage(name) if checkpointer is not None else None,
         )
         result.history = results[name].history + result.history
         out[name] = result

@@ -382,6 +382,7 @@ class Worker:
             progress=run.progress,
             should_stop=run.should_stop,
             per_task_epochs=int(payload.get("per_task_epochs") or 0),
+            checkpointer=self._state_checkpointer(job_id),
         )
         published: dict[str, int] = {}
         promotion: dict[str, Any] = {}

@@ -70,7 +70,7 @@ def test_periodic_saves_and_a_state_of_another_run_is_ignored(tiny_backbone, tmp
     cfg = TrainConfig(epochs=2, lr=3e-2, batch_size=16, seed=5, early_stopping_patience=0)
     ck = RunCheckpointer(tmp_path / "s", every_steps=3)
     train_task(tiny_backbone, TaskSpec("classification", prefix_length=4), *data, cfg, checkpointer=ck)
-    assert ck.saves == 2  # steps 3 and 6 of 8
+    assert ck.saves == 3  # steps 3 and 6 of 8, and the end
     other = TrainConfig(epochs=2, lr=1e-2, batch_size=16, seed=5, early_stopping_patience=0)
     ck2 = RunCheckpointer(tmp_path / "s")
     result = train_task(
@@ -81,3 +81,61 @@ def test_periodic_saves_and_a_state_of_another_run_is_ignored(tiny_backbone, tmp
     assert ck2.load({}) is None
     ck2.clear()
     assert not ck2.path.exists()
+
+
+def test_a_finished_run_resumed_from_its_end_state_trains_nothing(tiny_backbone, tmp_path):
+    """The state saved at the end lets a job whose worker died while publishing skip training."""
+    data = (sentiment(32, 0), sentiment(16, 1))
+    cfg = TrainConfig(epochs=2, lr=3e-2, batch_size=16, seed=5, early_stopping_patience=0)
+    full = train_task(tiny_backbone, TaskSpec("classification", prefix_length=4), *data, cfg)
+    ck = RunCheckpointer(tmp_path / "s", every_s=0)
+    train_task(tiny_backbone, TaskSpec("classification", prefix_length=4), *data, cfg, checkpointer=ck)
+    seen = []
+    again = RunCheckpointer(tmp_path / "s", every_s=0)
+    result = train_task(
+        tiny_backbone,
+        TaskSpec("classification", prefix_length=4),
+        *data,
+        cfg,
+        checkpointer=again,
+        progress=seen.append,
+    )
+    assert again.resumed_step == full.steps and [p.message for p in seen] == [
+        f"resumed from step {full.steps}"
+    ]
+    _same(full, result)
+
+
+def test_a_resumed_multitask_job_equals_an_uninterrupted_one(tiny_backbone, tmp_path):
+    """Stopped in the joint stage or in the second task's own stage, a multi-task run resumes from
+    the stage it was in and ends with the prefixes and heads of an uninterrupted run."""
+    from app.engine.train import train_multitask
+
+    cfg = TrainConfig(epochs=2, lr=3e-2, batch_size=16, seed=5, early_stopping_patience=0)
+
+    def tasks():
+        return {
+            "sent": (TaskSpec("classification", prefix_length=4), sentiment(32, 0), sentiment(8, 1)),
+            "tags": (TaskSpec("token-classification", prefix_length=4), tagging(32, 0), tagging(8, 1)),
+        }
+
+    full = train_multitask(tiny_backbone, tasks(), cfg, per_task_epochs=1)
+    # joint stage: 8 steps; per-task stages: 2 steps each
+    for stop_at in (5, 11):
+        path = tmp_path / f"mt-{stop_at}.state"
+        with pytest.raises(Cancelled):
+            train_multitask(
+                tiny_backbone,
+                tasks(),
+                cfg,
+                per_task_epochs=1,
+                should_stop=_stop_after(stop_at),
+                checkpointer=RunCheckpointer(path, every_s=0),
+            )
+        resumed = train_multitask(
+            tiny_backbone, tasks(), cfg, per_task_epochs=1, checkpointer=RunCheckpointer(path, every_s=0)
+        )
+        for name in ("sent", "tags"):
+            _same(full[name], resumed[name])
+        RunCheckpointer(path).clear()
+        assert not list(tmp_path.glob(f"mt-{stop_at}.state*"))
