@@ -57,6 +57,7 @@ def test_a_worker_over_its_memory_budget_is_stopped_and_its_job_failed_with_that
     worker is started. Without the budget the same worker is left to run (or to an OOM kill)."""
     import socket
 
+    from app.db import job_queue
     from app.db import jobs as db_jobs
     from app.jobs.supervisor import RUNNING, WorkerSupervisor
 
@@ -76,7 +77,7 @@ def test_a_worker_over_its_memory_budget_is_stopped_and_its_job_failed_with_that
                     s, kind="single", payload={"task": "big"}, task_names=["big"], max_queued=10
                 )
                 worker_id = f"{socket.gethostname()}:{proc.pid}:hog"
-                assert db_jobs.claim_job(s, job.id, worker_id)[1] is not None
+                assert job_queue.claim_job(s, job.id, worker_id)[1] is not None
                 jobs.append(job.id)
         return proc
 
