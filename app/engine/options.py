@@ -166,6 +166,16 @@ OPTIONS: tuple[Option, ...] = (
         ge=0,
         le=100,
     ),
+    Option(
+        "anneal_epochs",
+        "int",
+        2,
+        "config",
+        "when early stopping triggers, first decay the learning rate to 0 over this many more epochs "
+        "(0: stop at once)",
+        ge=0,
+        le=100,
+    ),
     Option("eval_batch_size", "int", 64, "config", "evaluation batch size", ge=1, le=1024),
     Option("max_steps", "int", None, "config", "stop after this many optimiser steps", ge=1, le=10_000_000),
     Option(

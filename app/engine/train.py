@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -75,16 +75,24 @@ def _param_groups(model: TaskModel, config: TrainConfig) -> list[dict]:
 
 
 def _scheduler(
-    opt: torch.optim.Optimizer, total: int, warmup_ratio: float
-) -> torch.optim.lr_scheduler.LambdaLR:
+    opt: torch.optim.Optimizer, total: int, warmup_ratio: float, anneal: dict
+) -> tuple[torch.optim.lr_scheduler.LambdaLR, Callable[[int], float]]:
+    """Linear warm-up, then linear decay to 0 at `total`; once `anneal` holds a start (set when early
+    stopping triggers), a linear decay from the factor there to 0 at its end instead."""
     warmup = int(total * warmup_ratio)
 
-    def factor(step: int) -> float:
+    def planned(step: int) -> float:
         if step < warmup:
             return (step + 1) / max(1, warmup)
         return max(0.0, (total - step) / max(1, total - warmup))
 
-    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+    def factor(step: int) -> float:
+        start = anneal.get("from_step")
+        if start is None or step < start:
+            return planned(step)
+        return anneal["factor"] * max(0.0, (anneal["to_step"] - step) / max(1, anneal["to_step"] - start))
+
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor), planned
 
 
 def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[list[int]]:
@@ -180,7 +188,9 @@ def _fit(
     total = steps_per_epoch * config.epochs
     if config.max_steps:
         total = min(total, config.max_steps)
-    sched = _scheduler(opt, total, config.warmup_ratio)
+    # early stopping anneals first: the run stops with the learning rate decayed, not at its height
+    anneal: dict = {}
+    sched, planned_factor = _scheduler(opt, total, config.warmup_ratio, anneal)
     history: list[dict] = []
     selection = EpochSelection(config.early_stopping_patience)
     step = 0
@@ -211,6 +221,8 @@ def _fit(
             "py_rng": random.getstate(),
             "history": history,
             "bad_epochs": selection.bad_epochs,
+            "anneal": [anneal.get("from_step", -1), anneal.get("to_step", -1), anneal.get("factor", 0.0)],
+            "total_now": total,
             "best_score": selection.best_score,
             "best": {
                 n: [sc, bytes_tensor(checkpoint_bytes(srv, backbone)), m, ep]
@@ -230,6 +242,9 @@ def _fit(
         step, epoch, skip = saved["step"], saved["epoch"] - 1, saved["count"]
         history, selection.bad_epochs = saved["history"], saved["bad_epochs"]
         selection.best_score = saved["best_score"]
+        if saved["anneal"][0] >= 0:
+            anneal.update(from_step=saved["anneal"][0], to_step=saved["anneal"][1], factor=saved["anneal"][2])
+        total = saved["total_now"]
         selection.best = {
             n: (sc, load_checkpoint_bytes(tensor_bytes(blob), backbone), m, ep)
             for n, (sc, blob, m, ep) in saved["best"].items()
@@ -311,7 +326,24 @@ def _fit(
         )
         if epoch_end is not None:
             epoch_end(epoch, mean)
-        if selection.stop_after(epoch, mean, scores, snapshot):
+        stop = selection.stop_after(epoch, mean, scores, snapshot)
+        if stop and "from_step" not in anneal and config.anneal_epochs > 0:
+            end = step + config.anneal_epochs * steps_per_epoch
+            if end < total:  # (else the planned decay ends first: go on to its end)
+                anneal.update(from_step=step, to_step=end, factor=planned_factor(step))
+                total = end
+                emit(
+                    progress,
+                    step=step,
+                    total=total,
+                    epoch=float(epoch),
+                    loss=record["loss"],
+                    message=(
+                        f"no better score for {selection.bad_epochs} epochs: "
+                        f"annealing the learning rate over {config.anneal_epochs} more"
+                    ),
+                )
+        elif stop and config.anneal_epochs == 0:
             emit(
                 progress,
                 step=step,

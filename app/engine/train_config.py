@@ -32,6 +32,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     seed: int = default("seed")
     early_stopping_patience: int = default("early_stopping_patience")
+    anneal_epochs: int = default("anneal_epochs")
     max_steps: int | None = default("max_steps")
     eval_batch_size: int = default("eval_batch_size")
     #: learning rate of the encoder in full fine-tuning

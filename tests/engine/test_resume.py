@@ -139,3 +139,29 @@ def test_a_resumed_multitask_job_equals_an_uninterrupted_one(tiny_backbone, tmp_
             _same(full[name], resumed[name])
         RunCheckpointer(path).clear()
         assert not list(tmp_path.glob(f"mt-{stop_at}.state*"))
+
+
+def test_a_run_resumed_while_annealing_equals_an_uninterrupted_one(tiny_backbone, tmp_path):
+    """Stopped inside the annealing that early stopping starts, a run resumes it where it was."""
+    data = (sentiment(48, 0), sentiment(16, 1))
+    cfg = TrainConfig(epochs=10, lr=1e-6, batch_size=16, seed=5, early_stopping_patience=1, anneal_epochs=2)
+    full = train_task(tiny_backbone, TaskSpec("classification", prefix_length=4), *data, cfg)
+    assert full.steps < 30  # it annealed and ended early
+    ck = RunCheckpointer(tmp_path / "a.state", every_s=0)
+    with pytest.raises(Cancelled):
+        train_task(
+            tiny_backbone,
+            TaskSpec("classification", prefix_length=4),
+            *data,
+            cfg,
+            should_stop=_stop_after(full.steps - 2),
+            checkpointer=ck,
+        )
+    resumed = train_task(
+        tiny_backbone,
+        TaskSpec("classification", prefix_length=4),
+        *data,
+        cfg,
+        checkpointer=RunCheckpointer(tmp_path / "a.state", every_s=0),
+    )
+    _same(full, resumed)

@@ -109,6 +109,46 @@ def test_early_stopping_and_best_epoch(tiny_backbone):
     assert result.best_epoch is not None
 
 
+@pytest.mark.parametrize("anneal", [0, 2])
+def test_early_stopping_anneals_the_learning_rate_before_it_stops(tiny_backbone, anneal):
+    """When the held-out score stops improving, the run does not stop at the learning rate's
+    height: it decays it linearly to 0 over `anneal_epochs` more epochs, then ends (0: stops at once)."""
+    cfg = TrainConfig(epochs=10, lr=1e-6, batch_size=16, early_stopping_patience=1, anneal_epochs=anneal)
+    seen = []
+    lrs = []
+    real_step = torch.optim.AdamW.step
+
+    def spy(self, *a, **kw):
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *a, **kw)
+
+    torch.optim.AdamW.step = spy
+    try:
+        result = train_task(
+            tiny_backbone,
+            TaskSpec("classification"),
+            sentiment(48, 0),
+            sentiment(32, 1),
+            cfg,
+            progress=seen.append,
+        )
+    finally:
+        torch.optim.AdamW.step = real_step
+    stopped = next(p for p in seen if "annealing" in p.message or p.message == "early stopping")
+    epochs_then = int(stopped.epoch)
+    assert len(result.history) == epochs_then + anneal < 10  # 3 steps an epoch
+    assert result.steps == 3 * (epochs_then + anneal)
+    if anneal:
+        assert stopped.total == result.steps and seen[-1].total == result.steps
+        tail = lrs[-3 * anneal :]  # the annealing steps: down to 0 in a straight line
+        assert (
+            all(a > b for a, b in zip(tail, tail[1:], strict=False))
+            and tail[-1] < lrs[-3 * anneal - 1] / anneal
+        )
+    else:
+        assert stopped.message == "early stopping"
+
+
 def test_token_classification_and_qa_train_and_predict(tiny_backbone):
     r = train_task(
         tiny_backbone,
