@@ -26,7 +26,7 @@ DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "quality-sweep.jsonl
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m bench.quality_sweep", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="brown_pos", choices=C.TASK_ORDER)
-    p.add_argument("--method", default="p-tuning-v2", choices=C.METHODS)
+    p.add_argument("--method", default="p-tuning-v2", choices=list(C.METHOD_HP))
     p.add_argument("--lr", type=float, default=None, help="default: the method's lr in bench/quality/plan.py")
     p.add_argument("--epochs", type=int, default=None, help="default: the task's full-budget epochs")
     p.add_argument("--prefix-length", type=int, default=None)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.engine.options import build_training
     from app.engine.train import train_task
     from bench.quality import data, log
-    from bench.quality.run import ProgressPrinter, score_of
+    from bench.quality.run import ProgressPrinter, lora_prepare, score_of
 
     manifests = data.prepare_datasets([args.task])
     tb = C.FULL.task(args.task)
@@ -83,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     tb = replace(tb, **changes)
     hp = C.FULL.task_method_hp.get((args.task, args.method), C.METHOD_HP[args.method])
     if args.lr:
-        hp = replace(hp, lr=args.lr)
+        # LoRA trains its adapters and its head at one LR (the adapters sit in the encoder copy,
+        # whose LR is backbone_lr)
+        hp = replace(hp, lr=args.lr, **({"backbone_lr": args.lr} if hp.lora_rank else {}))
     # the probe's own epochs / batch size / prefix length win over the task budget and a
     # (task, method) exception (run_hyperparameters reads them from hp first)
     hp = replace(
@@ -107,12 +109,25 @@ def main(argv: list[str] | None = None) -> int:
         f"sweep {args.task}/{args.method}: lr {hp.lr:g}, {config.epochs} epochs at batch {config.batch_size}, {len(train)} train, {len(ev)} eval"
     )
     t0 = time.monotonic()
-    result = train_task(backbone, spec, train, ev, config, progress=ProgressPrinter(args.task))
+    result = train_task(
+        backbone,
+        spec,
+        train,
+        ev,
+        config,
+        progress=ProgressPrinter(args.task),
+        prepare=lora_prepare(hp) if hp.lora_rank else None,
+    )
     metrics = evaluate(backbone, result.task, ev, batch_size=64)
     rec = {
         "task": args.task,
         "method": args.method,
         "lr": hp.lr,
+        **(
+            {"lora": {"rank": hp.lora_rank, "alpha": hp.lora_alpha, "lr": hp.backbone_lr}}
+            if hp.lora_rank
+            else {}
+        ),
         "epochs": config.epochs,
         "batch_size": config.batch_size,
         "prefix_length": spec.prefix_length,

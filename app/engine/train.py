@@ -116,10 +116,13 @@ def train_task(
     task_name: str | None = None,
     checkpointer: RunCheckpointer | None = None,
     epoch_end: EpochFn | None = None,
+    prepare: Callable[[TaskModel], None] | None = None,
 ) -> TrainResult:
     """Train one task. `checkpointer`: save the run's state now and then and resume from a saved
     one (app.engine.resume); `epoch_end(epoch, score)` after every evaluated epoch (a search's
-    pruner: it may raise to stop the run)."""
+    pruner: it may raise to stop the run); `prepare(model)` changes the new task model in place
+    before training (e.g. the quality bench's LoRA adapters on a fine-tuning copy of the encoder):
+    whatever then requires grad is trained."""
     config = config or TrainConfig()
     if not train_examples:
         raise D.DataError("training data is empty", field="train")
@@ -141,6 +144,8 @@ def train_task(
         # the same task (a multi-task run's per-task stage, or a new version of a task): its
         # trained head is the start too, not only its prefix
         model.head.load_state_dict(init_kv.head.state_dict())
+    if prepare is not None:
+        prepare(model)
     features = encode_examples(spec, backbone.tokenizer, train_examples, with_labels=True)
     return _fit(
         backbone,

@@ -52,6 +52,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def table_records(out: Path, budget: C.Budget, backbone: str, docs: dict[str, dict]) -> list[dict]:
+    """The records the tables show: every run of the budget's whole plan (all tasks, methods and
+    ablations) that is done, in this invocation (``docs``, by key) or cached by an earlier one, in
+    plan order; then any of this invocation's runs outside that plan. So a run of a few tasks or
+    methods adds its rows to the tables and never drops the others'."""
+    records: list[dict] = []
+    seen: set[str] = set()
+    full = C.plan_runs(budget, list(C.TASK_ORDER), list(C.ALL_METHODS), list(C.ABLATIONS))
+    for r in full:
+        key = r.key(budget, backbone)
+        doc = docs.get(key) or run.load_cached(out, key)
+        if doc is None:
+            continue
+        seen.add(key)
+        for rec in run.expand(doc):
+            records.append({**rec, "variant": r.variant} if r.kind == "single" else dict(rec))
+    for key, doc in docs.items():
+        if key not in seen:
+            records += [dict(rec) for rec in run.expand(doc)]
+    return report.dedupe(records)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -96,9 +118,11 @@ def main(argv: list[str] | None = None) -> int:
             records.append({**rec, "variant": r.variant} if r.kind == "single" else dict(rec))
         # refresh the tables after every run, so an interrupted invocation still leaves them
         meta = report.run_meta(command, backbone, budget, manifests)
-        report.write_results(out, budget, report.dedupe(records), meta, [])
+        report.write_results(out, budget, table_records(out, budget, args.backbone, docs), meta, [])
     meta = report.run_meta(command, backbone, budget, manifests)
-    jpath, mpath = report.write_results(out, budget, report.dedupe(records), meta, pending)
+    jpath, mpath = report.write_results(
+        out, budget, table_records(out, budget, args.backbone, docs), meta, pending
+    )
     log(f"wrote {jpath} and {mpath} ({len(records)} records, {len(pending)} pending)")
     if args.ship:
         shipped = ship.ship(report.dedupe(records), budget, backbone, manifests, f"{command} --ship")

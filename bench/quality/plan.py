@@ -35,13 +35,18 @@ PROTOCOL_VERSION = 1
 
 #: The single-task methods, in table order. ``p-tuning-v2-mlp`` is P-Tuning v2 with the MLP
 #: reparameterisation of the prefix (folded away after training: served size is the same).
-METHODS = ("fine-tuning", "prompt-tuning", "p-tuning-v2", "p-tuning-v2-mlp")
+#: ``defaults`` is P-Tuning v2 exactly as POST /train trains it with no hyperparameters (the
+#: product's per-task-type defaults, epoch cap, early stopping and held-out split, read from
+#: app.engine.options when the run is planned); ``lora`` is PEFT LoRA on a copy of the encoder.
+METHODS = ("fine-tuning", "prompt-tuning", "p-tuning-v2", "p-tuning-v2-mlp", "defaults", "lora")
+PRODUCT_DEFAULTS = "defaults"
+LORA = "lora"
 #: Multi-task P-Tuning v2: one prefix shared by the tasks (own heads), then per task.
 MULTITASK = "multi-task"
 MULTITASK_METHODS = ("mpt-shared", "mpt-per-task")
 ALL_METHODS = (*METHODS, MULTITASK)
 #: The order runs are done in (the comparison that matters first, then the baselines).
-RUN_ORDER = ("p-tuning-v2", "fine-tuning", "p-tuning-v2-mlp", "prompt-tuning")
+RUN_ORDER = ("p-tuning-v2", "fine-tuning", "p-tuning-v2-mlp", "prompt-tuning", "defaults", "lora")
 
 #: Ablations (P-Tuning v2 on BANKING77 by default): prefixes in the lower half of the layers
 #: against the upper half (same count: 3 of MiniLM's 6), and the [CLS] linear head against a
@@ -53,6 +58,8 @@ METHOD_TABLE_NAMES = {
     "prompt-tuning": "Prompt tuning (shallow)",
     "p-tuning-v2": "P-Tuning v2",
     "p-tuning-v2-mlp": "P-Tuning v2 + MLP",
+    "defaults": "P-Tuning v2, defaults",
+    "lora": "LoRA",
     "mpt-shared": "Multi-task PT2 (shared)",
     "mpt-per-task": "Multi-task PT2 → per task",
 }
@@ -72,6 +79,11 @@ class MethodHP:
     batch_size: int | None = None
     epochs: int | None = None
     prefix_length: int | None = None
+    #: LoRA (PEFT) on the fine-tuning copy of the encoder: rank, alpha, dropout, target modules
+    lora_rank: int | None = None
+    lora_alpha: float | None = None
+    lora_dropout: float | None = None
+    lora_targets: tuple[str, ...] | None = None
 
     def key_dict(self) -> dict:
         """The fields a run's identity depends on (unset budget overrides left out, so adding a
@@ -89,7 +101,37 @@ METHOD_HP: dict[str, MethodHP] = {
     "prompt-tuning": MethodHP("prompt-tuning", lr=3e-2),
     "p-tuning-v2": MethodHP("p-tuning-v2", lr=3e-2),
     "p-tuning-v2-mlp": MethodHP("p-tuning-v2", lr=1e-2, reparameterize=True, reparam_hidden=128),
+    # LoRA (Hu et al. 2021) at its usual small-encoder setting: rank 8 on the attention's query and
+    # value projections, alpha 16, dropout 0.1; adapters and head at one LR (1e-3); the encoder
+    # itself stays frozen. Fine-tuning's budget (the task budget: epochs, batch).
+    "lora": MethodHP(
+        "fine-tuning",
+        lr=1e-3,
+        backbone_lr=1e-3,
+        lora_rank=8,
+        lora_alpha=16,
+        lora_dropout=0.1,
+        lora_targets=("query", "value"),
+    ),
 }
+
+
+def product_defaults(task_type: str) -> dict:
+    """What a new user's POST /train with no hyperparameters trains with for ``task_type``, read
+    from the product (app.engine.options' table and TASK_DEFAULTS, the held-out cap): the
+    ``defaults`` runs' settings and part of their keys, so a changed product default re-runs them."""
+    from app.engine.options import build_training
+    from app.engine.train import MAX_HOLDOUT_EXAMPLES
+
+    spec, config = build_training(task_type, {}, None)
+    spec_d = {k: v for k, v in spec.to_dict().items() if k != "labels"}
+    return {
+        "product_defaults": True,
+        "spec": spec_d,
+        "train": config.to_dict(),
+        "max_holdout": MAX_HOLDOUT_EXAMPLES,
+    }
+
 
 #: Brown POS budget of the prompt methods, chosen on 300 dev sentences
 #: (bench/results/quality-sweep.jsonl; docs/quality.md): P-Tuning v2 at batch 32 / 6 epochs /
@@ -157,6 +199,8 @@ class Budget:
     ablation_hp: MethodHP | None = None
     #: (task, method) exceptions to METHOD_HP in this budget
     task_method_hp: dict = field(default_factory=dict)
+    #: methods planned on some tasks only: {method: tasks} (a method not here runs on every task)
+    method_tasks: dict = field(default_factory=dict)
 
     def task(self, name: str) -> TaskBudget:
         return self.tasks[name]
@@ -277,6 +321,8 @@ FULL = Budget(
     ablation_overrides={"n_train": 1000, "epochs": 3},
     ablation_hp=ABLATION_HP,
     task_method_hp=TASK_METHOD_HP,
+    # the product-defaults and LoRA columns are measured on the two tasks whose prompts ship
+    method_tasks={"defaults": ("banking77", "brown_pos"), "lora": ()},
 )
 
 QUICK = Budget(
@@ -296,6 +342,9 @@ QUICK = Budget(
     # the smoke test keeps the task budgets (Brown's prompt budget is 15 epochs: not a smoke
     # test); only the SQuAD LR exception, as its cached quick run was made with it
     task_method_hp={("squad", "p-tuning-v2"): TASK_METHOD_HP[("squad", "p-tuning-v2")]},
+    # the product defaults train up to 30 epochs (not a smoke test); both are covered by the
+    # tiny-backbone tests (tests/bench/test_quality.py)
+    method_tasks={"defaults": (), "lora": ()},
 )
 
 BUDGETS = {"full": FULL, "quick": QUICK}
@@ -326,6 +375,10 @@ class Run:
 
     @property
     def method_hp(self) -> MethodHP:
+        """The bench's hyperparameters of the run (the ``defaults`` runs have none: see
+        product_defaults)."""
+        if self.method == PRODUCT_DEFAULTS:
+            raise KeyError("the defaults runs take the product's defaults (plan.product_defaults)")
         return self.hp or METHOD_HP[self.method]
 
     @property
@@ -351,7 +404,9 @@ class Run:
             "kind": "single",
             "backbone": backbone,
             "budget": self.budget.to_dict(),
-            "hp": self.method_hp.key_dict(),
+            "hp": product_defaults(self.budget.task_type)
+            if self.method == PRODUCT_DEFAULTS
+            else self.method_hp.key_dict(),
             "layers": self.layers,
             "head": self.head,
             "seed": TRAIN_SEED,
@@ -380,7 +435,9 @@ def plan_runs(budget: Budget, tasks: list[str], methods: list[str], ablations: l
 
     def task_runs(t: str) -> list[Run]:
         return [
-            Run("single", t, m, budget=budget.task(t), hp=budget.task_method_hp.get((t, m))) for m in singles
+            Run("single", t, m, budget=budget.task(t), hp=budget.task_method_hp.get((t, m)))
+            for m in singles
+            if m not in budget.method_tasks or t in budget.method_tasks[m]
         ]
 
     runs: list[Run] = []

@@ -67,8 +67,8 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
         "",
         "| task (metric, eval set) | "
         + " | ".join(C.METHOD_TABLE_NAMES[m] for m in methods)
-        + " | majority class | best PT2 − FT | target met |",
-        "|---" * (len(methods) + 4) + "|",
+        + " | majority class | best PT2 − FT | target met | defaults − FT | LoRA − FT |",
+        "|---" * (len(methods) + 6) + "|",
     ]
     for t in tasks:
         tb = budget.task(t)
@@ -83,14 +83,23 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
             target = "yes" if d >= -1.0 and pt2["trainable_fraction"] <= 0.03 else f"no ({-d - 1:.1f} short)"
             if majority is not None and max(ft["score"], pt2["score"]) <= majority + 1.0:
                 target = "n/a (no method above the majority class)"
+        vs_ft = [
+            f"{main[(t, m)]['score'] - ft['score']:+.1f}" if ft and (t, m) in main else "—"
+            for m in ("defaults", "lora")
+        ]
         lines.append(
             f"| {t} ({METRIC_NAMES[t]}, {tb.eval_split} n={n_eval}) | "
             + " | ".join(cells)
-            + f" | {'—' if majority is None else f'{majority:.1f}'} | {gap} | {target} |"
+            + f" | {'—' if majority is None else f'{majority:.1f}'} | {gap} | {target} | "
+            + " | ".join(vs_ft)
+            + " |"
         )
     lines += [
         "",
         "Target: P-Tuning v2 (best of flat / MLP) within 1 point of fine-tuning with <= 3% trainable parameters.",
+        '"P-Tuning v2, defaults": what POST /train with no hyperparameters trains (the product\'s per-task-type '
+        "defaults, epoch cap with early stopping on a held-out 10% of the same training subset); "
+        "LoRA: rank-8 adapters on query/value and the head, fine-tuning's budget.",
         "SQuAD cells are EM / F1 (the gap uses F1). CoNLL is a 76-sentence sanity check, not a benchmark.",
         "",
         "## Trainable parameters (training time / stored and served), % of the backbone",
@@ -153,7 +162,25 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
         "|---|---|---|---|",
     ]
     for m in C.METHODS:
+        if m == C.PRODUCT_DEFAULTS:
+            for tt in dict.fromkeys(budget.task(t).task_type for t in tasks):
+                d = C.product_defaults(tt)
+                sp, tr = d["spec"], d["train"]
+                lines.append(
+                    f"| defaults ({tt}) | {tr['lr']:g} | — | the product's defaults: prefix length "
+                    f"{sp['prefix_length']}, batch {tr['batch_size']}, max_length {sp['max_length']}, at most "
+                    f"{tr['epochs']} epochs, early stopping patience {tr['early_stopping_patience']} on a held-out "
+                    f"{tr['holdout_fraction']:g} of train (at most {d['max_holdout']}), best epoch kept |"
+                )
+            continue
         hp = C.METHOD_HP[m]
+        if m == C.LORA:
+            lines.append(
+                f"| lora | {hp.lr:g} | frozen (adapters {hp.backbone_lr:g}) | LoRA rank {hp.lora_rank} on "
+                f"{', '.join(hp.lora_targets or ())}, alpha {hp.lora_alpha:g}, dropout {hp.lora_dropout:g}; "
+                "adapters + head trained |"
+            )
+            continue
         note = {
             "fine-tuning": "whole encoder trained",
             "prompt-tuning": "prompt embeddings at the input only (vocab init)",
@@ -176,7 +203,7 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
     lines += [
         "",
         "Common: AdamW (weight decay 0.01, none on prompts), linear warm-up 6% then linear decay, grad-norm clip 1.0, "
-        "no early stopping: the last epoch is evaluated once.",
+        "no early stopping: the last epoch is evaluated once (except the defaults runs, which train as the product does).",
         "",
         "## Runs",
         "",
@@ -208,6 +235,7 @@ def write_results(
             "mt_batch_size": budget.mt_batch_size,
             "ablation_task": budget.ablation_task,
             "ablation_overrides": budget.ablation_overrides,
+            "method_tasks": {m: list(ts) for m, ts in budget.method_tasks.items()},
         },
         "method_hyperparameters": {m: hp.key_dict() for m, hp in C.METHOD_HP.items()},
         "task_method_exceptions": {f"{t}/{m}": hp.key_dict() for (t, m), hp in budget.task_method_hp.items()},

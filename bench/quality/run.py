@@ -23,6 +23,35 @@ def training_for(tb: TaskBudget, hp: MethodHP, labels: list[str] | None, **kw):
     return build_training(tb.task_type, flat, labels)
 
 
+def product_training(task_type: str, labels: list[str] | None):
+    """(TaskSpec, TrainConfig) of a POST /train with no hyperparameters: the product's defaults
+    for the task type (its epoch cap, early stopping and held-out split included)."""
+    from app.engine.options import build_training
+
+    return build_training(task_type, {}, labels)
+
+
+def lora_prepare(hp: MethodHP):
+    """A train_task ``prepare`` hook: PEFT LoRA adapters into the task model's encoder copy (whose
+    own weights peft freezes), so only the adapters and the head train."""
+
+    def prepare(model) -> None:
+        from peft import LoraConfig, inject_adapter_in_model
+
+        assert model.finetuned is not None, "LoRA goes on the fine-tuning copy of the encoder"
+        cfg = LoraConfig(
+            r=hp.lora_rank,
+            lora_alpha=hp.lora_alpha,
+            lora_dropout=hp.lora_dropout,
+            target_modules=list(hp.lora_targets or ()),
+        )
+        inject_adapter_in_model(cfg, model.finetuned.model)
+        for name, p in model.finetuned.model.named_parameters():
+            p.requires_grad_("lora_" in name)
+
+    return prepare
+
+
 def score_of(metrics: dict, metric: str) -> float:
     """The primary metric in percent (SQuAD's are percent already)."""
     v = float(metrics.get(metric, 0.0))
@@ -126,20 +155,64 @@ def execute_single(run: Run, key: str, mode: str, backbone, manifests: dict) -> 
     assert tb is not None
     train, ev = data.load_task_data(tb)
     labels = (manifests.get(tb.dataset) or {}).get("labels")
-    spec, config = training_for(tb, run.method_hp, labels, layers=run.layers, head=run.head)
+    prepare = lora_hp = None
+    if run.method == plan.PRODUCT_DEFAULTS:
+        spec, config = product_training(tb.task_type, labels)
+    else:
+        spec, config = training_for(tb, run.method_hp, labels, layers=run.layers, head=run.head)
+        if run.method_hp.lora_rank:
+            lora_hp = run.method_hp
+            prepare = lora_prepare(lora_hp)
     label = f"{tb.dataset}/{run.method}{'/' + run.variant if run.variant else ''}"
-    log(f"train {label}: {len(train)} train, {len(ev)} eval ({tb.eval_split}), {config.epochs} epochs")
+    # the train data the engine fits on (a defaults run holds out part of it, as POST /train does)
+    from app.engine.train import split_holdout
+
+    n_fit = len(split_holdout(train, None, config.holdout_fraction, config.seed)[0])
+    log(
+        f"train {label}: {len(train)} train ({len(train) - n_fit} held out), {len(ev)} eval ({tb.eval_split}), "
+        f"{config.epochs} epochs{' at most' if config.early_stopping_patience else ''}"
+    )
     t0 = time.monotonic()
     result = train_task(
-        backbone, spec, train, None, config, progress=ProgressPrinter(label), task_name=tb.dataset
+        backbone,
+        spec,
+        train,
+        None,
+        config,
+        progress=ProgressPrinter(label),
+        task_name=tb.dataset,
+        prepare=prepare,
     )
     train_s = time.monotonic() - t0
     rec = evaluate_and_record(
         run, key, mode, backbone, tb, run.method, result, train_s, ev, len(train), config
     )
+    rec["n_holdout"] = len(train) - n_fit
+    rec["epochs_run"] = len(result.history)
+    rec["best_epoch"] = result.best_epoch
+    # per epoch: the mean training loss and, where the run holds data out, its held-out score
+    rec["curve"] = [
+        {
+            "epoch": h["epoch"],
+            "loss": round(float(h["loss"]), 4),
+            **(
+                {"held_out": round(score_of(h["metrics"][tb.dataset], tb.metric), 2)}
+                if tb.dataset in (h.get("metrics") or {})
+                else {}
+            ),
+        }
+        for h in result.history
+    ]
+    if lora_hp is not None:
+        rec["lora"] = {
+            "rank": lora_hp.lora_rank,
+            "alpha": lora_hp.lora_alpha,
+            "dropout": lora_hp.lora_dropout,
+            "targets": list(lora_hp.lora_targets or ()),
+        }
     log(
         f"done {label}: {tb.metric} {rec['score']:.2f} ({train_s:.0f}s train, {rec['eval_seconds']:.0f}s eval, "
-        f"{100 * rec['trainable_fraction']:.2f}% trainable)"
+        f"{rec['epochs_run']} epochs, best {rec['best_epoch']}, {100 * rec['trainable_fraction']:.2f}% trainable)"
     )
     return rec
 

@@ -43,7 +43,8 @@ def test_budgets_cover_every_task_and_method():
             assert tb.dataset == t
             assert tb.metric in ("accuracy", "token_accuracy", "f1")
         assert budget.ablation_task in budget.tasks
-    assert set(C.METHOD_HP) == set(C.METHODS)
+    # every method has the bench's hyperparameters but "defaults", which takes the product's
+    assert set(C.METHOD_HP) | {C.PRODUCT_DEFAULTS} == set(C.METHODS)
     # prefix LRs are ~100-1000x the fine-tuning encoder LR, as in the paper's repository
     assert C.METHOD_HP["p-tuning-v2"].lr >= 100 * C.METHOD_HP["fine-tuning"].backbone_lr
     # nothing trained on CoNLL or IMDB is ever shipped or shares a multi-task prefix with a shipped task
@@ -215,7 +216,9 @@ def test_report_only_resumes_from_cache_without_training(tmp_path, monkeypatch, 
     )
     assert rc == 0
     doc = json.loads((tmp_path / "quality-quick.json").read_text())
-    assert [r["score"] for r in doc["runs"]] == [42.0]
+    assert [r["score"] for r in doc["runs"] if not r["variant"]] == [42.0]
+    # the quick ablation "layers-all" is the main P-Tuning v2 run, so it shows in the ablation table too
+    assert [r["variant"] for r in doc["runs"] if r["variant"]] == ["layers-all"]
     assert doc["pending"] == ["banking77/fine-tuning"]
     assert "42.0" in (tmp_path / "quality-quick.md").read_text()
 
@@ -439,3 +442,145 @@ def test_runs_are_mapped_by_the_engine_options_table():
     assert (spec, config) == build_training(tb.task_type, {**flat, "holdout_fraction": 0.0}, ["a", "b"])
     assert (config.lr, config.backbone_lr) == (hp.lr, hp.backbone_lr)  # its own encoder LR is kept
     assert config.early_stopping_patience == 0 and spec.method == "fine-tuning"
+
+
+def _synthetic_conll_n(n_train: int):
+    """Like _synthetic_conll, with ``n_train`` training sentences (enough for a held-out split)."""
+
+    def load(tb: C.TaskBudget) -> tuple[list, list]:
+        from app.engine.data import parse_records
+
+        rows = [
+            {"tokens": [name, "visited", city], "tags": ["B-PER", "O", "B-LOC"]}
+            for name, city in [("Ann", "Paris"), ("Bob", "Rome"), ("Eve", "Oslo")] * (n_train // 3 + 2)
+        ]
+        return parse_records(rows[:n_train], tb.task_type), parse_records(
+            rows[n_train : n_train + 4], tb.task_type
+        )
+
+    return load
+
+
+def test_defaults_run_trains_as_post_train_does(tmp_path, monkeypatch, tiny_backbone):
+    """The "defaults" method is P-Tuning v2 with no hyperparameters given: the product's
+    per-task-type defaults read from app.engine.options (not copies), its epoch cap, early stopping
+    and held-out 10% of the training subset; scored on the same eval set as the other methods."""
+    from app.engine.options import TASK_DEFAULTS, build_training
+
+    monkeypatch.setattr(C, "CKPT_DIR", tmp_path / "ckpt")
+    monkeypatch.setattr(C, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(D, "load_task_data", _synthetic_conll_n(30))
+    budget = _tiny_budget()
+    tb = budget.task("conll_sample")
+    run = C.Run("single", "conll_sample", C.PRODUCT_DEFAULTS, budget=tb)
+    labels = FAKE_MANIFEST["labels"]
+    assert R.product_training(tb.task_type, labels) == build_training(tb.task_type, {}, labels)
+    rec = R.execute_single(
+        run, run.key(budget, "tiny"), "tiny", tiny_backbone, {"conll_sample": FAKE_MANIFEST}
+    )
+    want = TASK_DEFAULTS["token-classification"]
+    spec, train = rec["hyperparameters"]["spec"], rec["hyperparameters"]["train"]
+    assert spec["method"] == "p-tuning-v2" and spec["prefix_length"] == want["prefix_length"]
+    assert (train["lr"], train["batch_size"]) == (want["lr"], want["batch_size"])
+    _, product = build_training(tb.task_type, {}, labels)
+    assert train["epochs"] == product.epochs and train["holdout_fraction"] == product.holdout_fraction > 0
+    assert train["early_stopping_patience"] == product.early_stopping_patience > 0
+    # 3 of the 30 training sentences held out for early stopping; the bench's eval set is scored
+    assert rec["n_train"] == 30 and rec["n_holdout"] == 3 and rec["n_eval"] == 4
+    assert 1 <= rec["best_epoch"] <= rec["epochs_run"] <= product.epochs
+    assert rec["steps"] == rec["epochs_run"] * 4  # 27 sentences at batch 8
+    assert [c["epoch"] for c in rec["curve"]] == list(range(1, rec["epochs_run"] + 1))
+    assert all("held_out" in c for c in rec["curve"])
+    # the product's defaults are part of the run's identity: changing one re-runs the column
+    key = run.key(budget, "tiny")
+    monkeypatch.setitem(TASK_DEFAULTS["token-classification"], "lr", want["lr"] / 3)
+    assert run.key(budget, "tiny") != key
+
+
+def test_lora_run_trains_adapters_and_head_only(tmp_path, monkeypatch, tiny_backbone):
+    """LoRA (peft): rank-8 adapters on query/value of a copy of the encoder plus the head train; the
+    shared backbone and the copy's own weights do not change; stored = adapters + head."""
+    import torch
+
+    monkeypatch.setattr(C, "CKPT_DIR", tmp_path / "ckpt")
+    monkeypatch.setattr(C, "REPO_ROOT", tmp_path)
+    monkeypatch.setattr(D, "load_task_data", _synthetic_conll)
+    budget = _tiny_budget()
+    run = C.Run("single", "conll_sample", C.LORA, budget=budget.task("conll_sample"))
+    hp = C.METHOD_HP[C.LORA]
+    assert (hp.lora_rank, hp.lora_alpha, hp.lora_dropout, hp.lora_targets) == (8, 16, 0.1, ("query", "value"))
+    before = {n: p.detach().clone() for n, p in tiny_backbone.model.named_parameters()}
+    seen = {}
+    real_prepare = R.lora_prepare
+
+    def spy(h):
+        inner = real_prepare(h)
+
+        def prepare(model):
+            inner(model)
+            seen["model"] = model
+
+        return prepare
+
+    monkeypatch.setattr(R, "lora_prepare", spy)
+    rec = R.execute_single(
+        run, run.key(budget, "tiny"), "tiny", tiny_backbone, {"conll_sample": FAKE_MANIFEST}
+    )
+    model = seen["model"]
+    cfg = tiny_backbone.model.config
+    adapters = cfg.num_hidden_layers * 2 * hp.lora_rank * (cfg.hidden_size + cfg.hidden_size)
+    head = sum(p.numel() for p in model.head.parameters())
+    assert rec["num_trainable"] == adapters + head == rec["stored_params"]
+    assert rec["lora"] == {"rank": 8, "alpha": 16, "dropout": 0.1, "targets": ["query", "value"]}
+    assert rec["checkpoint"] is None and rec["steps"] == 2
+    trained = {n for n, p in model.finetuned.model.named_parameters() if p.requires_grad}
+    assert trained and all("lora_" in n for n in trained)
+    copy = dict(model.finetuned.model.named_parameters())
+    for n, p in tiny_backbone.model.named_parameters():  # frozen: the shared one and the copy's base
+        assert torch.equal(p, before[n])
+        base = n.replace(".weight", ".base_layer.weight").replace(".bias", ".base_layer.bias")
+        assert torch.equal(copy.get(n, copy.get(base)), before[n]), n
+    # the adapters moved (lora_B starts at zero)
+    assert any(p.abs().sum() > 0 for n, p in copy.items() if "lora_B" in n)
+
+
+def test_running_some_methods_keeps_the_other_cached_rows(tmp_path, monkeypatch, tiny_backbone):
+    """The tables show every cached run of the budget's plan, not only the invocation's: running the
+    new columns alone (or --report-only on some tasks) never drops the other rows."""
+    monkeypatch.setattr(D, "prepare_datasets", lambda names: {})
+    import app.engine.backbone as B
+
+    monkeypatch.setattr(B, "load_backbone", lambda name=None, device="cpu": tiny_backbone)
+    for task, method, score in [("banking77", "fine-tuning", 50.0), ("boolq", "p-tuning-v2", 60.0)]:
+        r = next(r for r in C.plan_runs(C.QUICK, [task], [method], []))
+        key = r.key(C.QUICK, "minilm")
+        R.store_cached(tmp_path, key, {**_fake_record(task, method, score), "key": key})
+    new = C.plan_runs(C.QUICK, ["banking77"], ["p-tuning-v2"], [])[0]
+    key = new.key(C.QUICK, "minilm")
+
+    def fake_execute(run, k, *a, **kw):
+        return {**_fake_record("banking77", "p-tuning-v2", 42.0), "key": k}
+
+    monkeypatch.setattr(R, "execute_single", fake_execute)
+    args = ["--quick", "--tasks", "banking77", "--methods", "p-tuning-v2", "--ablations", "none"]
+    assert cli.main([*args, "--out", str(tmp_path)]) == 0
+    doc = json.loads((tmp_path / "quality-quick.json").read_text())
+    assert sorted(r["score"] for r in doc["runs"] if not r["variant"]) == [42.0, 50.0, 60.0]
+    assert R.load_cached(tmp_path, key)["score"] == 42.0
+    assert doc["pending"] == []
+
+
+def test_markdown_defaults_and_lora_columns():
+    recs = [
+        _fake_record("banking77", "fine-tuning", 90.0, frac=1.0),
+        _fake_record("banking77", "p-tuning-v2", 89.5),
+        _fake_record("banking77", "defaults", 87.0),
+        _fake_record("banking77", "lora", 90.5, frac=0.01),
+    ]
+    meta = {"command": "c", "backbone": "x", "backbone_params": 1e6, "threads": 1, "generated_at": "now"}
+    md = report.render_markdown(recs, C.FULL, meta)
+    header = next(line for line in md.splitlines() if line.startswith("| task (metric"))
+    assert "P-Tuning v2, defaults" in header and "| LoRA |" in header and "defaults − FT" in header
+    bank = next(line for line in md.splitlines() if line.startswith("| banking77 ("))
+    assert bank.endswith("| -3.0 | +0.5 |")
+    assert "| defaults (classification) | 0.03 |" in md and "LoRA rank 8 on query, value" in md
