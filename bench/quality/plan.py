@@ -121,7 +121,7 @@ def product_defaults(task_type: str) -> dict:
     from the product (app.engine.options' table and TASK_DEFAULTS, the held-out cap): the
     ``defaults`` runs' settings and part of their keys, so a changed product default re-runs them."""
     from app.engine.options import build_training
-    from app.engine.train import MAX_HOLDOUT_EXAMPLES
+    from app.engine.train_config import MAX_HOLDOUT_EXAMPLES
 
     spec, config = build_training(task_type, {}, None)
     spec_d = {k: v for k, v in spec.to_dict().items() if k != "labels"}

@@ -165,7 +165,7 @@ def execute_single(run: Run, key: str, mode: str, backbone, manifests: dict) -> 
             prepare = lora_prepare(lora_hp)
     label = f"{tb.dataset}/{run.method}{'/' + run.variant if run.variant else ''}"
     # the train data the engine fits on (a defaults run holds out part of it, as POST /train does)
-    from app.engine.train import split_holdout
+    from app.engine.train_config import split_holdout
 
     n_fit = len(split_holdout(train, None, config.holdout_fraction, config.seed)[0])
     log(
