@@ -15,6 +15,9 @@ from bench.quality.run import torch_threads
 def _fmt(rec: dict | None) -> str:
     if rec is None:
         return "—"
+    short = rec.get("at_budget_max_length")
+    if short and rec["metric"] != "f1":
+        return f"{rec['score']:.1f} ({short['score']:.1f} at {short['max_length']} tokens)"
     if rec["metric"] == "f1" and "exact_match" in rec["metrics"]:
         return f"{rec['metrics']['exact_match']:.1f} / {rec['metrics']['f1']:.1f}"
     return f"{rec['score']:.1f}"
@@ -99,7 +102,8 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
         "Target: P-Tuning v2 (best of flat / MLP) within 1 point of fine-tuning with <= 3% trainable parameters.",
         '"P-Tuning v2, defaults": what POST /train with no hyperparameters trains (the product\'s per-task-type '
         "defaults, epoch cap with early stopping on a held-out 10% of the same training subset); "
-        "LoRA: rank-8 adapters on query/value and the head, fine-tuning's budget.",
+        "LoRA: rank-8 adapters on query/value and the head, fine-tuning's budget. "
+        "(x at N tokens): the same run scored at the other columns' max_length (the gaps use the first number).",
         "SQuAD cells are EM / F1 (the gap uses F1). CoNLL is a 76-sentence sanity check, not a benchmark.",
         "",
         "## Trainable parameters (training time / stored and served), % of the backbone",

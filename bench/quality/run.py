@@ -52,6 +52,19 @@ def lora_prepare(hp: MethodHP):
     return prepare
 
 
+def score_at_max_length(backbone, task, ev: list, tb: TaskBudget) -> dict:
+    """A trained task scored on ``ev`` at the task budget's max_length (the other columns' input
+    length): a defaults run trains and predicts at the product's max_length, so on long inputs
+    (Brown POS sentences) its score counts words the others lose to truncation."""
+    from dataclasses import replace as dc_replace
+
+    from app.engine.train import evaluate
+
+    short = dc_replace(task, spec=dc_replace(task.spec, max_length=tb.max_length))
+    metrics = evaluate(backbone, short, ev, batch_size=64)
+    return {"max_length": tb.max_length, "score": round(score_of(metrics, tb.metric), 2), "metrics": metrics}
+
+
 def score_of(metrics: dict, metric: str) -> float:
     """The primary metric in percent (SQuAD's are percent already)."""
     v = float(metrics.get(metric, 0.0))
@@ -187,6 +200,8 @@ def execute_single(run: Run, key: str, mode: str, backbone, manifests: dict) -> 
     rec = evaluate_and_record(
         run, key, mode, backbone, tb, run.method, result, train_s, ev, len(train), config
     )
+    if run.method == plan.PRODUCT_DEFAULTS and spec.max_length != tb.max_length:
+        rec["at_budget_max_length"] = score_at_max_length(backbone, result.task, ev, tb)
     rec["n_holdout"] = len(train) - n_fit
     rec["epochs_run"] = len(result.history)
     rec["best_epoch"] = result.best_epoch

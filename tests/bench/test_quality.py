@@ -491,6 +491,10 @@ def test_defaults_run_trains_as_post_train_does(tmp_path, monkeypatch, tiny_back
     assert rec["steps"] == rec["epochs_run"] * 4  # 27 sentences at batch 8
     assert [c["epoch"] for c in rec["curve"]] == list(range(1, rec["epochs_run"] + 1))
     assert all("held_out" in c for c in rec["curve"])
+    # the product's max_length (128) is not the budget's (32): also scored at the budget's
+    short = rec["at_budget_max_length"]
+    assert spec["max_length"] == 128 and short["max_length"] == tb.max_length == 32
+    assert 0 <= short["score"] <= 100
     # the product's defaults are part of the run's identity: changing one re-runs the column
     key = run.key(budget, "tiny")
     monkeypatch.setitem(TASK_DEFAULTS["token-classification"], "lr", want["lr"] / 3)
@@ -583,4 +587,7 @@ def test_markdown_defaults_and_lora_columns():
     assert "P-Tuning v2, defaults" in header and "| LoRA |" in header and "defaults − FT" in header
     bank = next(line for line in md.splitlines() if line.startswith("| banking77 ("))
     assert bank.endswith("| -3.0 | +0.5 |")
+    recs[2]["at_budget_max_length"] = {"max_length": 64, "score": 86.0}
+    md = report.render_markdown(recs, C.FULL, meta)
+    assert "| 87.0 (86.0 at 64 tokens) |" in md
     assert "| defaults (classification) | 0.03 |" in md and "LoRA rank 8 on query, value" in md
