@@ -58,7 +58,7 @@ def score_at_max_length(backbone, task, ev: list, tb: TaskBudget) -> dict:
     (Brown POS sentences) its score counts words the others lose to truncation."""
     from dataclasses import replace as dc_replace
 
-    from app.engine.train import evaluate
+    from app.engine.evaluation import evaluate
 
     short = dc_replace(task, spec=dc_replace(task.spec, max_length=tb.max_length))
     metrics = evaluate(backbone, short, ev, batch_size=64)
