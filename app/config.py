@@ -112,6 +112,8 @@ class Settings(BaseSettings):
     #: `<fault_pause_file>` and sleeps, so a test can kill -9 it exactly there
     fault_pause: str | None = None
     fault_pause_file: str | None = None
+    #: TESTS ONLY: seconds a worker sleeps after each training step (app.faults.step_delay)
+    fault_step_delay_s: float = 0.0
 
     # --- data and consistency (issue 12: items 5-7) ---
     #: labels (or tags) a task may have: checked when /train validates a request and by the worker

@@ -10,6 +10,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from app import faults
 from app.db import jobs as db_jobs
 from app.engine.train_config import Progress
 
@@ -83,6 +84,7 @@ class JobRun:
         return self.stop_requested.is_set() or self.worker.stop_event.is_set()
 
     def progress(self, p: Progress) -> None:
+        faults.step_delay()  # tests only (0 unless PROMPTHUB_FAULT_STEP_DELAY_S is set)
         doc = {
             "step": p.step,
             "total": p.total,

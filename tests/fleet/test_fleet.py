@@ -106,7 +106,14 @@ def _served(base: str, task: str) -> int:
 def test_the_fleet_trains_serves_survives_kills_and_restarts(tmp_path: Path, tiny_backbone_dir: Path):
     _needs("nginx")
     _services_up()
-    with Fleet(tmp_path / "fleet", backbone=str(tiny_backbone_dir), PROMPTHUB_JOB_STALE_S="10") as fleet:
+    # every training step sleeps 20 ms, so the job killed in step 3 is still training when it is
+    # killed, however fast the machine (a 300-step job once ended within the 1 s wait)
+    with Fleet(
+        tmp_path / "fleet",
+        backbone=str(tiny_backbone_dir),
+        PROMPTHUB_JOB_STALE_S="10",
+        PROMPTHUB_FAULT_STEP_DELAY_S="0.02",
+    ) as fleet:
         lb = fleet.client()
         a, b = fleet.apis
 
@@ -130,8 +137,7 @@ def test_the_fleet_trains_serves_survives_kills_and_restarts(tmp_path: Path, tin
         rollback_s = time.monotonic() - t0
 
         # 3. SIGKILL the worker running a job: it finishes on the other one
-        # long enough to be killed mid-way on an idle machine too (20 steps ended within the 1 s wait)
-        # (and no early stopping, whose default patience ends a tiny run after a few epochs)
+        # 300 steps of at least 20 ms (PROMPTHUB_FAULT_STEP_DELAY_S), no early stopping: >= 6 s
         slow = {**FAST, "max_steps": 300, "epochs": 100, "early_stopping_patience": 0}
         job_id = _train(lb, "longrun", slow, RECORDS * 10)
         owner = fleet.wait(

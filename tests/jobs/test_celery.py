@@ -39,7 +39,16 @@ RECORDS = [
 
 
 def _body(task: str, max_steps: int, **extra: Any) -> dict[str, Any]:
-    hp = {"epochs": 100, "max_steps": max_steps, "batch_size": 4, "max_length": 16, "prefix_length": 4}
+    # no early stopping: a job runs its max_steps (each at least fault_step_delay_s), so the kill and
+    # cancel tests find it still training
+    hp = {
+        "epochs": 100,
+        "max_steps": max_steps,
+        "batch_size": 4,
+        "max_length": 16,
+        "prefix_length": 4,
+        "early_stopping_patience": 0,
+    }
     return {
         "task": task,
         "task_type": "classification",
@@ -206,6 +215,9 @@ def fleet(tmp_path_factory, tiny_backbone_dir) -> Iterator[Fleet]:
         job_stale_s=4.0,
         max_worker_kills=2,
         max_wait_ms=2.0,
+        # 20 ms a training step: a job is still training when a test kills its worker, however fast
+        # the machine
+        fault_step_delay_s=0.02,
     )
     run_migrations(settings.database_url)
     fleet = None

@@ -203,7 +203,7 @@ def _check_consistent(settings: Settings, c: httpx.Client, name: str, job_id: st
 @pytest.mark.parametrize("which", ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
 def test_sigkill_server_and_worker_mid_training(request, which, tmp_path, tiny_backbone_dir):
     url = request.getfixturevalue("sqlite_url" if which == "sqlite" else "pg_url")
-    settings = _crash_settings(tmp_path, url, tiny_backbone_dir)
+    settings = _crash_settings(tmp_path, url, tiny_backbone_dir, fault_step_delay_s=0.01)
     seed_store(settings, tiny_backbone_dir, ["sentiment", "ner", "qa"])
     with get_sessionmaker(url)() as s:
         token = keys.create_key(s, name="crash", scopes=["admin"])[1]
@@ -219,7 +219,14 @@ def test_sigkill_server_and_worker_mid_training(request, which, tmp_path, tiny_b
                 "task": "trained",
                 "task_type": "classification",
                 "train": {"records": RECORDS},
-                "hyperparameters": {"epochs": 100, "max_steps": 300, "batch_size": 4, "max_length": 16},
+                # all 300 steps (no early stopping), each at least 10 ms: still training when killed
+                "hyperparameters": {
+                    "epochs": 100,
+                    "max_steps": 300,
+                    "batch_size": 4,
+                    "max_length": 16,
+                    "early_stopping_patience": 0,
+                },
             }
             r = c.post("/train", json=body)
             assert r.status_code == 202, r.text

@@ -140,7 +140,14 @@ def test_sigkilled_worker_is_restarted_and_its_job_recovered_at_once(tmp_path, s
                 "task": "trained",
                 "task_type": "classification",
                 "train": {"records": RECORDS},
-                "hyperparameters": {"epochs": 100, "max_steps": 100_000, "batch_size": 4, "max_length": 16},
+                # no early stopping: it trains until cancelled (else it could end before a wait sees it)
+                "hyperparameters": {
+                    "epochs": 100,
+                    "max_steps": 100_000,
+                    "batch_size": 4,
+                    "max_length": 16,
+                    "early_stopping_patience": 0,
+                },
             }
             job_id = c.post("/train", json=body).json()["job_id"]
 
