@@ -55,7 +55,11 @@ def _queries_per_prediction(settings, hub_factory, tiny_backbone, n: int = 20) -
 
     hub = hub_factory(settings)
     publish_task(settings, tiny_backbone, "sentiment", seed=1)
-    with local_client(create_app(settings, hub)) as c:
+    app = create_app(settings, hub)
+    with local_client(app) as c:
+        listener = getattr(app.state, "version_listener", None)
+        if listener is not None:  # LISTEN forgets what was cached before it: warm up after it
+            assert listener.connected.wait(10), "the version listener did not connect"
         assert c.post("/predict/sentiment", json={"inputs": ["warm up"]}).status_code == 200
         with count_queries(settings.database_url) as seen:
             for i in range(n):
