@@ -4,6 +4,8 @@ never acting on the previous page's elements (a hash change re-renders `main` in
 
 from __future__ import annotations
 
+from urllib.parse import urlparse
+
 
 def rendered(page, hash_: str, timeout: float = 30_000) -> None:
     """Wait until the console has drawn the page of `hash_`."""
@@ -16,3 +18,19 @@ def goto(page, base: str, hash_: str) -> None:
     """Open the console's page `hash_` (e.g. "#/tasks/reviews") and wait until it is drawn."""
     page.goto(f"{base}/ui{hash_}")
     rendered(page, hash_)
+
+
+def loopback_only(context) -> list[str]:
+    """Abort every request of `context` to a host other than 127.0.0.1 (a machine without
+    internet); returns the list the aborted URLs are added to."""
+    outside: list[str] = []
+
+    def route(r) -> None:
+        if urlparse(r.request.url).hostname != "127.0.0.1":
+            outside.append(r.request.url)
+            r.abort()
+        else:
+            r.continue_()
+
+    context.route("**/*", route)
+    return outside

@@ -14,12 +14,11 @@ import os
 import shutil
 import time
 from pathlib import Path
-from urllib.parse import urlparse
 
 import httpx
 import pytest
 
-from tests.console.browser import goto, rendered
+from tests.console.browser import goto, loopback_only, rendered
 from tests.helpers import minilm_server_settings, start_server, stop_server, wait_ready
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
@@ -136,15 +135,7 @@ def test_console_whole_story(server, chromium, tmp_path: Path):
 
     context = chromium.new_context(viewport={"width": 1100, "height": 760})
     context.grant_permissions(["clipboard-read", "clipboard-write"], origin=base)
-    outside: list[str] = []
-
-    def only_loopback(route):
-        if urlparse(route.request.url).hostname != "127.0.0.1":
-            outside.append(route.request.url)
-            return route.abort()
-        return route.continue_()
-
-    context.route("**/*", only_loopback)
+    outside = loopback_only(context)
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 
-from tests.console.browser import goto, rendered
+from tests.console.browser import goto, loopback_only, rendered
 from tests.helpers import ServerThread, publish_task, session_for
 
 pytestmark = pytest.mark.browser
@@ -306,19 +306,9 @@ def test_new_task_from_a_dropped_csv_and_the_apis_errors(small_server, chromium)
 def test_api_docs_render_with_no_internet(small_server, chromium):
     """Swagger UI and ReDoc draw the API from their packaged assets; a request to any other host
     is refused (as on a machine without internet) and none is made."""
-    from urllib.parse import urlparse
-
     base, _ = small_server()
     context = chromium.new_context()
-    outside: list[str] = []
-
-    def only_loopback(route):
-        if urlparse(route.request.url).hostname != "127.0.0.1":
-            outside.append(route.request.url)
-            return route.abort()
-        return route.continue_()
-
-    context.route("**/*", only_loopback)
+    outside = loopback_only(context)
     page = context.new_page()
     goto(page, base, "#/tasks")
     page.click("nav >> text=API docs")  # the console links the docs
