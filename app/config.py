@@ -174,8 +174,9 @@ class Settings(BaseSettings):
     max_worker_kills: int = 3
 
     # --- backbone runtime and precision (issue 14; README "Runtimes and precision") ---
-    #: the frozen backbone's layer loop in inference: torch, or ONNX Runtime (BERT family, CPU)
-    runtime: Literal["torch", "onnx"] = "torch"
+    #: the frozen backbone's layer loop in inference: torch (eager), compile (torch.compile'd at
+    #: start-up, any supported architecture) or onnx (ONNX Runtime; BERT family, CPU)
+    runtime: Literal["torch", "compile", "onnx"] = "torch"
     #: fp32 | int8 (onnx only) | bf16 | fp16 (torch only, e.g. on a GPU); heads always run fp32
     precision: Literal["fp32", "int8", "bf16", "fp16"] = "fp32"
     #: where the ONNX graphs are built once per backbone identity, export version and precision
@@ -258,7 +259,7 @@ class Settings(BaseSettings):
     def _check_runtime(self) -> Settings:
         if self.runtime == "onnx" and self.precision not in ("fp32", "int8"):
             raise ValueError(f"precision {self.precision!r} needs runtime torch (onnx runs fp32 or int8)")
-        if self.runtime == "torch" and self.precision == "int8":
+        if self.runtime in ("torch", "compile") and self.precision == "int8":
             raise ValueError("precision int8 needs runtime onnx (PROMPTHUB_RUNTIME=onnx)")
         return self
 

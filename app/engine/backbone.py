@@ -286,8 +286,6 @@ class Backbone(nn.Module):
             if input_prompt_mask is None:
                 input_prompt_mask = torch.ones(input_prompts.shape[:2], device=hidden.device)
             token_mask = torch.cat([input_prompt_mask.to(attention_mask.dtype), attention_mask], dim=1)
-        embedded = hidden
-        ctx = adapter.context(hidden, token_mask)
         if prefix is not None:
             if prefix.kv.shape[0] != self.num_layers:
                 raise BackboneError(
@@ -297,7 +295,15 @@ class Backbone(nn.Module):
                 raise BackboneError("prefix batch size does not match the input batch size")
         if self.runtime is not None and not self.model.training and not torch.is_grad_enabled():
             hidden = self.runtime(self, hidden, token_mask, prefix)
-            return hidden[:, n_prompt:] if n_prompt else hidden
+        else:
+            hidden = self.layer_loop(hidden, token_mask, prefix)
+        return hidden[:, n_prompt:] if n_prompt else hidden
+
+    def layer_loop(self, hidden: Tensor, token_mask: Tensor, prefix: PrefixBatch | None) -> Tensor:
+        """The encoder's layers in eager torch: embeddings [B, L, H] -> last hidden states."""
+        adapter = self._adapter
+        embedded = hidden
+        ctx = adapter.context(hidden, token_mask)
         # the prefix masks in the token mask's dtype, and which layers any row uses, once per
         # forward (one host sync instead of one a layer)
         layer_masks = used = None
@@ -312,7 +318,7 @@ class Backbone(nn.Module):
                 key_mask = torch.cat([layer_masks[i], token_mask], dim=1)
             hidden = adapter.layer(i, hidden, kv, key_mask, ctx)
             hidden = adapter.after_layer(i, hidden, embedded, token_mask)
-        return hidden[:, n_prompt:] if n_prompt else hidden
+        return hidden
 
     def _offset_rows(
         self, hidden: Tensor, input_ids: Tensor, token_type_ids: Tensor | None, offsets: Sequence[int]

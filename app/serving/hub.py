@@ -198,11 +198,16 @@ class Hub:
                 keep_ffn_out_fp32=s.int8_keep_ffn_out_fp32,
             )
             log.info("backbone %s: onnx runtime %s (%s)", bb.name, s.precision, runner.path)
-        elif s.precision in ("bf16", "fp16"):
+            return
+        if s.precision in ("bf16", "fp16"):
             import torch
 
             bb.model.to(torch.bfloat16 if s.precision == "bf16" else torch.float16)
             log.info("backbone %s: torch %s weights and activations, fp32 heads", bb.name, s.precision)
+        if s.runtime == "compile":
+            from app.engine.compiled_runtime import attach as attach_compiled
+
+            attach_compiled(bb)  # compiles now (logs the seconds), not on the first request
 
     def runtime_info(self) -> dict:
         """What /readyz reports about the backbone's runtime and precision mismatches served."""

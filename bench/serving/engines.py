@@ -12,10 +12,12 @@ Hugging Face model's own forward (fp32, SDPA) measured in the same rounds.
 
 Engines (CPU): `hf-fp32` transformers BertModel; `ort-fp32-bare` / `ort-int8-bare` the same model
 exported to ONNX (int8: onnxruntime quantize_dynamic, defaults); `prompthub-torch-fp32`,
-`prompthub-onnx-fp32`, `prompthub-onnx-int8`: a `--tasks`-task mixed batch (every row a task drawn
+`prompthub-compile-fp32` (PROMPTHUB_RUNTIME=compile: the layer loop through torch.compile, compiled
+before the rounds), `prompthub-onnx-fp32`, `prompthub-onnx-int8`: a `--tasks`-task mixed batch (every row a task drawn
 uniformly; 16-token prefixes at every layer, 4-label heads) through engine.batch.mixed_forward,
-heads included; `peft-lora-mixed`: PEFT LoRA r=8 with `--tasks` adapters and a mixed-adapter batch
-(`adapter_names`). On CUDA: `hf-fp32`, `hf-bf16`, `prompthub-torch-{fp32,bf16,fp16}`.
+heads included, under torch.inference_mode as the server runs them; `peft-lora-mixed`: PEFT LoRA r=8 with `--tasks` adapters and a mixed-adapter batch
+(`adapter_names`). On CUDA: `hf-fp32`, `hf-bf16`, `prompthub-torch-{fp32,bf16,fp16}`,
+`prompthub-compile-bf16`.
 
 Texts: `short` = BANKING77 test utterances (cached by bench.datasets; synthetic 4-12 word
 sentences otherwise), `review` = sentences of the IMDB sample reviews (synthetic 8-40 word
@@ -41,11 +43,19 @@ CPU_ENGINES = (
     "ort-fp32-bare",
     "ort-int8-bare",
     "prompthub-torch-fp32",
+    "prompthub-compile-fp32",
     "prompthub-onnx-fp32",
     "prompthub-onnx-int8",
     "peft-lora-mixed",
 )
-CUDA_ENGINES = ("hf-fp32", "hf-bf16", "prompthub-torch-fp32", "prompthub-torch-bf16", "prompthub-torch-fp16")
+CUDA_ENGINES = (
+    "hf-fp32",
+    "hf-bf16",
+    "prompthub-torch-fp32",
+    "prompthub-torch-bf16",
+    "prompthub-torch-fp16",
+    "prompthub-compile-bf16",
+)
 
 
 def texts_for(kind: str, n: int) -> tuple[list[str], str]:
@@ -146,10 +156,11 @@ def build_engines(names: list[str], args, work: Path) -> tuple[dict[str, Callabl
         return out
 
     def mixed(backbone, pool):
-        def run(batch):
+        def run(batch):  # under inference_mode, as the server's batcher runs it
             n = batch["input_ids"].shape[0]
             rows = [pool[rng.randrange(len(pool))] for _ in range(n)]
-            return mixed_forward(backbone, rows, batch)
+            with torch.inference_mode():
+                return mixed_forward(backbone, rows, batch)
 
         return run
 
@@ -190,6 +201,16 @@ def build_engines(names: list[str], args, work: Path) -> tuple[dict[str, Callabl
             engines[name] = ort_run
         elif name == "prompthub-torch-fp32":
             engines[name] = mixed(bb, pool)
+        elif name in ("prompthub-compile-fp32", "prompthub-compile-bf16"):
+            from app.engine.compiled_runtime import attach as attach_compiled
+
+            own = copy.copy(bb)  # its own runtime slot (and its own weights at bf16)
+            if name.endswith("bf16"):
+                own.model = copy.deepcopy(bb.model).to(torch.bfloat16)
+                own._adapter = type(bb._adapter)(own.model)
+            runner = attach_compiled(own)
+            print(f"{name}: compiled in {runner.compile_seconds:.1f} s", file=sys.stderr, flush=True)
+            engines[name] = mixed(own, pool)
         elif name in ("prompthub-torch-bf16", "prompthub-torch-fp16"):
             half = copy.copy(bb)
             half.model = copy.deepcopy(bb.model).to(
@@ -338,6 +359,8 @@ LABELS = {
     "prompthub-torch-fp32": "PromptHub torch fp32, {n}-task mixed batch",
     "prompthub-torch-bf16": "PromptHub torch bf16 (fp32 heads), {n}-task mixed batch",
     "prompthub-torch-fp16": "PromptHub torch fp16 (fp32 heads), {n}-task mixed batch",
+    "prompthub-compile-fp32": "PromptHub torch.compile fp32, {n}-task mixed batch",
+    "prompthub-compile-bf16": "PromptHub torch.compile bf16 (fp32 heads), {n}-task mixed batch",
     "prompthub-onnx-fp32": "PromptHub onnx fp32, {n}-task mixed batch",
     "prompthub-onnx-int8": "PromptHub onnx int8 (every projection), {n}-task mixed batch",
     "prompthub-onnx-int8-ffnout32": "PromptHub onnx int8, FFN output fp32 (served default), {n}-task mixed batch",

@@ -67,6 +67,26 @@ def test_onnx_fp32_serves_what_torch_serves(settings_factory, tmp_path, onnx_dir
         onnx_hub.close()
 
 
+def test_compile_runtime_serves_what_torch_serves(settings_factory, tmp_path):
+    blobs = {"t": _blob()}
+    torch_hub = _hub(settings_factory(), tmp_path, blobs)
+    compiled_hub = _hub(settings_factory(runtime="compile"), tmp_path, blobs)
+    try:
+        runner = compiled_hub.backbone.runtime
+        assert runner is not None and runner.compile_seconds > 0  # compiled at start-up
+        info = compiled_hub.runtime_info()
+        assert info["runtime"] == "compile" and info["precision"] == "fp32" and info["onnx_file"] is None
+        _, a = asyncio.run(torch_hub.predict("t", INPUTS))
+        _, b = asyncio.run(compiled_hub.predict("t", INPUTS))
+        assert runner.compiled_calls >= 1  # the batcher's forwards ran the compiled loop
+        assert [p["label"] for p in a] == [p["label"] for p in b]
+        for pa, pb in zip(a, b, strict=True):
+            assert abs(pa["score"] - pb["score"]) < 1e-4
+    finally:
+        torch_hub.close()
+        compiled_hub.close()
+
+
 def test_int8_server_refuses_a_version_trained_for_fp32(settings_factory, tmp_path, onnx_dir):
     s = settings_factory(runtime="onnx", precision="int8", onnx_cache_dir=onnx_dir)
     hub = _hub(s, tmp_path, {"fp32-task": _blob(), "int8-task": _blob("int8", seed=1)})
@@ -127,7 +147,10 @@ def test_settings_refuse_runtime_precision_pairs_that_do_not_exist():
         Settings(precision="int8")
     with pytest.raises(ValidationError, match="needs runtime torch"):
         Settings(runtime="onnx", precision="bf16")
+    with pytest.raises(ValidationError, match="int8 needs runtime onnx"):
+        Settings(runtime="compile", precision="int8")
     assert Settings(runtime="ONNX", precision="Int8").precision == "int8"
+    assert Settings(runtime="compile", precision="bf16").runtime == "compile"
 
 
 def test_readyz_reports_the_runtime(client):

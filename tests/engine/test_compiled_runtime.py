@@ -1,0 +1,98 @@
+"""The torch.compile'd layer loop (PROMPTHUB_RUNTIME=compile) gives what the eager loop gives on
+mixed batches of every head, on the BERT family and MPNet, with two graphs for every shape of
+batch, and leaves non-serving inference (no_grad) to the eager loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch._dynamo.utils as dynamo_utils
+
+from app.engine import compiled_runtime as C
+from app.engine.batch import collate, mixed_forward
+from tests.helpers import make_serving_task, make_tiny_backbone
+
+TEXTS = [
+    "hello world",
+    "a much longer sentence with several words in it, and then some more of them",
+    "short",
+    "what is the balance of my card",
+    "the cat sat on the mat",
+    "one",
+]
+
+
+def _tasks(bb):
+    """Every head, different prefix lengths (one slot too) and layer choices, a shallow
+    prompt-tuning task (no prefix) and a verbalizer."""
+    return [
+        make_serving_task(bb, "classification", seed=1, prefix_length=4),
+        make_serving_task(bb, "token-classification", seed=2, prefix_length=7, layers="0-1"),
+        make_serving_task(bb, "question-answering", seed=3, prefix_length=1, layers="last:1"),
+        make_serving_task(bb, "regression", seed=4, prefix_length=5),
+        make_serving_task(bb, "classification", seed=5, method="prompt-tuning", prefix_length=3),
+        make_serving_task(
+            bb,
+            "classification",
+            seed=6,
+            head="verbalizer",
+            labels=["bad", "good"],
+            label_words=["bad", "good"],
+        ),
+    ]
+
+
+def _batch(bb, texts):
+    return collate([{"input_ids": bb.tokenizer(t)["input_ids"]} for t in texts], 0)
+
+
+def _graphs() -> int:
+    return int(dynamo_utils.counters["stats"]["unique_graphs"])
+
+
+@pytest.mark.parametrize("model_type", ["bert", "mpnet"])
+def test_compiled_loop_equals_the_eager_loop_with_two_graphs_for_every_shape(model_type):
+    bb = make_tiny_backbone(model_type, name=f"tiny-compile-{model_type}")
+    tasks = _tasks(bb)
+    cases = [
+        (tasks, TEXTS),  # a mixed batch of every head
+        (tasks[:1], TEXTS[:1]),  # one row: its own graph
+        ([tasks[2]] * 3, TEXTS[:3]),  # one-slot prefixes only (padded to two masked slots)
+        ([tasks[4]] * 2, TEXTS[2:4]),  # no prefix at all (prompt tuning)
+        ([tasks[1], tasks[3]] * 4, TEXTS + TEXTS[:2]),  # other batch and prefix sizes
+    ]
+    with torch.inference_mode():
+        eager = [mixed_forward(bb, ts, _batch(bb, xs)) for ts, xs in cases]
+    before = _graphs()
+    runner = C.attach(bb)
+    assert bb.runtime is runner and runner.compile_seconds > 0
+    assert _graphs() - before == 2  # compiled when attached: many rows and one row
+    try:
+        with torch.inference_mode():
+            compiled = [mixed_forward(bb, ts, _batch(bb, xs)) for ts, xs in cases]
+        assert _graphs() - before == 2  # no shape of batch compiled another graph
+        assert runner.compiled_calls >= len(cases) and runner.eager_calls == 0
+        for rows_e, rows_c in zip(eager, compiled, strict=True):
+            for e, c in zip(rows_e, rows_c, strict=True):
+                assert torch.allclose(e, c, atol=1e-4, rtol=1e-4), (e - c).abs().max()
+    finally:
+        bb.runtime = None
+
+
+def test_no_grad_inference_runs_the_eager_loop():
+    """Evaluation while training and the CLI run under no_grad: the eager loop, no graph built."""
+    bb = make_tiny_backbone(name="tiny-compile-eager")
+    task = make_serving_task(bb, "classification", seed=1, prefix_length=4)
+    batch = _batch(bb, TEXTS[:3])
+    with torch.no_grad():
+        ref = mixed_forward(bb, [task] * 3, batch)
+    runner = C.attach(bb, warm_up=False)
+    try:
+        before = _graphs()
+        with torch.no_grad():
+            out = mixed_forward(bb, [task] * 3, batch)
+        assert runner.eager_calls == 1 and runner.compiled_calls == 0 and _graphs() == before
+        for a, b in zip(ref, out, strict=True):
+            assert torch.equal(a, b)
+    finally:
+        bb.runtime = None
