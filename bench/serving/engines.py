@@ -12,16 +12,19 @@ Hugging Face model's own forward (fp32, SDPA) measured in the same rounds.
 
 Engines (CPU): `hf-fp32` transformers BertModel; `ort-fp32-bare` / `ort-int8-bare` the same model
 exported to ONNX (int8: onnxruntime quantize_dynamic, defaults); `prompthub-torch-fp32`,
-`prompthub-compile-fp32` (PROMPTHUB_RUNTIME=compile: the layer loop through torch.compile, compiled
-before the rounds), `prompthub-onnx-fp32`, `prompthub-onnx-int8`: a `--tasks`-task mixed batch (every row a task drawn
-uniformly; 16-token prefixes at every layer, 4-label heads) through engine.batch.mixed_forward,
-heads included, under torch.inference_mode as the server runs them; `peft-lora-mixed`: PEFT LoRA r=8 with `--tasks` adapters and a mixed-adapter batch
-(`adapter_names`). On CUDA: `hf-fp32`, `hf-bf16`, `prompthub-torch-{fp32,bf16,fp16}`,
-`prompthub-compile-bf16`.
+`prompthub-compile-fp32` (PROMPTHUB_RUNTIME=compile, compiled before the rounds),
+`prompthub-onnx-fp32`, `prompthub-onnx-int8`: a `--tasks`-task mixed batch (every row a task
+drawn uniformly; 16-token prefixes at every layer, 4-label heads) through
+engine.batch.mixed_forward, heads included, under torch.inference_mode as the server runs them;
+`peft-lora-mixed`: PEFT LoRA r=8 with `--tasks` adapters and a mixed-adapter batch
+(`adapter_names`); `peft-prefix-switch`: PEFT prefix tuning with `--tasks` adapters, a mixed batch
+cut into one `set_adapter` + forward per task in it. On CUDA: `hf-fp32`, `hf-bf16`,
+`prompthub-torch-{fp32,bf16,fp16}`, `prompthub-compile-bf16`.
 
 Texts: `short` = BANKING77 test utterances (cached by bench.datasets; synthetic 4-12 word
 sentences otherwise), `review` = sentences of the IMDB sample reviews (synthetic 8-40 word
-sentences when not cached), at most 128 tokens.
+sentences when not cached), `long` = the IMDB sample's whole reviews; at most 128 tokens.
+`--tasks 10000` gives the mixed batches a pool of 10,000 tasks (each row a different task).
 """
 
 from __future__ import annotations
@@ -47,6 +50,7 @@ CPU_ENGINES = (
     "prompthub-onnx-fp32",
     "prompthub-onnx-int8",
     "peft-lora-mixed",
+    "peft-prefix-switch",
 )
 CUDA_ENGINES = (
     "hf-fp32",
@@ -67,6 +71,12 @@ def texts_for(kind: str, n: int) -> tuple[list[str], str]:
             recs = DS.load_split("banking77", "test", n, seed=0)
             return [r["text"] for r in recs], "BANKING77 test utterances"
         recs = DS.load_split("imdb_sample", "test")
+        if kind == "long":
+            reviews = [re.sub(r"<br\s*/?>", " ", r["text"]) for r in recs]
+            random.Random(0).shuffle(reviews)
+            return [reviews[i % len(reviews)] for i in range(n)], (
+                f"IMDB sample reviews, whole, cut at 128 tokens ({len(reviews)} reviews, repeated to {n})"
+            )
         sents = []
         for r in recs:
             text = re.sub(r"<br\s*/?>", " ", r["text"])
@@ -78,6 +88,8 @@ def texts_for(kind: str, n: int) -> tuple[list[str], str]:
         pass
     if kind == "short":
         return synthetic_texts(n, 4, 12, seed=1), "synthetic 4-12 word sentences"
+    if kind == "long":
+        return synthetic_texts(n, 80, 160, seed=3), "synthetic 80-160 word texts"
     return synthetic_texts(n, 8, 40, seed=2), "synthetic 8-40 word sentences"
 
 
@@ -226,6 +238,8 @@ def build_engines(names: list[str], args, work: Path) -> tuple[dict[str, Callabl
             engines[name] = mixed(own, pool)
         elif name == "peft-lora-mixed":
             engines[name] = _peft_lora(hf, args.tasks, rng)
+        elif name == "peft-prefix-switch":
+            engines[name] = _peft_prefix(hf, args.tasks, args.prefix_length, rng)
         else:
             raise SystemExit(f"unknown engine {name!r}")
     return engines, bb.tokenizer
@@ -252,6 +266,39 @@ def _peft_lora(hf, n_adapters: int, rng: random.Random):
         names = [f"a{rng.randrange(n_adapters)}" for _ in range(n)]
         with torch.inference_mode():
             return model(**batch, adapter_names=names).last_hidden_state
+
+    return run
+
+
+def _peft_prefix(hf, n_adapters: int, prefix_length: int, rng: random.Random):
+    """PEFT prefix tuning as its users serve many tasks: one PrefixTuning adapter a task and
+    `set_adapter` per task, so a mixed batch is cut into one forward per task in it (at the batch's
+    padded length, as every engine here gets the same batches)."""
+    import copy
+    import warnings
+
+    import torch
+    from peft import PrefixTuningConfig, TaskType, get_peft_model
+
+    warnings.filterwarnings("ignore", message=".*token type ids.*")
+    cfg = PrefixTuningConfig(task_type=TaskType.FEATURE_EXTRACTION, num_virtual_tokens=prefix_length)
+    model = get_peft_model(copy.deepcopy(hf), cfg, adapter_name="a0")
+    for i in range(1, n_adapters):
+        model.add_adapter(f"a{i}", cfg)
+    model.eval()
+
+    def run(batch):
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        groups: dict[str, list[int]] = {}
+        for i in range(ids.shape[0]):
+            groups.setdefault(f"a{rng.randrange(n_adapters)}", []).append(i)
+        out = []
+        with torch.inference_mode():
+            for adapter, rows in groups.items():
+                idx = torch.tensor(rows, device=ids.device)
+                model.set_adapter(adapter)
+                out.append(model(input_ids=ids[idx], attention_mask=mask[idx]).last_hidden_state)
+        return out
 
     return run
 
@@ -304,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--engine-list", default=None, help="comma-separated engines (default: by device)")
     p.add_argument("--texts", type=int, default=256, help="texts per set")
-    p.add_argument("--sets", default="short,review")
+    p.add_argument("--sets", default="short,review,long")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--tasks", type=int, default=64, help="tasks (and LoRA adapters) in the mixed batch")
@@ -365,6 +412,7 @@ LABELS = {
     "prompthub-onnx-int8": "PromptHub onnx int8 (every projection), {n}-task mixed batch",
     "prompthub-onnx-int8-ffnout32": "PromptHub onnx int8, FFN output fp32 (served default), {n}-task mixed batch",
     "peft-lora-mixed": "PEFT LoRA r=8, {n} adapters, mixed-adapter batch (adapter_names)",
+    "peft-prefix-switch": "PEFT prefix tuning, {n} adapters, set_adapter per task in the batch",
 }
 
 

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 @pytest.mark.slow
 def test_engines_quick_writes_results(tmp_path: Path):
     env = {**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    engines = "hf-fp32,ort-int8-bare,prompthub-torch-fp32,prompthub-compile-fp32,prompthub-onnx-int8,peft-lora-mixed"
+    engines = "hf-fp32,ort-int8-bare,prompthub-torch-fp32,prompthub-compile-fp32,prompthub-onnx-int8,peft-lora-mixed,peft-prefix-switch"
     argv = ["--engines", "--quick", "--engine-list", engines, "--sets", "short"]
     argv += ["--onnx-cache-dir", str(tmp_path / "onnx"), "--out", str(tmp_path), "--name", "smoke"]
     proc = subprocess.run(
