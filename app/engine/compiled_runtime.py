@@ -15,9 +15,10 @@ whose tensors carry no autograd state (an input made outside it is copied into o
 inference call (``torch.no_grad``: evaluation while training, the CLI) runs the eager loop, so it
 never compiles a graph on the side.
 
-The profile behind it (docs/performance.md): in the eager mixed forward on MiniLM the projections'
-GEMMs take about 80% of the time, the prefix gather and per-layer concatenations a few percent; the
-compiled loop fuses the element-wise work around the GEMMs and prepacks their weights.
+The profile behind it (docs/benchmarks.md, "The torch layer loop"): in the eager mixed forward on
+MiniLM the projections' GEMMs take about 80% of the time, the prefix gather and per-layer
+concatenations a few percent; the compiled loop fuses the element-wise work around the GEMMs and
+prepacks their weights.
 """
 
 from __future__ import annotations
