@@ -22,8 +22,14 @@ def add_training_options(p: argparse.ArgumentParser) -> None:
     types = {"int": int, "float": float, "str": str, "layers": str, "words": _comma_list}
     for o in OPTIONS:
         flags = [o.flag, *o.cli_aliases]
-        if o.kind == "bool":
-            p.add_argument(*flags, dest=o.name, action="store_true", default=None, help=o.help)
+        if o.kind == "bool":  # --flag / --no-flag; unset: the table's default
+            p.add_argument(
+                *flags,
+                dest=o.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=o.help + f" (default {'on' if o.default else 'off'})",
+            )
             continue
         default = None if o.method_defaults or o.task_defaults else o.default
         help_ = o.help

@@ -154,10 +154,13 @@ def train_command(args) -> int:
     }
     if search is not None:
         meta["search"] = search.log
+    if result.refit:
+        meta["refit"] = result.refit
     sha = save_checkpoint(result.task, out / "checkpoint.safetensors", backbone, meta)
     summary = {
         "metrics": result.metrics,
         "best_epoch": result.best_epoch,
+        "refit": result.refit,
         "steps": result.steps,
         "seconds": round(time.time() - t0, 2),
         "num_trainable": result.num_trainable,

@@ -189,6 +189,15 @@ OPTIONS: tuple[Option, ...] = (
         le=0.5,
         cli_aliases=("--holdout",),
     ),
+    Option(
+        "refit",
+        "bool",
+        True,
+        "config",
+        "when a held-out split came out of train (no eval data, activate not if_better) and is at "
+        "least 5 percent of it: after it chose the epoch count, train again on all of train for that many "
+        "epochs and publish that model (metrics stay the held-out split's)",
+    ),
 )
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}
 

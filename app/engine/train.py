@@ -14,6 +14,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 
 import torch
 from torch import Tensor
@@ -29,8 +30,10 @@ from app.engine.predict import encode_examples
 from app.engine.prefix import PrefixEncoder
 from app.engine.resume import RunCheckpointer, bytes_tensor, tensor_bytes
 from app.engine.train_config import (
+    REFIT_MIN_SHARE,
     Cancelled,
     EpochFn,
+    Progress,
     ProgressFn,
     StopFn,
     TrainConfig,
@@ -127,35 +130,95 @@ def train_task(
     if not train_examples:
         raise D.DataError("training data is empty", field="train")
     infer_labels(spec, train_examples)
+    all_examples = list(train_examples)
+    held_out = eval_examples is None
     train_examples, eval_examples = split_holdout(
         train_examples, eval_examples, config.holdout_fraction, config.seed
     )
+    held_out = held_out and eval_examples is not None
     if init_kv is not None:
         spec.reparameterize = False  # the flat K/V of the init prefix are the parameters
         spec.layers = list(init_kv.spec.layers)
         spec.prefix_length = init_kv.prefix_length
     spec.validate(backbone.num_layers)
-    seed_everything(config.seed)
-    model = TaskModel(spec, backbone, shared_prefix=shared_prefix).to(backbone.device)
-    if init_kv is not None and model.prefix is not None:
-        layers = torch.tensor(spec.layers)
-        model.prefix.load_flat(init_kv.kv[layers].to(model.prefix.weight.device))
-    if init_kv is not None and _same_head(init_kv, spec):
-        # the same task (a multi-task run's per-task stage, or a new version of a task): its
-        # trained head is the start too, not only its prefix
-        model.head.load_state_dict(init_kv.head.state_dict())
-    if prepare is not None:
-        prepare(model)
+    name = task_name or "task"
+
+    def new_model() -> TaskModel:
+        seed_everything(config.seed)
+        model = TaskModel(spec, backbone, shared_prefix=shared_prefix).to(backbone.device)
+        if init_kv is not None and model.prefix is not None:
+            layers = torch.tensor(spec.layers)
+            model.prefix.load_flat(init_kv.kv[layers].to(model.prefix.weight.device))
+        if init_kv is not None and _same_head(init_kv, spec):
+            # the same task (a multi-task run's per-task stage, or a new version of a task): its
+            # trained head is the start too, not only its prefix
+            model.head.load_state_dict(init_kv.head.state_dict())
+        if prepare is not None:
+            prepare(model)
+        return model
+
     features = encode_examples(spec, backbone.tokenizer, train_examples, with_labels=True)
-    return _fit(
+    result = _fit(
         backbone,
-        {task_name or "task": (model, features, eval_examples)},
+        {name: (new_model(), features, eval_examples)},
         config,
         progress,
         should_stop,
         checkpointer=checkpointer,
         epoch_end=epoch_end,
-    )[task_name or "task"]
+    )[name]
+    if not (held_out and refit_applies(config, len(all_examples) - len(train_examples), len(all_examples))):
+        return result
+    # refit: the held-out split chose the epoch count; now train on all of train for that many
+    epochs = len(result.history)
+    refit_config = replace(
+        config, epochs=epochs, holdout_fraction=0.0, early_stopping_patience=0, refit=False
+    )
+    emit(
+        progress,
+        step=result.steps,
+        total=result.steps,
+        epoch=float(epochs),
+        loss=None,
+        message=f"refit: {epochs} epochs on all {len(all_examples)} training examples",
+    )
+    all_features = encode_examples(spec, backbone.tokenizer, all_examples, with_labels=True)
+    offset = result.steps
+
+    def refit_progress(p: Progress) -> None:
+        if progress is not None:
+            progress(replace(p, step=p.step + offset, total=p.total + offset, message=_refit_msg(p.message)))
+
+    final = _fit(
+        backbone,
+        {name: (new_model(), all_features, None)},
+        refit_config,
+        refit_progress,
+        should_stop,
+        checkpointer=checkpointer.stage("refit") if checkpointer is not None else None,
+    )[name]
+    return replace(
+        result,
+        task=final.task,
+        history=result.history + [{**h, "refit": True} for h in final.history],
+        seconds=result.seconds + final.seconds,
+        steps=result.steps + final.steps,
+        refit={
+            "epochs": epochs,
+            "examples": len(all_examples),
+            "held_out": len(all_examples) - len(train_examples),
+        },
+    )
+
+
+def refit_applies(config: TrainConfig, n_held_out: int, n_all: int) -> bool:
+    """Whether a run that held `n_held_out` of its `n_all` training examples out refits on all of
+    them: when asked (config.refit) and the held-out share is worth a second run."""
+    return bool(config.refit) and n_held_out > 0 and n_held_out >= REFIT_MIN_SHARE * n_all
+
+
+def _refit_msg(message: str) -> str:
+    return f"refit: {message}" if message else "refit"
 
 
 def _same_head(task: ServingTask, spec: TaskSpec) -> bool:

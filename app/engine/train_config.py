@@ -40,6 +40,8 @@ class TrainConfig:
     #: with no eval data, hold out this fraction of the training data (seeded) for evaluation; a
     #: library call holds out nothing unless asked (the training surfaces default to the table's)
     holdout_fraction: float = 0.0
+    #: after a held-out split chose the epochs, train again on all of train (app.engine.train)
+    refit: bool = default("refit")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -66,6 +68,9 @@ class TrainResult:
     trainable_fraction: float = 0.0
     seconds: float = 0.0
     steps: int = 0
+    #: a refit run's {"epochs", "examples", "held_out"}: the model was trained again on all the
+    #: training examples for the epochs the held-out split chose; `metrics` are that split's
+    refit: dict | None = None
 
 
 ProgressFn = Callable[[Progress], None]
@@ -88,6 +93,9 @@ def seed_everything(seed: int) -> None:
 MIN_HOLDOUT_EXAMPLES = 20
 #: a held-out split carved from train is at most this large (enough to rank epochs; the rest trains)
 MAX_HOLDOUT_EXAMPLES = 1000
+#: a run refits (config.refit) only when its held-out split is at least this share of the training
+#: data: below it (large data sets, where the split is capped) a second run gains little
+REFIT_MIN_SHARE = 0.05
 
 
 def split_holdout(

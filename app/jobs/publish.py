@@ -108,6 +108,7 @@ def promote_and_publish(
             num_trainable=result.num_trainable,
             trainable_fraction=result.trainable_fraction,
             promotion=why,
+            **({"refit": result.refit} if getattr(result, "refit", None) else {}),
             **extra,
         )
     )

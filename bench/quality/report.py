@@ -101,7 +101,8 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
         "",
         "Target: P-Tuning v2 (best of flat / MLP) within 1 point of fine-tuning with <= 3% trainable parameters.",
         '"P-Tuning v2, defaults": what POST /train with no hyperparameters trains (the product\'s per-task-type '
-        "defaults, epoch cap with early stopping on a held-out 10% of the same training subset); "
+        "defaults, epoch cap with early stopping on a held-out 10% of the same training subset, then a refit on "
+        "all of it for the epochs chosen); "
         "LoRA: rank-8 adapters on query/value and the head, fine-tuning's budget. "
         "(x at N tokens): the same run scored at the other columns' max_length (the gaps use the first number).",
         "SQuAD cells are EM / F1 (the gap uses F1). CoNLL is a 76-sentence sanity check, not a benchmark.",
@@ -174,7 +175,8 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
                     f"| defaults ({tt}) | {tr['lr']:g} | — | the product's defaults: prefix length "
                     f"{sp['prefix_length']}, batch {tr['batch_size']}, max_length {sp['max_length']}, at most "
                     f"{tr['epochs']} epochs, early stopping patience {tr['early_stopping_patience']} on a held-out "
-                    f"{tr['holdout_fraction']:g} of train (at most {d['max_holdout']}), best epoch kept |"
+                    f"{tr['holdout_fraction']:g} of train (at most {d['max_holdout']}), best epoch kept"
+                    + (", then refit on all of train for the epochs run |" if tr.get("refit") else " |")
                 )
             continue
         hp = C.METHOD_HP[m]

@@ -203,8 +203,10 @@ def execute_single(run: Run, key: str, mode: str, backbone, manifests: dict) -> 
     if run.method == plan.PRODUCT_DEFAULTS and spec.max_length != tb.max_length:
         rec["at_budget_max_length"] = score_at_max_length(backbone, result.task, ev, tb)
     rec["n_holdout"] = len(train) - n_fit
-    rec["epochs_run"] = len(result.history)
+    rec["epochs_run"] = len([h for h in result.history if not h.get("refit")])
     rec["best_epoch"] = result.best_epoch
+    if result.refit:  # the published model: all of train, for the epochs the held-out run chose
+        rec["refit"] = result.refit
     # per epoch: the mean training loss and, where the run holds data out, its held-out score
     rec["curve"] = [
         {
@@ -215,6 +217,7 @@ def execute_single(run: Run, key: str, mode: str, backbone, manifests: dict) -> 
                 if tb.dataset in (h.get("metrics") or {})
                 else {}
             ),
+            **({"refit": True} if h.get("refit") else {}),
         }
         for h in result.history
     ]
@@ -227,7 +230,9 @@ def execute_single(run: Run, key: str, mode: str, backbone, manifests: dict) -> 
         }
     log(
         f"done {label}: {tb.metric} {rec['score']:.2f} ({train_s:.0f}s train, {rec['eval_seconds']:.0f}s eval, "
-        f"{rec['epochs_run']} epochs, best {rec['best_epoch']}, {100 * rec['trainable_fraction']:.2f}% trainable)"
+        f"{rec['epochs_run']} epochs, best {rec['best_epoch']}"
+        f"{', refit ' + str(rec['refit']['epochs']) + ' epochs on all' if rec.get('refit') else ''}, "
+        f"{100 * rec['trainable_fraction']:.2f}% trainable)"
     )
     return rec
 

@@ -165,3 +165,36 @@ def test_a_run_resumed_while_annealing_equals_an_uninterrupted_one(tiny_backbone
         checkpointer=RunCheckpointer(tmp_path / "a.state", every_s=0),
     )
     _same(full, resumed)
+
+
+@pytest.mark.parametrize("stop_at", [4, 11])  # in the held-out run (9 steps), in the refit (12)
+def test_a_refit_run_resumed_in_either_stage_equals_an_uninterrupted_one(tiny_backbone, tmp_path, stop_at):
+    """The refit is a stage of its own: stopped while choosing the epochs or while refitting, the
+    job goes on from where it was (the first stage's end state skips it) and ends the same."""
+    data = sentiment(60, 0)
+    cfg = TrainConfig(
+        epochs=3, lr=3e-2, batch_size=16, seed=5, holdout_fraction=0.2, early_stopping_patience=0
+    )
+
+    def spec() -> TaskSpec:
+        return TaskSpec("classification", prefix_length=4)
+
+    full = train_task(tiny_backbone, spec(), data, None, cfg)
+    assert full.refit is not None
+    ck = RunCheckpointer(tmp_path / "job.state", every_s=0)
+    with pytest.raises(Cancelled):
+        train_task(tiny_backbone, spec(), data, None, cfg, should_stop=_stop_after(stop_at), checkpointer=ck)
+    seen = []
+    resumed = train_task(
+        tiny_backbone,
+        spec(),
+        data,
+        None,
+        cfg,
+        checkpointer=RunCheckpointer(tmp_path / "job.state", every_s=0),
+        progress=seen.append,
+    )
+    resumed_at = [p for p in seen if "resumed from step" in p.message]
+    assert resumed_at[-1].step == stop_at  # one bar over both stages, no step done twice
+    _same(full, resumed)
+    assert resumed.refit == full.refit

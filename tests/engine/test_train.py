@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import replace
 
 import pytest
 import torch
@@ -79,6 +80,47 @@ def test_holdout_when_no_eval_data(tiny_backbone):
     cfg = TrainConfig(epochs=1, batch_size=16, holdout_fraction=0.2)
     result = train_task(tiny_backbone, TaskSpec("classification"), sentiment(60, 0), None, cfg)
     assert result.metrics["n"] == 12
+
+
+def test_a_held_out_run_refits_on_all_examples_for_the_epochs_it_chose(tiny_backbone):
+    """With a held-out split carved from train, the published model is a second run on all of
+    train for the epochs the first one ran: exactly what training on all of it for that many
+    epochs gives. Its metrics stay the held-out split's (the refit has no unseen data)."""
+    data = sentiment(60, 0)
+    spec = lambda: TaskSpec("classification", prefix_length=4)  # noqa: E731
+    cfg = TrainConfig(
+        epochs=3, lr=3e-2, batch_size=16, seed=5, holdout_fraction=0.2, early_stopping_patience=0
+    )
+    seen = []
+    result = train_task(tiny_backbone, spec(), data, None, cfg, progress=seen.append)
+    no_refit = train_task(tiny_backbone, spec(), data, None, replace(cfg, refit=False))
+    direct = train_task(tiny_backbone, spec(), data, None, replace(cfg, holdout_fraction=0.0, refit=False))
+    assert result.refit == {"epochs": 3, "examples": 60, "held_out": 12}
+    assert torch.equal(result.task.kv, direct.task.kv)  # the refit is a plain run on all 60
+    assert not torch.equal(result.task.kv, no_refit.task.kv)
+    assert result.metrics == no_refit.metrics and result.metrics["n"] == 12  # the held-out split's
+    assert result.best_epoch == no_refit.best_epoch
+    assert result.steps == no_refit.steps + direct.steps == 9 + 12
+    assert [h.get("refit", False) for h in result.history] == [False] * 3 + [True] * 3
+    msgs = [p.message for p in seen if p.message]
+    assert "refit: 3 epochs on all 60 training examples" in msgs
+    steps = [p.step for p in seen]
+    assert steps == sorted(steps) and seen[-1].step == seen[-1].total == 21  # one bar, both runs
+
+
+def test_refit_only_when_a_worthwhile_split_came_out_of_train(tiny_backbone):
+    from app.engine.train import refit_applies
+
+    cfg = TrainConfig()
+    assert cfg.refit and refit_applies(cfg, 100, 1000) and refit_applies(cfg, 50, 1000)
+    assert not refit_applies(cfg, 49, 1000)  # capped split of a large data set: under 5%
+    assert not refit_applies(replace(cfg, refit=False), 100, 1000)
+    assert not refit_applies(cfg, 0, 1000)
+    held = TrainConfig(epochs=1, batch_size=16, holdout_fraction=0.2, early_stopping_patience=0)
+    given = train_task(tiny_backbone, TaskSpec("classification"), sentiment(60, 0), sentiment(12, 1), held)
+    assert given.refit is None  # eval data given: nothing was held out of train
+    tiny = train_task(tiny_backbone, TaskSpec("classification"), sentiment(12, 0), None, held)
+    assert tiny.refit is None  # too few examples to hold any out
 
 
 def test_cancellation_between_steps(tiny_backbone):
