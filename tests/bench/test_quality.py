@@ -464,7 +464,8 @@ def _synthetic_conll_n(n_train: int):
 def test_defaults_run_trains_as_post_train_does(tmp_path, monkeypatch, tiny_backbone):
     """The "defaults" method is P-Tuning v2 with no hyperparameters given: the product's
     per-task-type defaults read from app.engine.options (not copies), its epoch cap, early stopping
-    and held-out 10% of the training subset; scored on the same eval set as the other methods."""
+    and held-out 10% of the training subset, then the refit on all of it; scored on the same eval
+    set as the other methods."""
     from app.engine.options import TASK_DEFAULTS, build_training
 
     monkeypatch.setattr(C, "CKPT_DIR", tmp_path / "ckpt")
@@ -488,9 +489,12 @@ def test_defaults_run_trains_as_post_train_does(tmp_path, monkeypatch, tiny_back
     # 3 of the 30 training sentences held out for early stopping; the bench's eval set is scored
     assert rec["n_train"] == 30 and rec["n_holdout"] == 3 and rec["n_eval"] == 4
     assert 1 <= rec["best_epoch"] <= rec["epochs_run"] <= product.epochs
-    assert rec["steps"] == rec["epochs_run"] * 4  # 27 sentences at batch 8
-    assert [c["epoch"] for c in rec["curve"]] == list(range(1, rec["epochs_run"] + 1))
-    assert all("held_out" in c for c in rec["curve"])
+    # then the refit on all 30 for the epochs run: 27 sentences at batch 8, then 30
+    n = rec["epochs_run"]
+    assert rec["refit"] == {"epochs": n, "examples": 30, "held_out": 3}
+    assert rec["steps"] == n * 4 + n * 4
+    assert [c["epoch"] for c in rec["curve"]] == list(range(1, n + 1)) * 2
+    assert all(("held_out" in c) != c.get("refit", False) for c in rec["curve"])
     # the product's max_length (128) is not the budget's (32): also scored at the budget's
     short = rec["at_budget_max_length"]
     assert spec["max_length"] == 128 and short["max_length"] == tb.max_length == 32
