@@ -187,7 +187,16 @@ def train_task(
 
     def refit_progress(p: Progress) -> None:
         if progress is not None:
-            progress(replace(p, step=p.step + offset, total=p.total + offset, message=_refit_msg(p.message)))
+            progress(
+                replace(
+                    p,
+                    step=p.step + offset,
+                    total=p.total + offset,
+                    epoch=p.epoch + epochs,
+                    message=_refit_msg(p.message),
+                    stage="refit",
+                )
+            )
 
     final = _fit(
         backbone,

@@ -56,6 +56,9 @@ class Progress:
     metrics: dict | None = None
     message: str = ""
     task: str | None = None
+    #: a later stage of the same run ("refit": the second run on all of train; its epochs go on
+    #: from the first run's)
+    stage: str | None = None
 
 
 @dataclass

@@ -98,8 +98,12 @@ class JobRun:
             doc["resumed_from_step"] = self.resumed_from
         if getattr(p, "task", None):
             doc["task"] = p.task
+        stage = getattr(p, "stage", None)
+        if stage:
+            doc["stage"] = stage
         if p.metrics is not None:  # an epoch ended: keep its record and write it at once
-            self._history.append(jsonable({"epoch": round(p.epoch), "loss": p.loss, "metrics": p.metrics}))
+            record = {"epoch": round(p.epoch), "loss": p.loss, "metrics": p.metrics}
+            self._history.append(jsonable({**record, "stage": stage} if stage else record))
         if self._history:
             doc["history"] = list(self._history)
         now = time.monotonic()

@@ -114,13 +114,19 @@ def _train(page, base: str, *, epochs: int) -> str:
     page.wait_for_selector("#loss-chart svg circle", state="attached", timeout=JOB_TIMEOUT_MS)
     page.wait_for_selector("#job-state:text('succeeded')", timeout=JOB_TIMEOUT_MS)
     history = httpx.get(f"{base}/jobs/{job_id}").json()["progress"]["history"]
-    assert len(history) >= 2, history  # early stopping waits more than one epoch
+    held_out = [h for h in history if h.get("stage") != "refit"]
+    assert len(held_out) >= 2, history  # early stopping waits more than one epoch
+    # the held-out split (a quarter of the file) came out of train: the run then refit on all of
+    # it, a loss series of its own with its epochs after the first run's, and no eval points
+    refit = [h for h in history if h.get("stage") == "refit"]
+    assert [h["epoch"] for h in refit] == [len(held_out) + i + 1 for i in range(len(held_out))]
+    assert "refit on all of train" in page.inner_text("#loss-chart")
     # one loss point per epoch at least (each epoch's end; more where a poll caught it mid-epoch),
-    # one eval point per epoch
+    # one eval point per held-out epoch
     page.wait_for_function(
         "n => document.querySelectorAll('#loss-chart svg circle').length >= n", arg=len(history)
     )
-    assert len(page.query_selector_all("#metric-chart svg circle")) == len(history)
+    assert len(page.query_selector_all("#metric-chart svg circle")) == len(held_out)
     return job_id
 
 

@@ -355,13 +355,17 @@ async function pageJob(id) {
   const j = r.data, p = j.progress || {};
   // the loss by (fractional) epoch: what each poll saw while it ran, and each epoch's end from the
   // history (so a job that ran between two polls, or a page opened later, still has its curve)
+  // a refit (the second run, on all of train, after the held-out split chose the epochs) is its
+  // own series; its epochs go on from the first run's
   const seen = jobPoints.get(id) || new Map();
-  if (p.loss != null && p.epoch != null) seen.set(Number(p.epoch).toFixed(4), [Number(p.epoch), p.loss]);
+  if (p.loss != null && p.epoch != null) seen.set(Number(p.epoch).toFixed(4), [Number(p.epoch), p.loss, p.stage || ""]);
   jobPoints.set(id, seen);
   const history = p.history || [];
   const curve = new Map(seen);
-  for (const h of history) if (h.loss != null) curve.set(Number(h.epoch).toFixed(4), [Number(h.epoch), h.loss]);
-  const lossPoints = [...curve.values()].sort((a, b) => a[0] - b[0]);
+  for (const h of history) if (h.loss != null) curve.set(Number(h.epoch).toFixed(4), [Number(h.epoch), h.loss, h.stage || ""]);
+  const byStage = (stage) => [...curve.values()].filter((c) => c[2] === stage).map((c) => [c[0], c[1]]).sort((a, b) => a[0] - b[0]);
+  const lossSeries = [{ name: "loss", points: byStage("") }];
+  if (byStage("refit").length) lossSeries.push({ name: "refit on all of train", points: byStage("refit") });
   const metricSeries = {};
   for (const h of history) for (const [task, m] of Object.entries(h.metrics || {})) {
     const k = primaryMetric(m);
@@ -382,7 +386,7 @@ async function pageJob(id) {
       ${j.error ? `<div class="error" role="alert" id="job-error"><strong>Failed:</strong> ${esc(j.error)}</div>` : ""}
     </div>
     <div class="grid2">
-      <div class="card" id="loss-chart">${lineChart("Training loss (running mean in the epoch)", [{ name: "loss", points: lossPoints }], "epoch")}</div>
+      <div class="card" id="loss-chart">${lineChart("Training loss (running mean in the epoch)", lossSeries, "epoch")}</div>
       <div class="card" id="metric-chart">${lineChart("Eval metric per epoch", Object.entries(metricSeries).map(([name, pts]) => ({ name, points: pts })), "epoch")}
         ${history.length && !Object.keys(metricSeries).length ? '<p class="muted">No eval data: set holdout_fraction (files of 20 rows or more) to see a metric per epoch.</p>' : ""}</div>
     </div>`;
