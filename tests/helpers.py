@@ -39,6 +39,45 @@ def make_serving_task(backbone, task_type: str = "classification", labels=None, 
     return TaskModel(spec, backbone).to_serving()
 
 
+#: texts of different lengths for mixed-batch runtime tests
+MIXED_TEXTS = [
+    "hello world",
+    "a much longer sentence with several words in it, and then some more of them",
+    "short",
+    "what is the balance of my card",
+    "the cat sat on the mat",
+    "one",
+]
+
+
+def every_head_tasks(bb, qa_prefix_length: int = 2) -> list:
+    """One task of every head, with different prefix lengths and layer choices, a shallow
+    prompt-tuning task (input prompts, no prefix) and a verbalizer: what a runtime must serve in
+    one mixed batch."""
+    return [
+        make_serving_task(bb, "classification", seed=1, prefix_length=4),
+        make_serving_task(bb, "token-classification", seed=2, prefix_length=7, layers="0-1"),
+        make_serving_task(bb, "question-answering", seed=3, prefix_length=qa_prefix_length, layers="last:1"),
+        make_serving_task(bb, "regression", seed=4, prefix_length=5),
+        make_serving_task(bb, "classification", seed=5, method="prompt-tuning", prefix_length=3),
+        make_serving_task(
+            bb,
+            "classification",
+            seed=6,
+            head="verbalizer",
+            labels=["bad", "good"],
+            label_words=["bad", "good"],
+        ),
+    ]
+
+
+def collate_texts(bb, texts) -> dict:
+    """Tokenised, padded input tensors of `texts`."""
+    from app.engine.batch import collate
+
+    return collate([{"input_ids": bb.tokenizer(t)["input_ids"]} for t in texts], 0)
+
+
 #: the one tiny backbone of the tests: a random 4-layer encoder of any supported architecture
 TINY = dict(
     vocab_size=30522,

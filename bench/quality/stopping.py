@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.quality import sweep
 from bench.quality.plan import REPO_ROOT
 
 OUT_JSONL = REPO_ROOT / "bench" / "results" / "stopping-sweep.jsonl"
@@ -119,9 +120,7 @@ def run_one(backbone, name: str, variant: str, data: tuple[list, list]) -> dict:
 
 
 def read_records(path: Path = OUT_JSONL) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return sweep.read_records(path)
 
 
 def report(records: list[dict]) -> str:

@@ -9,41 +9,19 @@ import torch
 import torch._dynamo.utils as dynamo_utils
 
 from app.engine import compiled_runtime as C
-from app.engine.batch import collate, mixed_forward
-from tests.helpers import make_serving_task, make_tiny_backbone
+from app.engine.batch import mixed_forward
+from tests.helpers import MIXED_TEXTS, collate_texts, every_head_tasks, make_serving_task, make_tiny_backbone
 
-TEXTS = [
-    "hello world",
-    "a much longer sentence with several words in it, and then some more of them",
-    "short",
-    "what is the balance of my card",
-    "the cat sat on the mat",
-    "one",
-]
+TEXTS = MIXED_TEXTS
 
 
 def _tasks(bb):
-    """Every head, different prefix lengths (one slot too) and layer choices, a shallow
-    prompt-tuning task (no prefix) and a verbalizer."""
-    return [
-        make_serving_task(bb, "classification", seed=1, prefix_length=4),
-        make_serving_task(bb, "token-classification", seed=2, prefix_length=7, layers="0-1"),
-        make_serving_task(bb, "question-answering", seed=3, prefix_length=1, layers="last:1"),
-        make_serving_task(bb, "regression", seed=4, prefix_length=5),
-        make_serving_task(bb, "classification", seed=5, method="prompt-tuning", prefix_length=3),
-        make_serving_task(
-            bb,
-            "classification",
-            seed=6,
-            head="verbalizer",
-            labels=["bad", "good"],
-            label_words=["bad", "good"],
-        ),
-    ]
+    """Every head; the QA task's one-slot prefix takes the padding to two masked slots."""
+    return every_head_tasks(bb, qa_prefix_length=1)
 
 
 def _batch(bb, texts):
-    return collate([{"input_ids": bb.tokenizer(t)["input_ids"]} for t in texts], 0)
+    return collate_texts(bb, texts)
 
 
 def _graphs() -> int:

@@ -11,17 +11,10 @@ import torch
 
 from app.engine import onnx_runtime as O
 from app.engine.backbone import BackboneError
-from app.engine.batch import collate, mixed_forward
-from tests.helpers import make_serving_task, make_tiny_backbone
+from app.engine.batch import mixed_forward
+from tests.helpers import MIXED_TEXTS, collate_texts, every_head_tasks, make_serving_task, make_tiny_backbone
 
-TEXTS = [
-    "hello world",
-    "a much longer sentence with several words in it, and then some more of them",
-    "short",
-    "what is the balance of my card",
-    "the cat sat on the mat",
-    "one",
-]
+TEXTS = MIXED_TEXTS
 
 
 @pytest.fixture(scope="module")
@@ -36,27 +29,11 @@ def built(bb, tmp_path_factory):
 
 
 def _tasks(bb):
-    """One task of every head, with different prefix lengths and layer choices, and a shallow
-    prompt-tuning task (input prompts, no prefix)."""
-    return [
-        make_serving_task(bb, "classification", seed=1, prefix_length=4),
-        make_serving_task(bb, "token-classification", seed=2, prefix_length=7, layers="0-1"),
-        make_serving_task(bb, "question-answering", seed=3, prefix_length=2, layers="last:1"),
-        make_serving_task(bb, "regression", seed=4, prefix_length=5),
-        make_serving_task(bb, "classification", seed=5, method="prompt-tuning", prefix_length=3),
-        make_serving_task(
-            bb,
-            "classification",
-            seed=6,
-            head="verbalizer",
-            labels=["bad", "good"],
-            label_words=["bad", "good"],
-        ),
-    ]
+    return every_head_tasks(bb)
 
 
 def _batch(bb, texts=TEXTS):
-    return collate([{"input_ids": bb.tokenizer(t)["input_ids"]} for t in texts], 0)
+    return collate_texts(bb, texts)
 
 
 def _run(bb, runner, tasks, batch):
