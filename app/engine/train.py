@@ -131,7 +131,7 @@ def train_task(
         raise D.DataError("training data is empty", field="train")
     infer_labels(spec, train_examples)
     all_examples = list(train_examples)
-    held_out = eval_examples is None
+    held_out = not eval_examples  # none given (None or empty): a split may come out of train
     train_examples, eval_examples = split_holdout(
         train_examples, eval_examples, config.holdout_fraction, config.seed
     )

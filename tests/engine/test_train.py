@@ -121,6 +121,8 @@ def test_refit_only_when_a_worthwhile_split_came_out_of_train(tiny_backbone):
     assert given.refit is None  # eval data given: nothing was held out of train
     tiny = train_task(tiny_backbone, TaskSpec("classification"), sentiment(12, 0), None, held)
     assert tiny.refit is None  # too few examples to hold any out
+    empty = train_task(tiny_backbone, TaskSpec("classification"), sentiment(60, 0), [], held)
+    assert empty.refit == {"epochs": 1, "examples": 60, "held_out": 12}  # no eval data: [] as None
 
 
 def test_cancellation_between_steps(tiny_backbone):
