@@ -2,9 +2,8 @@
 
 AdamW with linear warm-up and decay, gradient clipping, evaluation every epoch with
 best-checkpoint selection and early stopping, seeded, progress through a callback, cancellation
-between steps. `train_multitask` trains one shared prefix jointly over several tasks (each with
-its own head), then optionally continues per task from the shared prefix (the paper's MPT-2).
-A run's configuration, progress and result are app.engine.train_config; evaluation, best-epoch
+between steps. Multi-task training (one shared prefix, app.engine.multitask) runs through the
+same loop, `_fit`. A run's configuration, progress and result are app.engine.train_config; evaluation, best-epoch
 selection and early stopping app.engine.evaluation.
 """
 
@@ -25,7 +24,7 @@ from app.engine.backbone import Backbone
 from app.engine.batch import collate
 from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes
 from app.engine.evaluation import EpochSelection, evaluate_epoch
-from app.engine.model import ServingTask, TaskModel, TaskSpec, new_prefix_encoder
+from app.engine.model import ServingTask, TaskModel, TaskSpec
 from app.engine.predict import encode_examples
 from app.engine.prefix import PrefixEncoder
 from app.engine.resume import RunCheckpointer, bytes_tensor, tensor_bytes
@@ -462,71 +461,3 @@ class _JointModule(torch.nn.Module):
             m.train(mode)
         self.training = mode
         return self
-
-
-# ------------------------------------------------------------------------------------ multi-task
-
-
-def train_multitask(
-    backbone: Backbone,
-    tasks: dict[str, tuple[TaskSpec, Sequence, Sequence | None]],
-    config: TrainConfig | None = None,
-    progress: ProgressFn | None = None,
-    should_stop: StopFn | None = None,
-    per_task_epochs: int = 0,
-    checkpointer: RunCheckpointer | None = None,
-) -> dict[str, TrainResult]:
-    """One prefix shared by all tasks (each its own head), trained jointly on batches drawn from
-    every task; then, with per_task_epochs > 0, each task continues alone from the shared prefix.
-    `checkpointer`: the joint stage saves its state there and each per-task stage beside it
-    (`checkpointer.stage(name)`), so a resumed job goes on from the stage it was in."""
-    config = config or TrainConfig()
-    if len(tasks) < 2:
-        raise ValueError("multi-task training needs at least two tasks")
-    for name, (spec, train, _) in tasks.items():
-        if spec.method != "p-tuning-v2":
-            raise ValueError(f"task {name!r}: multi-task training shares a P-Tuning v2 prefix")
-        infer_labels(spec, train)
-    first = next(iter(tasks.values()))[0]
-    first.validate(backbone.num_layers)
-    for spec, _, _ in tasks.values():
-        spec.prefix_length, spec.layers, spec.reparameterize = (
-            first.prefix_length,
-            list(first.layers),
-            first.reparameterize,
-        )
-        spec.validate(backbone.num_layers)
-    seed_everything(config.seed)
-    shared = new_prefix_encoder(first, backbone).to(backbone.device)
-    models: dict[str, tuple[TaskModel, list[dict], Sequence | None]] = {}
-    tasks = {
-        name: (spec, *split_holdout(train, ev, config.holdout_fraction, config.seed))
-        for name, (spec, train, ev) in tasks.items()
-    }
-    for name, (spec, train, ev) in tasks.items():
-        model = TaskModel(spec, backbone, shared_prefix=shared).to(backbone.device)
-        feats = encode_examples(spec, backbone.tokenizer, list(train), with_labels=True)
-        models[name] = (model, feats, ev)
-    results = _fit(backbone, models, config, progress, should_stop, checkpointer)
-    if per_task_epochs <= 0:
-        return results
-    out = {}
-    for name, (spec, train, ev) in tasks.items():
-        cont = TrainConfig(**{**config.to_dict(), "epochs": per_task_epochs, "max_steps": None})
-        spec_cont = TaskSpec.from_dict(spec.to_dict())
-        spec_cont.prefix_dropout = spec.prefix_dropout
-        result = train_task(
-            backbone,
-            spec_cont,
-            train,
-            ev,
-            cont,
-            progress,
-            should_stop,
-            init_kv=results[name].task,
-            task_name=name,
-            checkpointer=checkpointer.stage(name) if checkpointer is not None else None,
-        )
-        result.history = results[name].history + result.history
-        out[name] = result
-    return out

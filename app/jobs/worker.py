@@ -31,11 +31,12 @@ from app.engine.backbone import Backbone, load_backbone
 from app.engine.checkpoint import load_checkpoint_bytes
 from app.engine.data import DataError
 from app.engine.model import ServingTask
+from app.engine.multitask import train_multitask
 from app.engine.options import build_training, validate_training
 from app.engine.resume import RunCheckpointer
 from app.engine.search import run_search
 from app.engine.search_state import SearchState
-from app.engine.train import train_multitask, train_task
+from app.engine.train import train_task
 from app.engine.train_config import Cancelled, infer_labels, split_holdout
 from app.jobs.payload import DataRef, load_split
 from app.jobs.presence import WorkerPresence

@@ -239,7 +239,8 @@ def execute_single(run: Run, key: str, mode: str, backbone, manifests: dict) -> 
 
 def execute_multitask(run: Run, key: str, budget: Budget, backbone, manifests: dict) -> dict:
     """Shared prefix over the tasks (own heads), evaluated; then each task continues alone."""
-    from app.engine.train import train_multitask, train_task
+    from app.engine.multitask import train_multitask
+    from app.engine.train import train_task
 
     names = run.task.split("+")
     pt2 = METHOD_HP["p-tuning-v2"]

@@ -109,7 +109,7 @@ def test_a_finished_run_resumed_from_its_end_state_trains_nothing(tiny_backbone,
 def test_a_resumed_multitask_job_equals_an_uninterrupted_one(tiny_backbone, tmp_path):
     """Stopped in the joint stage or in the second task's own stage, a multi-task run resumes from
     the stage it was in and ends with the prefixes and heads of an uninterrupted run."""
-    from app.engine.train import train_multitask
+    from app.engine.multitask import train_multitask
 
     cfg = TrainConfig(epochs=2, lr=3e-2, batch_size=16, seed=5, early_stopping_patience=0)
 

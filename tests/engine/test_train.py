@@ -11,11 +11,12 @@ import torch
 
 from app.engine.evaluation import evaluate
 from app.engine.model import TaskSpec
+from app.engine.multitask import train_multitask
 from app.engine.predict import predict
 from app.engine.tasks.classification import ClassificationExample
 from app.engine.tasks.question_answering import QAExample
 from app.engine.tasks.token_classification import TokenExample
-from app.engine.train import train_multitask, train_task
+from app.engine.train import train_task
 from app.engine.train_config import Cancelled, TrainConfig
 
 POS = ["good", "great", "fine", "nice", "lovely", "superb"]
