@@ -123,9 +123,29 @@ def padded_prefix(backbone: Backbone, hidden: Tensor, prefix: PrefixBatch | None
     return kv, mask
 
 
+def require_compiler(device: torch.device) -> None:
+    """On a CPU, inductor builds its kernels with a C++ compiler: say so at start-up, with the fix,
+    rather than fail inside the first compilation."""
+    if device.type != "cpu":
+        return
+    from torch._inductor import exc
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise RuntimeError(
+            "PROMPTHUB_RUNTIME=compile needs a C++ compiler on a CPU (inductor builds its kernels with "
+            "it) and none was found (g++, or the one the CXX environment variable names): install one "
+            "(Debian/Ubuntu: apt-get install g++; the Docker image: build it with --build-arg "
+            "COMPILER=1), or serve with PROMPTHUB_RUNTIME=torch or onnx"
+        ) from None
+
+
 def attach(backbone: Backbone, freeze: bool = True, warm_up: bool = True) -> CompiledLayerLoop:
     """Make `backbone`'s inference forwards run through a compiled layer loop (compiled now when
     `warm_up`)."""
+    require_compiler(backbone.device)
     runner = CompiledLayerLoop(backbone, freeze=freeze)
     backbone.runtime = runner
     if warm_up:
