@@ -1,4 +1,4 @@
-"""Serving benchmark: the real PromptHub server over HTTP against the bare backbone and PEFT.
+"""Serving benchmark: the real PromptHub server over HTTP against its peers' servers.
 
     python -m bench.serving                      # default: 1, 8, 64, 1,000 tasks (< 15 min here)
     python -m bench.serving --tasks 1,8,64,1000,10000 --memory-tasks 1,100,1000,10000
@@ -12,8 +12,11 @@ One run does everything side by side, on one machine, in one go:
   compute of a real task; accuracy is irrelevant here), a `bare` task (a head, no prefix:
   baseline (a), the same server, batcher and policy with the prefix taken away) and a few
   never-requested `cold` tasks;
-* the PromptHub server (`python -m app.cli serve`, as a user runs it) and the PEFT baseline
-  server (bench/peft_server.py: PrefixTuning adapters, `set_adapter` per request);
+* the PromptHub server (`python -m app.cli serve`, as a user runs it) and its peers, each a
+  minimal FastAPI server (bench/peer_server.py; `--peers`, `--peft`): the transformers forward
+  and ONNX Runtime fp32 / int8 on the bare model (one task each), PEFT LoRA with a
+  mixed-adapter batch (`adapter_names`), batching across requests as PromptHub's batcher does;
+  and PEFT PrefixTuning, `set_adapter` per request;
 * memory: server RSS with 1, 100, 1,000 (, 10,000) tasks loaded; bytes per task on disk and on
   the device; cold-load time; then throughput rounds (every configuration once per round, the
   order rotated each round, `--repeats` rounds; medians and ratios against the bare backbone

@@ -39,6 +39,11 @@ from bench.serving.load import (
 from bench.serving.report import aggregate, render_markdown
 from bench.serving.store import build_store, device_bytes, task_name
 
+#: peer servers besides PEFT prefix tuning (`--peft`): bare models serving one task, and LoRA
+PEERS = ("hf", "ort-fp32", "ort-int8", "lora")
+BARE_PEERS = ("hf", "ort-fp32", "ort-int8")
+PEER_ENGINE = {"peft": "peft-prefix"}
+
 #: the flags of the former bench.hub_server that are named otherwise in the server's settings
 SETTING_ALIASES = {"threads": "torch_threads"}
 
@@ -94,6 +99,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--prefix-length", type=int, default=16)
     p.add_argument("--peft", default="auto", choices=["auto", "on", "off"])
     p.add_argument("--peft-max-tasks", type=int, default=1000, help="largest task count loaded into PEFT")
+    p.add_argument(
+        "--lora-max-tasks",
+        type=int,
+        default=64,
+        help="largest task count loaded into the LoRA peer",
+    )
+    p.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help="peer servers over HTTP (bench/peer_server.py): hf, ort-fp32, ort-int8 (one task each) and "
+        "lora (PEFT LoRA, a mixed-adapter batch); '' for none",
+    )
     p.add_argument("--cold", type=int, default=10, help="never-requested tasks for the cold-load probe")
     p.add_argument("--no-version-probe", action="store_true", help="skip the train-then-serve timing")
     p.add_argument("--device", default="cpu")
@@ -133,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         args.tasks, args.memory_tasks, args.mixes = "1,8", "1,8", "one,uniform"
         args.duration, args.warmup, args.repeats, args.clients, args.cold = 0.5, 0.2, 1, 4, 2
-        args.peft_max_tasks = 8
+        args.peft_max_tasks = args.lora_max_tasks = 8
         args.no_version_probe = True
         args.threads = args.threads or 1
     counts = parse_counts(args.tasks)
@@ -141,6 +158,10 @@ def main(argv: list[str] | None = None) -> int:
     mixes = [m for m in args.mixes.split(",") if m]
     n_tasks = max(counts + mem_counts)
     want_peft = args.peft != "off"
+    peers = [x for x in args.peers.split(",") if x]
+    unknown = set(peers) - set(PEERS)
+    if unknown:
+        p.error(f"--peers: unknown {sorted(unknown)} (known: {', '.join(PEERS)})")
     if want_peft:
         try:
             import peft  # noqa: F401
@@ -149,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise
             print("peft is not installed: the PEFT baseline is skipped (pip install peft)", file=sys.stderr)
             want_peft = False
+            peers = [x for x in peers if x != "lora"]
 
     import torch
 
@@ -217,39 +239,40 @@ def main(argv: list[str] | None = None) -> int:
             servers.append(asrv)
             by_name[aname] = by_name[f"{aname}-bare"] = asrv
             ablations.append(aname)
-        peft_srv = None
         peft_counts = [n for n in counts if n <= args.peft_max_tasks] if want_peft else []
+        peer_counts = {p_: [1] for p_ in peers if p_ in BARE_PEERS}
+        if "lora" in peers:
+            peer_counts["lora"] = [n for n in counts if n <= args.lora_max_tasks]
         if peft_counts:
+            peer_counts["peft"] = peft_counts
+        for pname, pcounts in peer_counts.items():
+            if not pcounts:
+                continue
             pport = free_port()
-            tasks_file = work / "peft_tasks.json"
+            tasks_file = work / f"{pname}_tasks.json"
             tasks_file.write_text(
                 json.dumps(
                     {
                         "store": store["store"],
+                        "work": str(work),
                         "prefix_length": args.prefix_length,
-                        "tasks": [[task_name(i), 1] for i in range(max(peft_counts))],
+                        "tasks": [[task_name(i), 1] for i in range(max(pcounts))],
                     }
                 )
             )
-            peft_srv = start_server(
-                "peft",
-                [
-                    "-m",
-                    "bench.peft_server",
-                    "--tasks-file",
-                    str(tasks_file),
-                    "--port",
-                    str(pport),
-                    "--device",
-                    args.device,
-                ],
+            psrv = start_server(
+                pname,
+                ["-m", "bench.peer_server", "--engine", PEER_ENGINE.get(pname, pname)]
+                + ["--tasks-file", str(tasks_file), "--port", str(pport), "--device", args.device]
+                + (["--max-batch-size", str(args.max_batch_size)] if args.max_batch_size else [])
+                + (["--max-wait-ms", str(args.max_wait_ms)] if args.max_wait_ms is not None else []),
                 {"PYTHONPATH": str(REPO), **({"OMP_NUM_THREADS": str(args.threads)} if args.threads else {})},
                 REPO,
                 pport,
-                work / "peft.log",
+                work / f"{pname}.log",
             )
-            servers.append(peft_srv)
-            by_name["peft"] = peft_srv
+            servers.append(psrv)
+            by_name[pname] = psrv
         t_ready = wait_http(hub, "/readyz", 900)
         print(f"[setup] prompthub ready in {t_ready:.1f}s", flush=True)
         for aname in ablations:
@@ -258,9 +281,11 @@ def main(argv: list[str] | None = None) -> int:
                 by_name[aname].port,
                 ["bare"] + [task_name(i) for i in range(max(parse_counts(args.ablation_tasks)))],
             )
-        if peft_srv is not None:
-            t_peft = wait_http(peft_srv, "/readyz", 1800)
-            print(f"[setup] peft ready in {t_peft:.1f}s ({max(peft_counts)} adapters)", flush=True)
+        for pname, pcounts in peer_counts.items():
+            if pname in by_name:
+                t_peer = wait_http(by_name[pname], "/readyz", 1800)
+                warm(by_name[pname].port, [task_name(i) for i in range(max(pcounts))] * 2)
+                print(f"[setup] {pname} ready in {t_peer:.1f}s ({max(pcounts)} tasks)", flush=True)
         if args.profile:
             import subprocess
 
@@ -285,8 +310,11 @@ def main(argv: list[str] | None = None) -> int:
 
         warm(hub.port, ["bare"] * 8)
         memory = memory_phase(hub, mem_counts, per_task["nbytes"])
-        memory["peft_rss_bytes"] = rss_bytes(peft_srv.pid) if peft_srv else None
-        memory["peft_adapters"] = max(peft_counts) if peft_srv else None
+        memory["peers"] = {
+            pname: {"rss_bytes": rss_bytes(by_name[pname].pid), "tasks": max(pc)}
+            for pname, pc in peer_counts.items()
+            if pname in by_name
+        }
         print(
             "[memory] "
             + ", ".join(f"{r['tasks']}: {r['rss_bytes'] / 2**20:.0f} MiB" for r in memory["rows"]),
@@ -299,13 +327,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[warm] all {n_tasks} tasks in cache ({t_w:.1f}s)", flush=True)
 
         configs = [Config("bare", 1, "one")]
+        configs += [Config(p_, 1, "one") for p_ in peers if p_ in BARE_PEERS]
         for n in counts:
             for mix in mixes:
                 if (n == 1) != (mix == "one"):
                     continue  # one task: only "one"; more tasks: the mixes that spread over them
                 configs.append(Config("prompthub", n, mix))
-                if n in peft_counts and mix in ("one", "uniform"):
-                    configs.append(Config("peft", n, mix))
+                for pname in ("lora", "peft"):
+                    if n in peer_counts.get(pname, []) and mix in ("one", "uniform"):
+                        configs.append(Config(pname, n, mix))
         if not any(c.server == "prompthub" and c.mix == "one" for c in configs) and "one" in mixes:
             configs.insert(1, Config("prompthub", 1, "one"))
         for aname in ablations:
@@ -321,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                 names = ["bare"] if bare_cfg else [task_name(i) for i in range(cfg.n_tasks)]
                 mix = Mix(cfg.mix, names, seed=r)
                 srv = by_name[cfg.server]
-                ours = cfg.server != "peft"
+                ours = cfg.server != "peft"  # the others count their forwards' rows
                 b0 = batch_stats(srv.port) if ours else (0.0, 0.0)
                 res = run_load(
                     srv.port, request_factory(mix, bodies), args.clients, args.duration, args.warmup

@@ -58,7 +58,7 @@ def make_bodies(texts_per_request: int, n: int = 512, seed: int = 0) -> list[byt
 
 @dataclass
 class Config:
-    server: str  # "prompthub" | "bare" | "peft"
+    server: str  # "prompthub" | "bare" | an ablation | a peer ("hf", "ort-fp32", "ort-int8", "lora", "peft")
     n_tasks: int
     mix: str
 
@@ -68,14 +68,18 @@ class Config:
 
 
 def batch_stats(port: int) -> tuple[float, float]:
+    """(rows, forwards) so far: PromptHub's Prometheus counters, or a peer server's JSON /metrics."""
     import httpx
 
     s = c = 0.0
     try:
-        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        r = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
     except httpx.HTTPError:
         return 0.0, 0.0
-    for line in text.splitlines():
+    if r.headers.get("content-type", "").startswith("application/json"):
+        doc = r.json()
+        return float(doc["rows"]), float(doc["batches"])
+    for line in r.text.splitlines():
         if line.startswith("prompthub_batch_size_sum"):
             s = float(line.split()[-1])
         elif line.startswith("prompthub_batch_size_count"):

@@ -36,10 +36,13 @@ def aggregate(runs: dict, configs: list, ablations: list[str], memory: dict, ver
             "vs_bare": ratio(a["rps"], base["rps"]),
             "vs_shipped_bare": ratio(a["rps"], bare["rps"]),
         }
-        if cfg.server == "prompthub":
-            pk = f"peft/{cfg.n_tasks}/{'one' if cfg.mix == 'one' else 'uniform'}"
-            if pk in runs and cfg.mix in ("one", "uniform"):
-                row["vs_peft"] = ratio(a["rps"], agg(pk)["rps"])
+        if "hf/1/one" in runs:
+            row["vs_transformers"] = ratio(a["rps"], agg("hf/1/one")["rps"])
+        if (cfg.server == "prompthub" or cfg.server in ablations) and cfg.mix in ("one", "uniform"):
+            for peer in ("peft", "lora"):
+                pk = f"{peer}/{cfg.n_tasks}/{cfg.mix}"
+                if pk in runs:
+                    row[f"vs_{peer}"] = ratio(a["rps"], agg(pk)["rps"])
         table.append(row)
 
     def find(server, n, mix):
@@ -52,6 +55,16 @@ def aggregate(runs: dict, configs: list, ablations: list[str], memory: dict, ver
     big = [r for r in table if r["server"] == "prompthub" and r["tasks"] >= 10000 and r["mix"] == "uniform"]
     if big:
         targets["uniform_10000_vs_bare"] = {"value": big[0]["vs_bare"], "target": 0.85}
+    for server in ["prompthub", *ablations]:  # the shipped settings, then each ablation's
+        row = find(server, 64, "uniform")
+        tag = "" if server == "prompthub" else f" ({server})"
+        if row and row.get("vs_transformers") is not None:
+            targets[f"uniform_64_vs_transformers_server{tag}"] = {
+                "value": row["vs_transformers"],
+                "target": 1.75,
+            }
+        if row and row.get("vs_lora") is not None:
+            targets[f"uniform_64_vs_lora_server{tag}"] = {"value": row["vs_lora"], "target": 2.0}
     vp = [r.get("vs_peft") for r in table if r.get("vs_peft") is not None and r["mix"] == "uniform"]
     if vp:
         targets["vs_peft_switching_min"] = {"value": min(vp), "target": 10.0}
@@ -102,6 +115,8 @@ def render_markdown(res: dict) -> str:
                 fmt(r["p99_ms"]),
                 fmt(r["mean_batch_rows"]),
                 fmt(r["vs_bare"], 2),
+                fmt(r.get("vs_transformers"), 2),
+                fmt(r.get("vs_lora"), 2),
                 fmt(r.get("vs_peft"), 1),
                 r["errors"],
             ]
@@ -118,6 +133,8 @@ def render_markdown(res: dict) -> str:
                 "p99 ms",
                 "rows/forward",
                 "x bare",
+                "x transformers",
+                "x LoRA",
                 "x PEFT",
                 "errors",
             ],
@@ -127,8 +144,12 @@ def render_markdown(res: dict) -> str:
     lines += [
         "",
         "`bare`: the same server, batcher and policy serving a task with no prefix (a head only): the "
-        "ceiling of this design. `peft`: peft PrefixTuning adapters, `set_adapter` per request "
-        "(bench/peft_server.py). Mixes: `one` task only; `uniform` over the tasks; `zipf` (s=1.1); "
+        "ceiling of this design. Peers (bench/peer_server.py, each its own minimal FastAPI server with "
+        "the same batch size and wait as PromptHub's batcher): `hf` the transformers forward, `ort-fp32` / "
+        "`ort-int8` ONNX Runtime on the bare model (one task each), `lora` PEFT LoRA r=8 with one adapter a "
+        "task and rows of different tasks in one forward (`adapter_names`); `peft`: PEFT PrefixTuning "
+        "adapters, `set_adapter` per request, no batching across requests. x transformers / x LoRA / "
+        "x PEFT: req/s against `hf` (1 task) and against LoRA / PEFT at the same task count and mix. Mixes: `one` task only; `uniform` over the tasks; `zipf` (s=1.1); "
         "`switch`: round robin, every request a different task than the last.",
         "",
     ]
@@ -171,10 +192,9 @@ def render_markdown(res: dict) -> str:
         f"Server RSS with the backbone only (after warm-up requests): "
         f"{fmt(mem['backbone_rss_bytes'] / 2**20)} MiB.",
     ]
-    if mem.get("peft_rss_bytes"):
+    for pname, peer in (mem.get("peers") or {}).items():
         lines.append(
-            f"PEFT server RSS with {fmt(mem['peft_adapters'])} adapters: "
-            f"{fmt(mem['peft_rss_bytes'] / 2**20)} MiB."
+            f"`{pname}` server RSS with {fmt(peer['tasks'])} tasks: {fmt(peer['rss_bytes'] / 2**20)} MiB."
         )
     c = res["cold"]
     lines += [

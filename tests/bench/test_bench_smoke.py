@@ -58,7 +58,18 @@ def test_serving_quick_writes_results(tmp_path: Path):
     assert {(r["server"], r["tasks"], r["mix"]) for r in rows} >= {
         ("prompthub", 1, "one"),
         ("prompthub", 8, "uniform"),
+        ("hf", 1, "one"),
+        ("ort-fp32", 1, "one"),
+        ("ort-int8", 1, "one"),
+        ("lora", 8, "uniform"),
+        ("peft", 8, "uniform"),
     }
+    by_key = {(r["server"], r["tasks"], r["mix"]): r for r in rows}
+    u8 = by_key[("prompthub", 8, "uniform")]
+    assert u8["vs_transformers"] > 0 and u8["vs_lora"] > 0 and u8["vs_peft"] > 0
+    # the peers batch across requests as PromptHub does (16 clients, 4 texts each), PEFT does not
+    assert by_key[("lora", 8, "uniform")]["mean_batch_rows"] > 4
+    assert set(res["memory"]["peers"]) == {"hf", "ort-fp32", "ort-int8", "lora", "peft"}
     assert [r["tasks"] for r in res["memory"]["rows"]] == [1, 8]
     assert res["per_task"]["device_bytes"] > res["per_task"]["kv_bytes"] > 0
     assert res["cold"]["n"] >= 1 and res["cold"]["load_ms_in_process"] > 0
