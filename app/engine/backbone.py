@@ -20,6 +20,7 @@ from PEFT was trained with its tokens numbered after its prefix, as PEFT's prefi
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -204,6 +205,21 @@ class Backbone(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def with_model(self, model: nn.Module) -> Backbone:
+        """A copy that shares the tokenizer, identity and settings but runs `model` (e.g. the same
+        weights in another dtype, or with simulated int8 projections), with no runtime attached.
+        (A plain copy.copy would share the module registry: setting its model would set ours.)"""
+        other = copy.copy(self)
+        other._modules, other._parameters, other._buffers = (
+            dict(self._modules),
+            dict(self._parameters),
+            dict(self._buffers),
+        )
+        other.model = model
+        other._adapter = type(self._adapter)(model)
+        other.runtime = None
+        return other
 
     @property
     def precision(self) -> str:

@@ -156,6 +156,8 @@ def train_command(args) -> int:
         meta["search"] = search.log
     if result.refit:
         meta["refit"] = result.refit
+    if config.precision == "int8":  # trained against the int8 backbone (app.engine.int8_sim)
+        meta["precision"] = "int8"
     sha = save_checkpoint(result.task, out / "checkpoint.safetensors", backbone, meta)
     summary = {
         "metrics": result.metrics,

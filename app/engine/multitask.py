@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from app.engine.backbone import Backbone
+from app.engine.int8_sim import for_training
 from app.engine.model import TaskModel, TaskSpec, new_prefix_encoder
 from app.engine.predict import encode_examples
 from app.engine.resume import RunCheckpointer
@@ -38,6 +39,7 @@ def train_multitask(
     config = config or TrainConfig()
     if len(tasks) < 2:
         raise ValueError("multi-task training needs at least two tasks")
+    backbone = for_training(backbone, config.precision, config.int8_keep_ffn_out_fp32)
     for name, (spec, train, _) in tasks.items():
         if spec.method != "p-tuning-v2":
             raise ValueError(f"task {name!r}: multi-task training shares a P-Tuning v2 prefix")

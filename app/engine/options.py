@@ -23,6 +23,8 @@ METHODS = ("p-tuning-v2", "prompt-tuning", "fine-tuning")
 SERVED_METHODS = ("p-tuning-v2", "prompt-tuning")
 HEADS = ("linear", "verbalizer")
 PREFIX_INITS = ("random", "tokens")
+#: the backbone precisions a prompt can be trained for (app.engine.int8_sim for int8)
+TRAIN_PRECISIONS = ("fp32", "int8")
 #: the most labels (tags) a task may have unless the caller gives its own cap (PROMPTHUB_MAX_LABELS)
 DEFAULT_MAX_LABELS = 5000
 
@@ -188,6 +190,16 @@ OPTIONS: tuple[Option, ...] = (
         ge=0.0,
         le=0.5,
         cli_aliases=("--holdout",),
+    ),
+    Option(
+        "precision",
+        "str",
+        None,
+        "config",
+        "the backbone precision to train for: 'int8' trains against the int8 backbone an int8 server "
+        "(PROMPTHUB_RUNTIME=onnx PROMPTHUB_PRECISION=int8) runs, so it serves the version; unset: the "
+        "serving precision of the worker's settings (int8 when they say int8, else fp32)",
+        choices=TRAIN_PRECISIONS,
     ),
     Option(
         "refit",

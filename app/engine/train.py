@@ -24,6 +24,7 @@ from app.engine.backbone import Backbone
 from app.engine.batch import collate
 from app.engine.checkpoint import checkpoint_bytes, load_checkpoint_bytes
 from app.engine.evaluation import EpochSelection, evaluate_epoch
+from app.engine.int8_sim import for_training
 from app.engine.model import ServingTask, TaskModel, TaskSpec
 from app.engine.predict import encode_examples
 from app.engine.prefix import PrefixEncoder
@@ -128,6 +129,9 @@ def train_task(
     config = config or TrainConfig()
     if not train_examples:
         raise D.DataError("training data is empty", field="train")
+    if config.precision == "int8" and spec.method == "fine-tuning":
+        raise ValueError("precision int8 trains a prompt for a frozen int8 backbone: not with fine-tuning")
+    backbone = for_training(backbone, config.precision, config.int8_keep_ffn_out_fp32)
     infer_labels(spec, train_examples)
     all_examples = list(train_examples)
     held_out = not eval_examples  # none given (None or empty): a split may come out of train

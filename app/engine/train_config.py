@@ -42,6 +42,11 @@ class TrainConfig:
     holdout_fraction: float = 0.0
     #: after a held-out split chose the epochs, train again on all of train (app.engine.train)
     refit: bool = default("refit")
+    #: the backbone precision to train for (None: fp32; a worker fills in its serving precision)
+    precision: str | None = default("precision")
+    #: int8: the served graph keeps each feed-forward output projection in fp32 (the server's
+    #: PROMPTHUB_INT8_KEEP_FFN_OUT_FP32, which a worker copies here)
+    int8_keep_ffn_out_fp32: bool = True
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -114,6 +114,8 @@ def promote_and_publish(
     )
     metrics = jsonable(result.metrics)
     meta = {"training": training, "metrics": metrics, "source": f"job:{job_id}", "data": data}
+    if config.precision == "int8":  # trained against the int8 backbone (app.engine.int8_sim)
+        meta["precision"] = "int8"
     blob = checkpoint_bytes(result.task, backbone, meta=meta)
     with sessionmaker() as s:
         version = versions.publish(

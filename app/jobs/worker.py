@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +31,14 @@ from app.db.session import get_sessionmaker
 from app.engine.backbone import Backbone, load_backbone
 from app.engine.checkpoint import load_checkpoint_bytes
 from app.engine.data import DataError
-from app.engine.model import ServingTask
+from app.engine.model import ServingTask, TaskSpec
 from app.engine.multitask import train_multitask
 from app.engine.options import build_training, validate_training
 from app.engine.resume import RunCheckpointer
 from app.engine.search import run_search
 from app.engine.search_state import SearchState
 from app.engine.train import train_task
-from app.engine.train_config import Cancelled, infer_labels, split_holdout
+from app.engine.train_config import Cancelled, TrainConfig, infer_labels, split_holdout
 from app.jobs.payload import DataRef, load_split
 from app.jobs.presence import WorkerPresence
 from app.jobs.progress import JobRun, jsonable
@@ -293,6 +294,15 @@ class Worker:
             raise ValueError(f"init_from: task {name!r} has no P-Tuning v2 prefix to start from")
         return task
 
+    def _serving_precision(self, built: tuple[TaskSpec, TrainConfig]) -> tuple[TaskSpec, TrainConfig]:
+        """A run trains for the precision the servers run (PROMPTHUB_PRECISION) unless it names one:
+        an int8 fleet gets int8 versions, which it serves, rather than fp32 ones it refuses."""
+        spec, config = built
+        precision = config.precision or ("int8" if self.settings.precision == "int8" else "fp32")
+        return spec, replace(
+            config, precision=precision, int8_keep_ffn_out_fp32=self.settings.int8_keep_ffn_out_fp32
+        )
+
     def _train_single(
         self, job_id: str, payload: dict[str, Any], backbone: Backbone, run: JobRun
     ) -> tuple[dict[str, int], dict[str, Any], dict[str, Any]]:
@@ -302,7 +312,7 @@ class Worker:
         hp = payload.get("hyperparameters") or {}
         train, ev, data = self._splits(payload, task_type, "")
         self._check_labels(task_type, hp, payload.get("labels"), train, ev)
-        spec, config = build_training(task_type, hp, payload.get("labels"))
+        spec, config = self._serving_precision(build_training(task_type, hp, payload.get("labels")))
         mode = payload.get("activate") or "always"
         if mode == "if_better":  # the eval split train_task would make, made here to compare on it
             infer_labels(spec, train)
@@ -370,7 +380,7 @@ class Worker:
             name = t["task"]
             train, ev, data = self._splits(t, t["task_type"], f"tasks[{i}].")
             self._check_labels(t["task_type"], hp, t.get("labels"), train, ev)
-            spec, config = build_training(t["task_type"], hp, t.get("labels"))
+            spec, config = self._serving_precision(build_training(t["task_type"], hp, t.get("labels")))
             if mode == "if_better":  # the eval split train_multitask would make, made here
                 infer_labels(spec, train)
                 train, ev = split_holdout(train, ev, config.holdout_fraction, config.seed)

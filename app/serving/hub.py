@@ -228,10 +228,16 @@ class Hub:
         if have == want:
             return
         if self.settings.precision_mismatch == "refuse":
+            fix = (
+                "Train it for int8 (the training option precision: int8, which a worker with "
+                "PROMPTHUB_PRECISION=int8 uses by default), or set"
+                if want == "int8"
+                else "Set"
+            )
             raise PrecisionMismatchError(
                 f"version {number} of task {name!r} was trained for a {have} backbone and this server "
-                f"runs {want} (PROMPTHUB_PRECISION): its accuracy there is unmeasured. Re-tune it for "
-                f"{want}, or set PROMPTHUB_PRECISION_MISMATCH=warn to serve it anyway"
+                f"runs {want} (PROMPTHUB_PRECISION): its accuracy there is unmeasured. {fix} "
+                "PROMPTHUB_PRECISION_MISMATCH=warn to serve it anyway"
             )
         key = (name, number)
         if key not in self.precision_mismatches and len(self.precision_mismatches) < 10_000:

@@ -218,17 +218,14 @@ def build_engines(names: list[str], args, work: Path) -> tuple[dict[str, Callabl
 
             own = copy.copy(bb)  # its own runtime slot (and its own weights at bf16)
             if name.endswith("bf16"):
-                own.model = copy.deepcopy(bb.model).to(torch.bfloat16)
-                own._adapter = type(bb._adapter)(own.model)
+                own = bb.with_model(copy.deepcopy(bb.model).to(torch.bfloat16))
             runner = attach_compiled(own)
             print(f"{name}: compiled in {runner.compile_seconds:.1f} s", file=sys.stderr, flush=True)
             engines[name] = mixed(own, pool)
         elif name in ("prompthub-torch-bf16", "prompthub-torch-fp16"):
-            half = copy.copy(bb)
-            half.model = copy.deepcopy(bb.model).to(
-                torch.bfloat16 if name.endswith("bf16") else torch.float16
+            half = bb.with_model(
+                copy.deepcopy(bb.model).to(torch.bfloat16 if name.endswith("bf16") else torch.float16)
             )
-            half._adapter = type(bb._adapter)(half.model)
             engines[name] = mixed(half, pool)
         elif name in ("prompthub-onnx-fp32", "prompthub-onnx-int8", "prompthub-onnx-int8-ffnout32"):
             prec = "fp32" if name.endswith("fp32") and "int8" not in name else "int8"

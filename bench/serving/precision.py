@@ -9,6 +9,12 @@ onnx fp32 (equals torch fp32 to 1e-4 on logits: tests/engine/test_onnx_runtime.p
 with dynamic activation quantization, and onnx int8 with static activation ranges calibrated on
 real text of the shipped tasks' TRAIN splits run with their prefixes (never the eval data).
 Writes bench/results/precision.{json,md}.
+
+`<engine>+retune` scores the task re-tuned for that int8 graph first: its shipped prefix and head
+trained on for `--retune-epochs` more epochs against the simulated int8 backbone
+(app.engine.int8_sim, the training option `precision: int8`) on the training sample the shipped
+version was trained on, at `--retune-lr-scale` times its learning rate; `<engine>+retune-fp32` is
+the control: the same extra epochs in fp32, so a gain that is only more training shows there too.
 """
 
 from __future__ import annotations
@@ -62,6 +68,34 @@ def calibration_reader(backbone, tasks: dict, per_task: int = 64, batch_size: in
     return O.CalibrationReader(O.calibration_batches(backbone, batches))
 
 
+def retune(backbone, task, meta: dict, precision: str, keep_ffn_out_fp32: bool, epochs: int, lr_scale: float):
+    """The shipped `task` trained on (prefix and head) for `epochs` epochs for `precision`."""
+    import copy
+
+    from app.engine.data import parse_records
+    from app.engine.train import train_task
+    from app.engine.train_config import TrainConfig
+    from bench.datasets import load_split
+
+    b, t = meta["training"]["budget"], meta["training"]["train"]
+    examples = parse_records(load_split(b["dataset"], b["train_split"], b["n_train"], seed=0), b["task_type"])
+    config = TrainConfig(
+        epochs=epochs,
+        lr=t["lr"] * lr_scale,
+        batch_size=t["batch_size"],
+        seed=t["seed"],
+        early_stopping_patience=0,
+        holdout_fraction=0.0,
+        refit=False,
+        precision=precision,
+        int8_keep_ffn_out_fp32=keep_ffn_out_fp32,
+    )
+    t0 = time.perf_counter()
+    result = train_task(backbone, copy.deepcopy(task.spec), examples, None, config, init_kv=task)
+    print(f"[retune] {task.spec.task_type} for {precision}: {time.perf_counter() - t0:.0f}s", flush=True)
+    return result.task
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.serving.precision", description=__doc__.split("\n")[0])
     p.add_argument("--tasks", default=",".join(n for n in SHIPPED if (ROOT / "prompts_store" / n).is_dir()))
@@ -70,6 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--engines", default="onnx-fp32,onnx-int8,onnx-int8-static")
     p.add_argument("--cache-dir", default=str(ROOT / "var" / "onnx"))
+    p.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        metavar="TASK:PATH:LABEL",
+        help="also score this checkpoint (e.g. one trained with `prompthub train --precision int8`) on "
+        "shipped TASK's evaluation set, as the row 'TASK (LABEL)'; repeatable",
+    )
+    p.add_argument("--retune-epochs", type=int, default=2, help="extra epochs of a +retune engine")
+    p.add_argument("--retune-lr-scale", type=float, default=0.3, help="x the shipped learning rate")
     p.add_argument("--out", default=None)
     p.add_argument("--name", default="precision")
     args = p.parse_args(argv)
@@ -89,10 +133,15 @@ def main(argv: list[str] | None = None) -> int:
     for n in names:
         path = ROOT / "prompts_store" / n / "v0001.safetensors"
         tasks[n] = (load_checkpoint(path, bb), read_metadata(path))
+    extra = {}
+    for spec in args.checkpoint:
+        like, path, label = spec.split(":", 2)
+        shipped = ROOT / "prompts_store" / like / "v0001.safetensors"
+        extra[f"{like} ({label})"] = (load_checkpoint(path, bb), read_metadata(shipped))
     engines = [e for e in args.engines.split(",") if e]
     runners = {}
     t0 = time.perf_counter()
-    for e in engines:
+    for e in {e.partition("+")[0] for e in engines}:
         if e == "torch-fp32":
             runners[e] = None
         elif e == "onnx-fp32":
@@ -110,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[setup] {time.perf_counter() - t0:.1f}s", flush=True)
 
     rows = []
-    for n, (task, meta) in tasks.items():
+    for n, (task, meta) in {**tasks, **extra}.items():
         limit = args.squad_eval if n == "squad" and args.squad_eval else args.max_eval
         examples, metric, budget = _eval_set(meta, limit)
         row = {
@@ -118,13 +167,26 @@ def main(argv: list[str] | None = None) -> int:
             "metric": metric,
             "eval_split": budget["eval_split"],
             "n_eval": len(examples),
-            "shipped": meta["metrics"].get(metric),
+            "shipped": None if n in extra else meta["metrics"].get(metric),
         }
+        retuned: dict[tuple[str, bool], object] = {}
         for e in engines:
-            bb.runtime = runners[e]
+            runner_name, _, how = e.partition("+")
+            scored = task
+            if how:  # re-tuned for this graph (or, the control, for fp32) before scoring
+                precision = "fp32" if how == "retune-fp32" else "int8"
+                keep = runner_name.endswith("ffnout32")
+                key = (precision, keep and precision == "int8")
+                if key not in retuned:
+                    bb.runtime = None
+                    retuned[key] = retune(
+                        bb, task, meta, precision, keep, args.retune_epochs, args.retune_lr_scale
+                    )
+                scored = retuned[key]
+            bb.runtime = runners[runner_name]
             t = time.perf_counter()
             with torch.inference_mode():
-                m = evaluate(bb, task, examples, batch_size=32)
+                m = evaluate(bb, scored, examples, batch_size=32)
             row[e] = m[metric]
             row[f"{e}_s"] = time.perf_counter() - t
             print(f"[{n}] {e}: {metric} {m[metric]:.4f} ({row[f'{e}_s']:.0f}s)", flush=True)
@@ -138,7 +200,9 @@ def main(argv: list[str] | None = None) -> int:
         "# Shipped tasks' accuracy by backbone precision",
         "",
         f"Command: `python -m bench.serving.precision {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
-        "Same prefix and head (trained in fp32), only the frozen backbone's runtime/precision changes. "
+        "Same prefix and head (trained in fp32), only the frozen backbone's runtime/precision changes "
+        f"(`+retune`: first trained {args.retune_epochs} more epochs for that int8 graph at "
+        f"{args.retune_lr_scale}x the shipped learning rate; `+retune-fp32`: the same in fp32). "
         "int8: per-channel int8 weights of the projections and feed-forward; `dynamic`: activation ranges "
         "per batch; `static`: ranges calibrated on train-split text of the shipped tasks run with their "
         "prefixes. Points; delta against onnx fp32 on the same examples.",
@@ -151,7 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         base = pts(r.get(engines[0]))
         table.append(
-            [r["task"], r["metric"], f"{r['eval_split']} ({r['n_eval']})", f"{pts(r['shipped']):.2f}"]
+            [
+                r["task"],
+                r["metric"],
+                f"{r['eval_split']} ({r['n_eval']})",
+                "-" if r["shipped"] is None else f"{pts(r['shipped']):.2f}",
+            ]
             + [f"{pts(r[e]):.2f}" for e in engines]
             + [f"{pts(r[e]) - base:+.2f}" for e in engines[1:]]
         )
