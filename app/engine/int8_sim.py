@@ -18,8 +18,7 @@ from fp32, because float rounding differences (ORT's GELU, its summation order) 
 quantization steps that later layers carry on. What training sees is int8's kind of error, not its
 exact values. The same projections
 as the served graph are quantized: every attention and feed-forward projection, except each
-feed-forward output projection when the server keeps it in fp32 (PROMPTHUB_INT8_KEEP_FFN_OUT_FP32,
-the default). The attention's own products (where the prefixes enter) stay fp32 on both sides.
+feed-forward output projection when the server keeps it in fp32 (PROMPTHUB_INT8_KEEP_FFN_OUT_FP32). The attention's own products (where the prefixes enter) stay fp32 on both sides.
 The version records `"precision": "int8"`, so an int8 server serves it and an fp32 one refuses it.
 BERT family only, as the ONNX runtime.
 """
@@ -44,7 +43,11 @@ class Int8Linear(nn.Module):
         w = linear.weight.detach().float()  # [out, in]
         scale = (w.abs().amax(dim=1) / 127).clamp_min(1e-12)
         zero = torch.zeros(w.shape[0], dtype=torch.int32, device=w.device)
-        self.register_buffer("weight", torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -127, 127))
+        # a frozen parameter, not a buffer: the copy counts the backbone's parameters as the original
+        # does (a run's trainable fraction is of the backbone)
+        self.weight = nn.Parameter(
+            torch.fake_quantize_per_channel_affine(w, scale, zero, 0, -127, 127), requires_grad=False
+        )
         self.bias = (
             None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         )
@@ -64,7 +67,7 @@ def fake_quant_activations(x: Tensor) -> Tensor:
     return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)
 
 
-def quantized_linears(backbone: Backbone, keep_ffn_out_fp32: bool = True) -> list[str]:
+def quantized_linears(backbone: Backbone, keep_ffn_out_fp32: bool = False) -> list[str]:
     """Names (in `backbone.model`) of the projections the served int8 graph quantizes."""
     names = []
     for i, layer in enumerate(backbone._adapter.layers()):
@@ -79,7 +82,7 @@ def quantized_linears(backbone: Backbone, keep_ffn_out_fp32: bool = True) -> lis
     return names
 
 
-def simulated(backbone: Backbone, keep_ffn_out_fp32: bool = True) -> Backbone:
+def simulated(backbone: Backbone, keep_ffn_out_fp32: bool = False) -> Backbone:
     """A copy of `backbone` (same tokenizer and identity, its own module tree) whose layer loop
     computes in simulated int8; the original is untouched (a server may share it)."""
     if backbone.model_type not in BERT_FAMILY:
@@ -97,7 +100,7 @@ def simulated(backbone: Backbone, keep_ffn_out_fp32: bool = True) -> Backbone:
     return sim
 
 
-def for_training(backbone: Backbone, precision: str | None, keep_ffn_out_fp32: bool = True) -> Backbone:
+def for_training(backbone: Backbone, precision: str | None, keep_ffn_out_fp32: bool = False) -> Backbone:
     """The backbone a run trains against: the simulated int8 copy for precision "int8" (made once:
     a copy passed back in is returned as it is), else `backbone` itself."""
     if precision != "int8" or getattr(backbone, "int8_simulated", False):

@@ -46,7 +46,7 @@ class TrainConfig:
     precision: str | None = default("precision")
     #: int8: the served graph keeps each feed-forward output projection in fp32 (the server's
     #: PROMPTHUB_INT8_KEEP_FFN_OUT_FP32, which a worker copies here)
-    int8_keep_ffn_out_fp32: bool = True
+    int8_keep_ffn_out_fp32: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -127,10 +127,14 @@ def product_defaults(task_type: str) -> dict:
 
     spec, config = build_training(task_type, {}, None)
     spec_d = {k: v for k, v in spec.to_dict().items() if k != "labels"}
+    train = config.to_dict()
+    if config.precision in (None, "fp32"):  # the int8 training fields change nothing in an fp32 run
+        train.pop("precision", None)
+        train.pop("int8_keep_ffn_out_fp32", None)
     return {
         "product_defaults": True,
         "spec": spec_d,
-        "train": config.to_dict(),
+        "train": train,
         "max_holdout": MAX_HOLDOUT_EXAMPLES,
     }
 

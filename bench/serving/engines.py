@@ -406,8 +406,8 @@ LABELS = {
     "prompthub-compile-fp32": "PromptHub torch.compile fp32, {n}-task mixed batch",
     "prompthub-compile-bf16": "PromptHub torch.compile bf16 (fp32 heads), {n}-task mixed batch",
     "prompthub-onnx-fp32": "PromptHub onnx fp32, {n}-task mixed batch",
-    "prompthub-onnx-int8": "PromptHub onnx int8 (every projection), {n}-task mixed batch",
-    "prompthub-onnx-int8-ffnout32": "PromptHub onnx int8, FFN output fp32 (served default), {n}-task mixed batch",
+    "prompthub-onnx-int8": "PromptHub onnx int8, every projection (served default), {n}-task mixed batch",
+    "prompthub-onnx-int8-ffnout32": "PromptHub onnx int8, FFN output fp32 (INT8_KEEP_FFN_OUT_FP32), {n}-task mixed batch",
     "peft-lora-mixed": "PEFT LoRA r=8, {n} adapters, mixed-adapter batch (adapter_names)",
     "peft-prefix-switch": "PEFT prefix tuning, {n} adapters, set_adapter per task in the batch",
 }

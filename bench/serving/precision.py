@@ -20,6 +20,7 @@ the control: the same extra epochs in fp32, so a gain that is only more training
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -199,11 +200,17 @@ def main(argv: list[str] | None = None) -> int:
     md = [
         "# Shipped tasks' accuracy by backbone precision",
         "",
-        f"Command: `python -m bench.serving.precision {' '.join(argv if argv is not None else sys.argv[1:])}`  ",
+        f"Command: `python -m bench.serving.precision {shlex.join(argv if argv is not None else sys.argv[1:])}`  ",
         "Same prefix and head (trained in fp32), only the frozen backbone's runtime/precision changes "
         f"(`+retune`: first trained {args.retune_epochs} more epochs for that int8 graph at "
         f"{args.retune_lr_scale}x the shipped learning rate; `+retune-fp32`: the same in fp32). "
-        "int8: per-channel int8 weights of the projections and feed-forward; `dynamic`: activation ranges "
+        + (
+            "Rows `task (label)`: another checkpoint (`--checkpoint`), trained as its label says, scored "
+            "on that task's evaluation set. "
+            if extra
+            else ""
+        )
+        + "int8: per-channel int8 weights of the projections and feed-forward; `dynamic`: activation ranges "
         "per batch; `static`: ranges calibrated on train-split text of the shipped tasks run with their "
         "prefixes. Points; delta against onnx fp32 on the same examples.",
         "",

@@ -59,6 +59,7 @@ def test_the_shared_backbone_is_left_alone_and_the_copy_made_once(bb):
     assert all(isinstance(m, nn.Linear) for n, m in bb.model.named_modules() if n.endswith("query"))
     assert any(isinstance(m, Q.Int8Linear) for m in sim.model.modules())
     assert sim.identity == bb.identity and sim.tokenizer is bb.tokenizer
+    assert sim.num_parameters() == bb.num_parameters()  # a run's trainable fraction is of the backbone
     after = bb.model.state_dict()
     assert all(torch.equal(before[n], after[n]) for n in before)
 
@@ -70,6 +71,7 @@ def test_a_run_for_int8_trains_its_prompt_through_the_simulation(bb):
     assert result.history[-1]["loss"] < result.history[0]["loss"]  # the straight-through gradient
     fp32 = train_task(bb, TaskSpec("classification", prefix_length=8), data, sentiment(80, 1), FAST)
     assert not torch.equal(result.task.kv, fp32.task.kv)  # it trained against other numbers
+    assert result.trainable_fraction == fp32.trainable_fraction  # of the same backbone
     with pytest.raises(ValueError, match="not with fine-tuning"):
         train_task(bb, TaskSpec("classification", method="fine-tuning"), data, None, cfg)
 

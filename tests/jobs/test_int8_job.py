@@ -41,7 +41,7 @@ def test_precision_int8_trains_for_the_int8_backbone_and_the_version_says_so(cli
     before = {n: p.clone() for n, p in tiny_backbone.model.state_dict().items()}
     training, task = _train(client, settings, settings, tiny_backbone, "for-int8", precision="int8")
     assert recorded_precision(task) == "int8" and training["config"]["precision"] == "int8"
-    assert training["config"]["int8_keep_ffn_out_fp32"] is True  # the served graph it trained for
+    assert training["config"]["int8_keep_ffn_out_fp32"] is False  # the served graph it trained for
     training, task = _train(client, settings, settings, tiny_backbone, "for-fp32")
     assert recorded_precision(task) == "fp32" and training["config"]["precision"] == "fp32"
     after = tiny_backbone.model.state_dict()  # the worker's (shared) backbone was never touched
@@ -50,10 +50,10 @@ def test_precision_int8_trains_for_the_int8_backbone_and_the_version_says_so(cli
 
 def test_a_worker_of_an_int8_fleet_trains_for_int8_unless_told_otherwise(client, settings, tiny_backbone):
     fleet = settings.model_copy(
-        update={"runtime": "onnx", "precision": "int8", "int8_keep_ffn_out_fp32": False}
+        update={"runtime": "onnx", "precision": "int8", "int8_keep_ffn_out_fp32": True}
     )
     training, task = _train(client, settings, fleet, tiny_backbone, "fleet-default")
-    assert recorded_precision(task) == "int8" and training["config"]["int8_keep_ffn_out_fp32"] is False
+    assert recorded_precision(task) == "int8" and training["config"]["int8_keep_ffn_out_fp32"] is True
     training, task = _train(client, settings, fleet, tiny_backbone, "fleet-fp32", precision="fp32")
     assert recorded_precision(task) == "fp32"
 
