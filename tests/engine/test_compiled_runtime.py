@@ -76,12 +76,12 @@ def test_no_grad_inference_runs_the_eager_loop():
         bb.runtime = None
 
 
-def test_no_compiler_on_a_cpu_is_said_at_attach_with_the_fix(monkeypatch):
+def test_no_compiler_on_a_cpu_is_said_at_attach_with_the_fix():
     """Without a C++ compiler inductor fails inside its first compilation; attach says so first."""
     from torch._inductor import config as inductor_config
 
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "no-such-c++-compiler"))
     bb = make_tiny_backbone(name="tiny-compile-nocxx")
-    with pytest.raises(RuntimeError, match=r"needs a C\+\+ compiler.*COMPILER=1.*RUNTIME=torch or onnx"):
-        C.attach(bb)
+    with inductor_config.patch({"cpp.cxx": (None, "no-such-c++-compiler")}):
+        with pytest.raises(RuntimeError, match=r"needs a C\+\+ compiler.*COMPILER=1.*RUNTIME=torch or onnx"):
+            C.attach(bb)
     assert bb.runtime is None
