@@ -94,41 +94,21 @@ def _forward_fn(engine: str, doc: dict, heads: Heads, device: str, threads: int)
 
         return bb.tokenizer, run
     if engine in ("ort-fp32", "ort-int8"):
-        import onnxruntime as ort
-
-        from bench.serving.engines import _export_bare
+        from bench.serving.engines import ort_bare_session
 
         # each server its own files: two starting side by side must not write one file at once
-        path = Path(doc["work"]) / f"peer-{engine}-fp32.onnx"
-        _export_bare(model, path)
-        if engine == "ort-int8":
-            from onnxruntime.quantization import quantize_dynamic
-
-            q = path.with_name(f"peer-{engine}.onnx")
-            quantize_dynamic(str(path), str(q))
-            path = q
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        sess = ort_bare_session(
+            model, Path(doc["work"]), engine == "ort-int8", threads, stem=f"peer-{engine}"
+        )
 
         def run(enc, tasks):
             return torch.from_numpy(sess.run(None, {k: v.numpy() for k, v in enc.items()})[0])
 
         return bb.tokenizer, run
     if engine == "lora":
-        from peft import LoraConfig, get_peft_model
+        from bench.serving.engines import lora_model
 
-        cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0)
-        names = list(heads.linear)
-        pm = get_peft_model(model, cfg, adapter_name=names[0])
-        for name in names[1:]:
-            pm.add_adapter(name, cfg)
-        g = torch.Generator().manual_seed(0)
-        with torch.no_grad():  # LoRA B starts at zero; random B makes every adapter do real work
-            for pname, p in pm.named_parameters():
-                if "lora_B" in pname:
-                    p.copy_(torch.randn(p.shape, generator=g) * 0.02)
-        pm.eval()
+        pm = lora_model(model, list(heads.linear))
 
         def run(enc, tasks):
             with torch.inference_mode():

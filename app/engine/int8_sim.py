@@ -16,11 +16,11 @@ so the prefix and head learn against the numerics they will be served with. On o
 equals ONNX Runtime's output to 5e-6; over six layers the two drift apart about as far as int8 is
 from fp32, because float rounding differences (ORT's GELU, its summation order) flip single
 quantization steps that later layers carry on. What training sees is int8's kind of error, not its
-exact values. The same projections
-as the served graph are quantized: every attention and feed-forward projection, except each
-feed-forward output projection when the server keeps it in fp32 (PROMPTHUB_INT8_KEEP_FFN_OUT_FP32). The attention's own products (where the prefixes enter) stay fp32 on both sides.
-The version records `"precision": "int8"`, so an int8 server serves it and an fp32 one refuses it.
-BERT family only, as the ONNX runtime.
+exact values. The same projections as the served graph are quantized: every attention and
+feed-forward projection, except each feed-forward output projection when the server keeps it in
+fp32 (PROMPTHUB_INT8_KEEP_FFN_OUT_FP32). The attention's own products (where the prefixes enter)
+stay fp32 on both sides. The version records `"precision": "int8"`, so an int8 server serves it
+and an fp32 one refuses it. BERT family only, as the ONNX runtime.
 """
 
 from __future__ import annotations
@@ -60,8 +60,8 @@ def fake_quant_activations(x: Tensor) -> Tensor:
     """uint8 per-tensor quantization with 0 in range (ONNX DynamicQuantizeLinear), then back to float;
     the gradient passes straight through."""
     with torch.no_grad():
-        lo = x.min().clamp(max=0).float()
-        hi = x.max().clamp(min=0).float()
+        lo, hi = torch.aminmax(x)  # one pass over the tensor for both
+        lo, hi = lo.clamp(max=0).float(), hi.clamp(min=0).float()
         scale = ((hi - lo) / 255).clamp_min(1e-12)
         zero = (-lo / scale).round().clamp(0, 255).to(torch.int32)
     return torch.fake_quantize_per_tensor_affine(x, scale, zero, 0, 255)

@@ -130,6 +130,45 @@ def _export_bare(model, path: Path) -> None:
         )
 
 
+def ort_bare_session(model, work: Path, int8: bool, threads: int, stem: str = "bare"):
+    """An ONNX Runtime session of the bare `model` (exported once to `work/<stem>-fp32.onnx`; int8:
+    onnxruntime's quantize_dynamic with its defaults, once, to `<stem>-int8.onnx`)."""
+    import onnxruntime as ort
+
+    path = work / f"{stem}-fp32.onnx"
+    if not path.exists():
+        _export_bare(model, path)
+    if int8:
+        from onnxruntime.quantization import quantize_dynamic
+
+        q = work / f"{stem}-int8.onnx"
+        if not q.exists():
+            quantize_dynamic(str(path), str(q))
+        path = q
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def lora_model(model, adapter_names: list[str]):
+    """PEFT LoRA r=8 on query/value over `model` (wrapped in place), one adapter per name, each B
+    matrix random (seeded: LoRA's B starts at zero, and a random one makes every adapter do real
+    work)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0)
+    pm = get_peft_model(model, cfg, adapter_name=adapter_names[0])
+    for name in adapter_names[1:]:
+        pm.add_adapter(name, cfg)
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for pname, p in pm.named_parameters():
+            if "lora_B" in pname:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+    return pm.eval()
+
+
 def build_engines(names: list[str], args, work: Path) -> tuple[dict[str, Callable[[dict], object]], object]:
     """(name -> fn(batch) running one forward of that engine on a tokenised batch, tokenizer)."""
     import copy
@@ -191,20 +230,7 @@ def build_engines(names: list[str], args, work: Path) -> tuple[dict[str, Callabl
         elif name == "hf-bf16":
             engines[name] = hf_run(copy.deepcopy(hf).to(torch.bfloat16))
         elif name in ("ort-fp32-bare", "ort-int8-bare"):
-            import onnxruntime as ort
-
-            path = work / "bare-fp32.onnx"
-            if not path.exists():
-                _export_bare(hf, path)
-            if name == "ort-int8-bare":
-                from onnxruntime.quantization import quantize_dynamic
-
-                q = work / "bare-int8.onnx"
-                quantize_dynamic(str(path), str(q))
-                path = q
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+            sess = ort_bare_session(hf, work, name == "ort-int8-bare", threads)
 
             def ort_run(batch, sess=sess):
                 feeds = {k: v.numpy() for k, v in batch.items()}
@@ -246,17 +272,8 @@ def _peft_lora(hf, n_adapters: int, rng: random.Random):
     import copy
 
     import torch
-    from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0)
-    model = get_peft_model(copy.deepcopy(hf), cfg, adapter_name="a0")
-    for i in range(1, n_adapters):
-        model.add_adapter(f"a{i}", cfg)
-    with torch.no_grad():  # LoRA B starts at zero; random B makes every adapter do real work
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.02)
-    model.eval()
+    model = lora_model(copy.deepcopy(hf), [f"a{i}" for i in range(n_adapters)])
 
     def run(batch):
         n = batch["input_ids"].shape[0]
