@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     #: seconds an idle HTTP keep-alive connection stays open (uvicorn's default of 5 s lets a busy
     #: client reuse a connection the server is closing, which it sees as a read error)
     keep_alive_s: float = 30.0
+    #: run the per-token work of a padded batch on its real tokens only (torch and compile
+    #: runtimes; the ONNX graph always does): false runs every padded position, as before
+    pack_tokens: bool = True
     #: intra-op threads for torch (unset: torch's default, one per core)
     torch_threads: int | None = None
 

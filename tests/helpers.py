@@ -78,6 +78,13 @@ def collate_texts(bb, texts) -> dict:
     return collate([{"input_ids": bb.tokenizer(t)["input_ids"]} for t in texts], 0)
 
 
+def tokens_only(rows, batch) -> list:
+    """Each row's logits at its tokens only, as the server delivers them (a token-level head's
+    output at pad positions means nothing: the packed layer loop leaves zeros there)."""
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    return [r[:n] if r.dim() >= 2 else r for r, n in zip(rows, lengths, strict=True)]
+
+
 #: the one tiny backbone of the tests: a random 4-layer encoder of any supported architecture
 TINY = dict(
     vocab_size=30522,

@@ -25,6 +25,9 @@ def _additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
 class _Adapter:
     """How to run one architecture's layers with prefixes. Subclasses hold no parameters."""
 
+    #: whether `layer_packed` runs a layer on the packed tokens (see Packing)
+    packs = False
+
     def __init__(self, model: nn.Module):
         self.model = model
         self.config = model.config
@@ -56,6 +59,38 @@ class _Adapter:
         return hidden
 
 
+class Packing:
+    """The real tokens of a padded batch as one sequence [N, H] (N: the tokens its mask keeps).
+
+    Every step of an encoder layer but attention reads one token at a time (the projections, the
+    feed-forward, the layer norms: most of the work), so those steps run on the packed tokens and
+    skip the padding, which the plain forward computes and throws away. Attention takes its
+    queries, keys and values back to the padded [B, L] layout, masked as before; its output is
+    packed again. A token's result is the same as in the padded forward; pad positions come
+    back as zeros.
+    """
+
+    def __init__(self, token_mask: Tensor, index: Tensor | None = None) -> None:
+        """index: the tokens' flat positions in [B * L], when found already (a compiled graph
+        takes them as an input)."""
+        b, n = token_mask.shape
+        self.rows, self.length = b, n
+        self.index = token_mask.reshape(-1).nonzero().squeeze(1) if index is None else index
+
+    @property
+    def tokens(self) -> int:
+        return self.index.shape[0]
+
+    def pack(self, x: Tensor) -> Tensor:
+        """[B, L, D] -> [N, D]"""
+        return x.reshape(self.rows * self.length, x.shape[-1]).index_select(0, self.index)
+
+    def unpack(self, x: Tensor) -> Tensor:
+        """[N, D] -> [B, L, D], zeros at the pad positions"""
+        out = x.new_zeros(self.rows * self.length, x.shape[-1])
+        return out.index_copy(0, self.index, x).view(self.rows, self.length, x.shape[-1])
+
+
 def _split_heads(x: Tensor, heads: int) -> Tensor:
     b, n, _ = x.shape
     return x.view(b, n, heads, -1).transpose(1, 2)
@@ -78,23 +113,35 @@ class _BertFamily(_Adapter):
         project = getattr(self.model, "embeddings_project", None)
         return project(out) if project is not None else out
 
+    packs = True
+
     def layer(self, i, hidden, kv, key_mask, ctx):
         layer = self.layers()[i]
         sa = layer.attention.self
+        attn = self._attend(sa, sa.query(hidden), sa.key(hidden), sa.value(hidden), kv, key_mask)
+        attn_out = layer.attention.output(attn, hidden)
+        return layer.output(layer.intermediate(attn_out), attn_out)
+
+    def layer_packed(self, i, x, packing, kv, key_mask, ctx):
+        layer = self.layers()[i]
+        sa = layer.attention.self
+        q, k, v = (packing.unpack(f(x)) for f in (sa.query, sa.key, sa.value))
+        attn = packing.pack(self._attend(sa, q, k, v, kv, key_mask))
+        attn_out = layer.attention.output(attn, x)
+        return layer.output(layer.intermediate(attn_out), attn_out)
+
+    def _attend(self, sa, q, k, v, kv, key_mask):
+        """[B, L, H] projections (+ the prefix's keys and values) -> attention output [B, L, H]"""
         heads = sa.num_attention_heads
-        q = _split_heads(sa.query(hidden), heads)
-        k = sa.key(hidden)
-        v = sa.value(hidden)
         if kv is not None:
             k = torch.cat([kv[0], k], dim=1)
             v = torch.cat([kv[1], v], dim=1)
-        k, v = _split_heads(k, heads), _split_heads(v, heads)
+        q, k, v = _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads)
         p = sa.dropout.p if self.model.training else 0.0
         attn = F.scaled_dot_product_attention(
             q, k, v, attn_mask=_additive_mask(key_mask, q.dtype), dropout_p=p
         )
-        attn_out = layer.attention.output(_merge_heads(attn), hidden)
-        return layer.output(layer.intermediate(attn_out), attn_out)
+        return _merge_heads(attn)
 
 
 class _MPNet(_Adapter):
@@ -104,24 +151,35 @@ class _MPNet(_Adapter):
     def context(self, hidden, attention_mask):
         return {"bias": self.model.encoder.compute_position_bias(hidden)}
 
+    packs = True
+
     def layer(self, i, hidden, kv, key_mask, ctx):
         layer = self.layers()[i]
         a = layer.attention.attn
+        attn = self._attend(a, a.q(hidden), a.k(hidden), a.v(hidden), kv, key_mask, ctx)
+        attn_out = layer.attention.LayerNorm(layer.attention.dropout(a.o(attn)) + hidden)
+        return layer.output(layer.intermediate(attn_out), attn_out)
+
+    def layer_packed(self, i, x, packing, kv, key_mask, ctx):
+        layer = self.layers()[i]
+        a = layer.attention.attn
+        q, k, v = (packing.unpack(f(x)) for f in (a.q, a.k, a.v))
+        attn = packing.pack(self._attend(a, q, k, v, kv, key_mask, ctx))
+        attn_out = layer.attention.LayerNorm(layer.attention.dropout(a.o(attn)) + x)
+        return layer.output(layer.intermediate(attn_out), attn_out)
+
+    def _attend(self, a, q, k, v, kv, key_mask, ctx):
         heads = a.num_attention_heads
-        q = _split_heads(a.q(hidden), heads)
-        k, v = a.k(hidden), a.v(hidden)
         bias = ctx["bias"]
         if kv is not None:
             k = torch.cat([kv[0], k], dim=1)
             v = torch.cat([kv[1], v], dim=1)
             bias = F.pad(bias, (kv[0].shape[1], 0))  # prefix keys: no position bias
-        k, v = _split_heads(k, heads), _split_heads(v, heads)
+        q, k, v = _split_heads(q, heads), _split_heads(k, heads), _split_heads(v, heads)
         mask = bias + _additive_mask(key_mask, q.dtype)
         p = a.dropout.p if self.model.training else 0.0
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        o = a.o(_merge_heads(attn))
-        attn_out = layer.attention.LayerNorm(layer.attention.dropout(o) + hidden)
-        return layer.output(layer.intermediate(attn_out), attn_out)
+        return _merge_heads(attn)
 
 
 class _DebertaV2(_Adapter):

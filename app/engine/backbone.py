@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from app.engine.architectures import ADAPTERS, SUPPORTED_MODEL_TYPES
+from app.engine.architectures import ADAPTERS, SUPPORTED_MODEL_TYPES, Packing
 
 #: Names that resolve to a backbone shipped in a registry package (see README, "Backbones").
 BACKBONE_ALIASES = {
@@ -137,6 +137,11 @@ def _weights_sha256(model: nn.Module) -> str:
     return h.hexdigest()
 
 
+#: the layer loop packs a batch's tokens when fewer than this share of its positions are tokens
+#: (packing costs a gather and scatter around attention: about 2% at 96% tokens)
+PACK_BELOW_FILL = 0.9
+
+
 class Backbone(nn.Module):
     """A pretrained encoder, frozen unless asked otherwise, with prefix-aware forward."""
 
@@ -164,6 +169,11 @@ class Backbone(nn.Module):
         #: another runtime for the layer loop in inference (app.engine.onnx_runtime.attach);
         #: None: torch. Training (grad enabled or train mode) always runs the torch loop.
         self.runtime = None
+        #: run the per-token work on the real tokens only when a batch is padded (see Packing):
+        #: the layer loop packs when fewer than `pack_below_fill` of the batch's positions are
+        #: tokens (inf: every batch, as the compiled and ONNX loops do)
+        self.pack_tokens: bool = True
+        self.pack_below_fill: float = PACK_BELOW_FILL
         self.freeze()
 
     def _kv_size(self) -> int:
@@ -315,11 +325,22 @@ class Backbone(nn.Module):
             hidden = self.layer_loop(hidden, token_mask, prefix)
         return hidden[:, n_prompt:] if n_prompt else hidden
 
+    def packing(self, token_mask: Tensor) -> Packing | None:
+        """How the layer loop packs this batch's tokens, or None to run it padded: packing pays
+        when padding is more than a little of the batch (measured on MiniLM, eager, 64-task
+        mixed batches: 2.1x at 35% tokens, 2.4x at 32%, 0.98x at 96%)."""
+        if not (self.pack_tokens and self._adapter.packs):
+            return None
+        packing = Packing(token_mask)
+        return packing if packing.tokens < self.pack_below_fill * token_mask.numel() else None
+
     def layer_loop(self, hidden: Tensor, token_mask: Tensor, prefix: PrefixBatch | None) -> Tensor:
         """The encoder's layers in eager torch: embeddings [B, L, H] -> last hidden states."""
         adapter = self._adapter
         embedded = hidden
         ctx = adapter.context(hidden, token_mask)
+        packing = self.packing(token_mask)
+        x = packing.pack(hidden) if packing is not None else None  # (packing adapters: no after_layer)
         # the prefix masks in the token mask's dtype, and which layers any row uses, once per
         # forward (one host sync instead of one a layer)
         layer_masks = used = None
@@ -332,9 +353,12 @@ class Backbone(nn.Module):
             if layer_masks is not None and used[i]:
                 kv = (prefix.kv[i, 0].to(hidden.dtype), prefix.kv[i, 1].to(hidden.dtype))
                 key_mask = torch.cat([layer_masks[i], token_mask], dim=1)
-            hidden = adapter.layer(i, hidden, kv, key_mask, ctx)
-            hidden = adapter.after_layer(i, hidden, embedded, token_mask)
-        return hidden
+            if packing is not None:
+                x = adapter.layer_packed(i, x, packing, kv, key_mask, ctx)
+            else:
+                hidden = adapter.layer(i, hidden, kv, key_mask, ctx)
+                hidden = adapter.after_layer(i, hidden, embedded, token_mask)
+        return packing.unpack(x) if packing is not None else hidden
 
     def _offset_rows(
         self, hidden: Tensor, input_ids: Tensor, token_type_ids: Tensor | None, offsets: Sequence[int]

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from app.engine.architectures import Packing
 from app.engine.backbone import Backbone, PrefixBatch
 
 log = logging.getLogger(__name__)
@@ -52,14 +53,25 @@ class CompiledLayerLoop:
         adapter = backbone._adapter
         n_layers = backbone.num_layers
 
-        def loop(hidden: Tensor, token_mask: Tensor, kv: Tensor, prefix_mask: Tensor) -> Tensor:
+        #: the real tokens only through the per-token work (architectures.Packing), in every batch:
+        #: one graph, and in a compiled loop the gather and scatter cost little even without padding
+        self.packs = adapter.packs and backbone.pack_tokens
+
+        def loop(
+            hidden: Tensor, token_mask: Tensor, kv: Tensor, prefix_mask: Tensor, index: Tensor
+        ) -> Tensor:
             ctx = adapter.context(hidden, token_mask)
+            packing = Packing(token_mask, index) if self.packs else None
+            x = packing.pack(hidden) if packing is not None else None
             embedded = hidden
             for i in range(n_layers):
                 key_mask = torch.cat([prefix_mask[i], token_mask], dim=1)
-                hidden = adapter.layer(i, hidden, (kv[i, 0], kv[i, 1]), key_mask, ctx)
-                hidden = adapter.after_layer(i, hidden, embedded, token_mask)
-            return hidden
+                if packing is not None:
+                    x = adapter.layer_packed(i, x, packing, (kv[i, 0], kv[i, 1]), key_mask, ctx)
+                else:
+                    hidden = adapter.layer(i, hidden, (kv[i, 0], kv[i, 1]), key_mask, ctx)
+                    hidden = adapter.after_layer(i, hidden, embedded, token_mask)
+            return packing.unpack(x) if packing is not None else hidden
 
         import torch._inductor.config as inductor_config
 
@@ -74,10 +86,14 @@ class CompiledLayerLoop:
             self.eager_calls += 1
             return backbone.layer_loop(hidden, token_mask, prefix)
         kv, mask = padded_prefix(backbone, hidden, prefix)
+        # the packed tokens' positions (found here: a data-dependent size inside the graph would
+        # break it); a one-element stand-in when the loop does not pack
+        index = Packing(token_mask).index if self.packs else token_mask.new_zeros(1)
         # the graphs take inference tensors only (their guards check it): an input made before
         # inference mode (the masks of a batch collated outside it) is copied, which is cheap
         inputs = tuple(
-            t if t.is_inference() else t.clone() for t in (hidden, token_mask, kv, mask.to(token_mask.dtype))
+            t if t.is_inference() else t.clone()
+            for t in (hidden, token_mask, kv, mask.to(token_mask.dtype), index)
         )
         for t, dims in zip(inputs, _DYNAMIC_DIMS, strict=True):
             for d in dims:
@@ -90,13 +106,16 @@ class CompiledLayerLoop:
 
     def warm_up(self, backbone: Backbone) -> float:
         """Compile the many-row and the one-row graph now; returns the seconds it took. The sizes
-        (batch 3, length 5, 2 slots) differ from each other, so no two axes share a symbol."""
+        (batch 3, length 5, 2 slots, 12 tokens) differ from each other, so no two axes share a
+        symbol (one row has as many tokens as its length, whatever the batch)."""
         t0 = time.monotonic()
         device = backbone.device
         with torch.inference_mode():
             for rows in (3, 1):
                 ids = torch.full((rows, 5), 1, dtype=torch.long, device=device)
-                mask = torch.ones_like(ids)
+                mask = (
+                    torch.arange(5, device=device) < torch.arange(5, 5 - rows, -1, device=device)[:, None]
+                ).long()
                 hidden = backbone._adapter.embed(ids, None, mask)
                 self(backbone, hidden, mask, None)
         self.compile_seconds = time.monotonic() - t0
@@ -104,8 +123,8 @@ class CompiledLayerLoop:
 
 
 #: the dynamic axes of the loop's inputs: hidden [B, L, H], token_mask [B, L],
-#: kv [N, 2, B, P, kv], prefix_mask [N, B, P]
-_DYNAMIC_DIMS = ((0, 1), (0, 1), (2, 3), (1, 2))
+#: kv [layers, 2, B, P, kv], prefix_mask [layers, B, P], index [tokens]
+_DYNAMIC_DIMS = ((0, 1), (0, 1), (2, 3), (1, 2), (0,))
 
 
 def padded_prefix(backbone: Backbone, hidden: Tensor, prefix: PrefixBatch | None) -> tuple[Tensor, Tensor]:

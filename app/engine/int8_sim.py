@@ -91,6 +91,9 @@ def simulated(backbone: Backbone, keep_ffn_out_fp32: bool = False) -> Backbone:
             f"this backbone is {backbone.model_type!r}"
         )
     sim = backbone.with_model(copy.deepcopy(backbone.model))  # no runtime: inference runs it too
+    # packed in every batch, as the served int8 graph runs: an activation's quantization range is
+    # taken over the batch's real tokens
+    sim.pack_tokens, sim.pack_below_fill = True, float("inf")
     for name in quantized_linears(sim, keep_ffn_out_fp32):
         parent_name, _, attr = name.rpartition(".")
         parent = sim.model.get_submodule(parent_name)

@@ -7,8 +7,11 @@ CamemBERT). Its inputs are what the torch loop consumes after the embeddings:
     token_mask   [B, L]           float32  1 = a real token
     prefix_kv    [N, 2, B, P, kv] float32  per-layer, per-row prefix keys (0) and values (1)
     prefix_mask  [N, B, P]        float32  1 where that row attends that prefix slot at that layer
+    token_index  [T]              int64    the real tokens' flat positions in [B * L]
 
-and its output is the last hidden states [B, L, H]. Batch, length and prefix axes are dynamic.
+and its output is the last hidden states [B, L, H] (zeros at pad positions). Batch, length, prefix
+and token axes are dynamic. Every step but attention runs on the T real tokens only (packed, as the
+torch loop packs: architectures.Packing), so padding costs only in attention.
 The mixed batch is gathered as today in torch (app.engine.batch.build_prefix_batch), the
 embeddings run in torch, then one ORT run does every layer. A batch without any prefix passes
 one masked slot (P = 1, mask 0): exp(min - max) is exactly 0 in float32, so it changes nothing.
@@ -35,23 +38,25 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from app.engine.architectures import BERT_FAMILY
+from app.engine.architectures import BERT_FAMILY, Packing
 from app.engine.backbone import Backbone, BackboneError, PrefixBatch
 
 log = logging.getLogger(__name__)
 
 #: bump when the graph's inputs, outputs or maths change: older cache files are then rebuilt
-EXPORT_VERSION = 1
+EXPORT_VERSION = 2  # 2: packed tokens (the token_index input)
 RUNTIMES = ("torch", "onnx")
 PRECISIONS = ("fp32", "int8", "bf16", "fp16")
 ONNX_PRECISIONS = ("fp32", "int8")
-INPUTS = ("hidden", "token_mask", "prefix_kv", "prefix_mask")
+INPUTS = ("hidden", "token_mask", "prefix_kv", "prefix_mask", "token_index")
 
 
 class _LayerLoop(nn.Module):
     """The BERT-family layer loop in export form: the prefix slots are always concatenated (the
     torch loop skips a layer's prefix when no row uses it; a masked slot gives the same output).
-    The additive masks are built once per forward, not per layer."""
+    The additive masks are built once per forward, not per layer. The per-token work runs on the
+    packed tokens (`token_index`: their flat positions in [B * L], as architectures.Packing):
+    every batch, so one graph; attention takes its inputs back to [B, L] and is masked as in torch."""
 
     def __init__(self, backbone: Backbone) -> None:
         super().__init__()
@@ -63,27 +68,41 @@ class _LayerLoop(nn.Module):
         self.layers = backbone.model.encoder.layer
         self.heads = backbone.num_heads
 
-    def forward(self, hidden: Tensor, token_mask: Tensor, prefix_kv: Tensor, prefix_mask: Tensor) -> Tensor:
+    def forward(
+        self, hidden: Tensor, token_mask: Tensor, prefix_kv: Tensor, prefix_mask: Tensor, token_index: Tensor
+    ) -> Tensor:
         neg = torch.finfo(torch.float32).min
-        b, n, _ = hidden.shape
+        b, n, width = hidden.shape
         tok_add = (1.0 - token_mask) * neg  # [B, L]
         pre_add = (1.0 - prefix_mask) * neg  # [N, B, P]
+
+        # the packed tokens as [1, T, H]: a projection of a 3-D input exports as MatMul + Add (the
+        # op the int8 quantization rewrites; a 2-D one would be a Gemm)
+        def unpack(t: Tensor) -> Tensor:  # [1, T, D] -> [B, L, D], zeros at the pad positions
+            out = torch.zeros(b * n, t.shape[-1], dtype=t.dtype)
+            return out.index_put((token_index,), t[0]).view(b, n, t.shape[-1])
+
+        def pack(t: Tensor) -> Tensor:  # [B, L, D] -> [1, T, D]
+            return t.reshape(b * n, t.shape[-1]).index_select(0, token_index).unsqueeze(0)
+
+        x = pack(hidden)
         for i, layer in enumerate(self.layers):
             sa = layer.attention.self
             h = self.heads
             add = torch.cat([pre_add[i], tok_add], dim=1)[:, None, None, :]  # [B, 1, 1, P + L]
-            q = sa.query(hidden).view(b, n, h, -1).transpose(1, 2)
-            k = torch.cat([prefix_kv[i, 0], sa.key(hidden)], dim=1)
-            v = torch.cat([prefix_kv[i, 1], sa.value(hidden)], dim=1)
+            q, k, v = unpack(sa.query(x)), unpack(sa.key(x)), unpack(sa.value(x))
+            q = q.reshape(b, n, h, -1).transpose(1, 2)
+            k = torch.cat([prefix_kv[i, 0], k], dim=1)
+            v = torch.cat([prefix_kv[i, 1], v], dim=1)
             k = k.view(b, k.shape[1], h, -1).transpose(1, 2)
             v = v.view(b, v.shape[1], h, -1).transpose(1, 2)
             d = q.shape[-1]
             scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / d**0.5) + add
             ctx = torch.matmul(torch.softmax(scores, dim=-1), v)
-            ctx = ctx.transpose(1, 2).reshape(b, n, -1)
-            attn_out = layer.attention.output(ctx, hidden)
-            hidden = layer.output(layer.intermediate(attn_out), attn_out)
-        return hidden
+            ctx = pack(ctx.transpose(1, 2).reshape(b, n, width))
+            attn_out = layer.attention.output(ctx, x)
+            x = layer.output(layer.intermediate(attn_out), attn_out)
+        return unpack(x)
 
 
 def _dummy_inputs(backbone: Backbone, b: int = 2, n: int = 5, p: int = 3) -> tuple[Tensor, ...]:
@@ -94,7 +113,7 @@ def _dummy_inputs(backbone: Backbone, b: int = 2, n: int = 5, p: int = 3) -> tup
     kv = torch.randn(backbone.num_layers, 2, b, p, backbone.kv_size, generator=g)
     mask = torch.ones(backbone.num_layers, b, p)
     mask[:, 1, 2:] = 0
-    return hidden, token_mask, kv, mask
+    return hidden, token_mask, kv, mask, token_mask.reshape(-1).nonzero().squeeze(1)
 
 
 def export_fp32(backbone: Backbone, path: str | Path) -> None:
@@ -115,6 +134,7 @@ def export_fp32(backbone: Backbone, path: str | Path) -> None:
                 "token_mask": {0: "batch", 1: "length"},
                 "prefix_kv": {2: "batch", 3: "prefix"},
                 "prefix_mask": {1: "batch", 2: "prefix"},
+                "token_index": {0: "tokens"},
                 "last_hidden": {0: "batch", 1: "length"},
             },
             opset_version=17,
@@ -125,7 +145,7 @@ def export_fp32(backbone: Backbone, path: str | Path) -> None:
 
 class CalibrationReader:
     """onnxruntime.quantization's CalibrationDataReader over real inputs: each item is the
-    graph's four inputs (numpy float32) of one batch, e.g. from `calibration_batches`."""
+    graph's inputs (numpy) of one batch, e.g. from `calibration_batches`."""
 
     def __init__(self, batches: Iterable[dict[str, np.ndarray]]) -> None:
         self._batches = list(batches)
@@ -162,6 +182,7 @@ def graph_inputs(
         "token_mask": token_mask.detach().to("cpu", torch.float32).numpy(),
         "prefix_kv": np.ascontiguousarray(kv),
         "prefix_mask": np.ascontiguousarray(pm),
+        "token_index": Packing(token_mask).index.to("cpu", torch.int64).numpy(),
     }
 
 

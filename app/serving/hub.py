@@ -180,6 +180,7 @@ class Hub:
         """The runtime and precision of the settings (PROMPTHUB_RUNTIME, PROMPTHUB_PRECISION). The
         identity is hashed first: it names the fp32 weights that checkpoints record."""
         s = self.settings
+        bb.pack_tokens = s.pack_tokens
         if (bb.runtime is not None and bb.runtime.precision == s.precision) or (
             s.runtime == "torch" and bb.precision == s.precision
         ):

@@ -237,12 +237,15 @@ def build_engines(names: list[str], args, work: Path) -> tuple[dict[str, Callabl
                 return sess.run(None, feeds)[0]
 
             engines[name] = ort_run
-        elif name == "prompthub-torch-fp32":
-            engines[name] = mixed(bb, pool)
-        elif name in ("prompthub-compile-fp32", "prompthub-compile-bf16"):
+        elif name in ("prompthub-torch-fp32", "prompthub-torch-fp32-padded"):
+            own = copy.copy(bb)  # its own runtime slot and packing switch (shares the weights)
+            own.pack_tokens = not name.endswith("padded")
+            engines[name] = mixed(own, pool)
+        elif name in ("prompthub-compile-fp32", "prompthub-compile-fp32-padded", "prompthub-compile-bf16"):
             from app.engine.compiled_runtime import attach as attach_compiled
 
             own = copy.copy(bb)  # its own runtime slot (and its own weights at bf16)
+            own.pack_tokens = not name.endswith("padded")
             if name.endswith("bf16"):
                 own = bb.with_model(copy.deepcopy(bb.model).to(torch.bfloat16))
             runner = attach_compiled(own)
@@ -418,9 +421,11 @@ LABELS = {
     "ort-fp32-bare": "ONNX Runtime fp32, bare model",
     "ort-int8-bare": "ONNX Runtime int8 (quantize_dynamic), bare model",
     "prompthub-torch-fp32": "PromptHub torch fp32, {n}-task mixed batch",
+    "prompthub-torch-fp32-padded": "PromptHub torch fp32, tokens not packed (PACK_TOKENS=false), {n}-task mixed batch",
     "prompthub-torch-bf16": "PromptHub torch bf16 (fp32 heads), {n}-task mixed batch",
     "prompthub-torch-fp16": "PromptHub torch fp16 (fp32 heads), {n}-task mixed batch",
     "prompthub-compile-fp32": "PromptHub torch.compile fp32, {n}-task mixed batch",
+    "prompthub-compile-fp32-padded": "PromptHub torch.compile fp32, tokens not packed (PACK_TOKENS=false), {n}-task mixed batch",
     "prompthub-compile-bf16": "PromptHub torch.compile bf16 (fp32 heads), {n}-task mixed batch",
     "prompthub-onnx-fp32": "PromptHub onnx fp32, {n}-task mixed batch",
     "prompthub-onnx-int8": "PromptHub onnx int8, every projection (served default), {n}-task mixed batch",
