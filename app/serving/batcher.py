@@ -135,6 +135,8 @@ class Batcher:
         # split into length buckets (see app.engine.batch.length_buckets). On a CPU a padded token
         # costs as much as a real one and a forward's fixed cost is a few tokens' worth, so
         # splitting pays; on a GPU small forwards are launch-bound, so split only for big savings.
+        # With packed tokens (Backbone.pack_tokens) a padded token costs in attention only, and
+        # buckets measured about even with one packed forward (docs/benchmarks.md, "Packed tokens").
         self.bucket_overhead_tokens = bucket_overhead_tokens
         # a GPU reuses kernels (and cached allocations) for repeated shapes: lengths padded to a
         # multiple; on a CPU every padded token costs a real one, so none by default
