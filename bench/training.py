@@ -44,24 +44,44 @@ from bench.common import (
 )
 
 METHODS = ("p-tuning-v2", "fine-tuning", "peft-prefix")
+#: also: "p-tuning-v2-padded", P-Tuning v2 with packed tokens off (Backbone.pack_tokens)
 NUM_LABELS = 4
 
 
-def make_batches(tokenizer, n_batches: int, batch_size: int, length: int, device: str, seed: int = 0):
+def make_batches(
+    tokenizer,
+    n_batches: int,
+    batch_size: int,
+    length: int,
+    device: str,
+    seed: int = 0,
+    texts: str = "synthetic",
+):
+    """`synthetic`: texts of `length` to 2x `length` words, every row cut to `length` tokens (no
+    padding); `banking77`: BANKING77 training utterances, each batch padded to its longest row
+    (as app.engine.train's collate pads), cut at `length` tokens."""
     import torch
 
-    texts = synthetic_texts(n_batches * batch_size, min_words=length, max_words=length * 2, seed=seed)
-    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=length, return_tensors="pt")
+    n = n_batches * batch_size
+    if texts == "banking77":
+        from bench import datasets as DS
+
+        items = [r["text"] for r in DS.load_split("banking77", "train", n, seed=seed)]
+        padding = "longest"
+    else:
+        items = synthetic_texts(n, min_words=length, max_words=length * 2, seed=seed)
+        padding = "max_length"
     g = torch.Generator().manual_seed(seed)
-    labels = torch.randint(0, NUM_LABELS, (len(texts),), generator=g)
+    labels = torch.randint(0, NUM_LABELS, (n,), generator=g)
     out = []
     for i in range(n_batches):
         sl = slice(i * batch_size, (i + 1) * batch_size)
+        enc = tokenizer(items[sl], padding=padding, truncation=True, max_length=length, return_tensors="pt")
         out.append(
             {
-                "input_ids": enc["input_ids"][sl].to(device),
-                "attention_mask": enc["attention_mask"][sl].to(device),
-                "token_type_ids": enc["token_type_ids"][sl].to(device),
+                "input_ids": enc["input_ids"].to(device),
+                "attention_mask": enc["attention_mask"].to(device),
+                "token_type_ids": enc["token_type_ids"].to(device),
                 "label": labels[sl].to(device),
             }
         )
@@ -79,6 +99,10 @@ class Runner:
         self.method = method
         torch.manual_seed(0)
         labels = [f"l{i}" for i in range(NUM_LABELS)]
+        if method == "p-tuning-v2-padded":  # the same, every padded position computed
+            backbone = copy.copy(backbone)
+            backbone.pack_tokens = False
+            method = "p-tuning-v2"
         if method in ("p-tuning-v2", "fine-tuning"):
             spec = TaskSpec(
                 task_type="classification", labels=labels, method=method, prefix_length=prefix_length
@@ -157,7 +181,7 @@ def child_memory(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     bb = load_backbone("all-MiniLM-L6-v2", device=args.device)
-    batches = make_batches(bb.tokenizer, 2, args.batch_size, args.length, args.device)
+    batches = make_batches(bb.tokenizer, 2, args.batch_size, args.length, args.device, texts=args.texts)
     runner = Runner(args.child, bb, args.prefix_length, args.device)
     cuda = args.device.startswith("cuda")
     if cuda:
@@ -188,6 +212,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--length", type=int, default=64, help="tokens per example (padded/truncated)")
+    p.add_argument(
+        "--texts",
+        default="synthetic",
+        choices=["synthetic", "banking77"],
+        help="synthetic: every row `--length` tokens; banking77: real utterances, padded per batch",
+    )
+    p.add_argument("--batches", type=int, default=4, help="distinct batches the steps cycle through")
     p.add_argument("--prefix-length", type=int, default=16)
     p.add_argument("--steps", type=int, default=4, help="timed steps per method per round")
     p.add_argument("--warmup-steps", type=int, default=2)
@@ -234,7 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(args.device)
     t_run = time.perf_counter()
     bb = load_backbone("all-MiniLM-L6-v2", device=args.device)
-    batches = make_batches(bb.tokenizer, 4, args.batch_size, args.length, args.device)
+    batches = make_batches(
+        bb.tokenizer, args.batches, args.batch_size, args.length, args.device, texts=args.texts
+    )
     runners = {m: Runner(m, bb, args.prefix_length, args.device) for m in methods}
     for r in runners.values():  # warm-up (allocator, kernels, AdamW state)
         for i in range(args.warmup_steps):
@@ -272,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
                 str(args.batch_size),
                 "--length",
                 str(args.length),
+                "--texts",
+                args.texts,
                 "--prefix-length",
                 str(args.prefix_length),
                 "--mem-steps",
@@ -347,8 +382,14 @@ def render_markdown(res: dict) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, device {m['device']}, torch {m['torch']} "
         f"({m['torch_threads']} threads), transformers {m.get('transformers')}, peft {m.get('peft')}; load average "
         f"at start {', '.join(f'{x:.2f}' for x in m['load_avg_at_start'])} (shared machine)  ",
-        f"MiniLM-L6, batch {s['batch_size']}, {s['length']} tokens, prefix {s['prefix_length']} tokens at every "
-        f"layer; {s['repeats']} interleaved rounds of {s['steps']} steps per method; medians.",
+        f"MiniLM-L6, batch {s['batch_size']}, "
+        + (
+            f"BANKING77 training utterances padded per batch to its longest row (cut at {s['length']} tokens)"
+            if s.get("texts") == "banking77"
+            else f"{s['length']} tokens"
+        )
+        + f", prefix {s['prefix_length']} tokens at every layer; {s['repeats']} interleaved rounds of "
+        f"{s['steps']} steps per method; medians. `p-tuning-v2-padded`: packed tokens off.",
         "",
     ]
     rows = []
