@@ -6,7 +6,9 @@ prepacked oneDNN weights). The batch, length and prefix axes are dynamic; the ot
 hidden size) are static. As in the ONNX runtime, every layer gets the prefix slots and masks the
 ones a row does not use, and a batch with fewer than two slots (no prefix at all, or one-slot
 prefixes) gets masked slots up to two: exp(min - max) is exactly 0, so a masked slot changes
-nothing, and one graph serves every mix of tasks. torch.compile specialises sizes 0 and 1, so a
+nothing, and one graph serves every mix of tasks. On architectures that pack (BERT family, MPNet)
+the loop packs every batch's tokens (architectures.Packing; the positions are found outside the
+graph and passed in, a dynamic axis of their own). torch.compile specialises sizes 0 and 1, so a
 one-row batch has a graph of its own; `warm_up` compiles both when the runtime is attached, not on
 a request.
 

@@ -156,11 +156,17 @@ def lora_model(model, adapter_names: list[str]):
     work)."""
     import torch
     from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
 
     cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0)
     pm = get_peft_model(model, cfg, adapter_name=adapter_names[0])
+    # each further adapter added to the LoRA layers directly: PeftModel.add_adapter walks every
+    # parameter of the model for each one, which makes 1,000 adapters take tens of minutes
+    layers = [m for m in pm.modules() if isinstance(m, LoraLayer)]
     for name in adapter_names[1:]:
-        pm.add_adapter(name, cfg)
+        pm.peft_config[name] = cfg
+        for layer in layers:
+            layer.update_layer(name, cfg.r, cfg.lora_alpha, cfg)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for pname, p in pm.named_parameters():

@@ -37,3 +37,34 @@ def test_engines_quick_writes_results(tmp_path: Path):
     assert res["results"]["hf-fp32/short"]["x_hf_fp32"] == 1.0
     md = (tmp_path / "smoke.md").read_text()
     assert md.startswith("# Engine benchmark") and "PEFT LoRA r=8, 4 adapters" in md
+
+
+def test_lora_adapters_built_directly_equal_peft_add_adapter():
+    """bench.serving.engines.lora_model adds adapters to the LoRA layers directly (PEFT's
+    add_adapter walks the whole model per adapter); the model is the one add_adapter builds."""
+    import copy
+
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from bench.serving.engines import lora_model
+    from tests.helpers import collate_texts, make_tiny_backbone
+
+    bb = make_tiny_backbone(name="tiny-lora-peer")
+    names = ["a0", "a1", "a2"]
+    fast = lora_model(copy.deepcopy(bb.model), names)
+    cfg = LoraConfig(r=8, lora_alpha=16, target_modules=["query", "value"], lora_dropout=0.0)
+    ref = get_peft_model(copy.deepcopy(bb.model), cfg, adapter_name=names[0])
+    for n in names[1:]:
+        ref.add_adapter(n, cfg)
+    assert sorted(n for n, _ in ref.named_parameters()) == sorted(n for n, _ in fast.named_parameters())
+    ref.load_state_dict(fast.state_dict())  # the same (seeded random) weights
+    ref.eval()
+    batch = collate_texts(bb, ["hello world", "a longer sentence of words", "one"])
+    rows = ["a1", "a2", "a1"]
+    with torch.inference_mode():
+        got = fast(**batch, adapter_names=rows).last_hidden_state
+        want = ref(**batch, adapter_names=rows).last_hidden_state
+        other = fast(**batch, adapter_names=["a0"] * 3).last_hidden_state
+    assert torch.allclose(got, want, atol=1e-6)
+    assert not torch.allclose(got, other)  # each adapter does its own work
