@@ -25,7 +25,7 @@ def _additive_mask(mask: Tensor, dtype: torch.dtype) -> Tensor:
 class _Adapter:
     """How to run one architecture's layers with prefixes. Subclasses hold no parameters."""
 
-    #: whether `layer_packed` runs a layer on the packed tokens (see Packing)
+    #: whether `layer` can run on packed tokens (see Packing); such adapters have no after_layer
     packs = False
 
     def __init__(self, model: nn.Module):
@@ -51,8 +51,16 @@ class _Adapter:
         return {}
 
     def layer(
-        self, i: int, hidden: Tensor, kv: tuple[Tensor, Tensor] | None, key_mask: Tensor, ctx: dict
+        self,
+        i: int,
+        hidden: Tensor,
+        kv: tuple[Tensor, Tensor] | None,
+        key_mask: Tensor,
+        ctx: dict,
+        packing: Packing | None = None,
     ) -> Tensor:
+        """Layer i. With `packing` (adapters whose `packs` is true) `hidden` is the packed tokens
+        [N, H] and so is the result; attention alone runs on the padded [B, L] layout."""
         raise NotImplementedError
 
     def after_layer(self, i: int, hidden: Tensor, embedded: Tensor, attention_mask: Tensor) -> Tensor:
@@ -101,6 +109,16 @@ def _merge_heads(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(b, n, h * d)
 
 
+def _padded(x: Tensor, packing: Packing | None) -> Tensor:
+    """A projection of the layer's input in the padded [B, L, D] layout attention takes."""
+    return x if packing is None else packing.unpack(x)
+
+
+def _packed(x: Tensor, packing: Packing | None) -> Tensor:
+    """Attention's [B, L, D] output in the layout of the layer's input."""
+    return x if packing is None else packing.pack(x)
+
+
 class _BertFamily(_Adapter):
     def embed(self, input_ids, token_type_ids, attention_mask):
         out = self.model.embeddings(input_ids=input_ids, token_type_ids=token_type_ids)
@@ -115,24 +133,11 @@ class _BertFamily(_Adapter):
 
     packs = True
 
-    def layer(self, i, hidden, kv, key_mask, ctx):
+    def layer(self, i, hidden, kv, key_mask, ctx, packing=None):
         layer = self.layers()[i]
         sa = layer.attention.self
-        attn = self._attend(sa, sa.query(hidden), sa.key(hidden), sa.value(hidden), kv, key_mask)
-        attn_out = layer.attention.output(attn, hidden)
-        return layer.output(layer.intermediate(attn_out), attn_out)
-
-    def layer_packed(self, i, x, packing, kv, key_mask, ctx):
-        layer = self.layers()[i]
-        sa = layer.attention.self
-        q, k, v = (packing.unpack(f(x)) for f in (sa.query, sa.key, sa.value))
-        attn = packing.pack(self._attend(sa, q, k, v, kv, key_mask))
-        attn_out = layer.attention.output(attn, x)
-        return layer.output(layer.intermediate(attn_out), attn_out)
-
-    def _attend(self, sa, q, k, v, kv, key_mask):
-        """[B, L, H] projections (+ the prefix's keys and values) -> attention output [B, L, H]"""
         heads = sa.num_attention_heads
+        q, k, v = (_padded(f(hidden), packing) for f in (sa.query, sa.key, sa.value))
         if kv is not None:
             k = torch.cat([kv[0], k], dim=1)
             v = torch.cat([kv[1], v], dim=1)
@@ -141,7 +146,8 @@ class _BertFamily(_Adapter):
         attn = F.scaled_dot_product_attention(
             q, k, v, attn_mask=_additive_mask(key_mask, q.dtype), dropout_p=p
         )
-        return _merge_heads(attn)
+        attn_out = layer.attention.output(_packed(_merge_heads(attn), packing), hidden)
+        return layer.output(layer.intermediate(attn_out), attn_out)
 
 
 class _MPNet(_Adapter):
@@ -153,23 +159,11 @@ class _MPNet(_Adapter):
 
     packs = True
 
-    def layer(self, i, hidden, kv, key_mask, ctx):
+    def layer(self, i, hidden, kv, key_mask, ctx, packing=None):
         layer = self.layers()[i]
         a = layer.attention.attn
-        attn = self._attend(a, a.q(hidden), a.k(hidden), a.v(hidden), kv, key_mask, ctx)
-        attn_out = layer.attention.LayerNorm(layer.attention.dropout(a.o(attn)) + hidden)
-        return layer.output(layer.intermediate(attn_out), attn_out)
-
-    def layer_packed(self, i, x, packing, kv, key_mask, ctx):
-        layer = self.layers()[i]
-        a = layer.attention.attn
-        q, k, v = (packing.unpack(f(x)) for f in (a.q, a.k, a.v))
-        attn = packing.pack(self._attend(a, q, k, v, kv, key_mask, ctx))
-        attn_out = layer.attention.LayerNorm(layer.attention.dropout(a.o(attn)) + x)
-        return layer.output(layer.intermediate(attn_out), attn_out)
-
-    def _attend(self, a, q, k, v, kv, key_mask, ctx):
         heads = a.num_attention_heads
+        q, k, v = (_padded(f(hidden), packing) for f in (a.q, a.k, a.v))
         bias = ctx["bias"]
         if kv is not None:
             k = torch.cat([kv[0], k], dim=1)
@@ -179,7 +173,9 @@ class _MPNet(_Adapter):
         mask = bias + _additive_mask(key_mask, q.dtype)
         p = a.dropout.p if self.model.training else 0.0
         attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
-        return _merge_heads(attn)
+        o = a.o(_packed(_merge_heads(attn), packing))
+        attn_out = layer.attention.LayerNorm(layer.attention.dropout(o) + hidden)
+        return layer.output(layer.intermediate(attn_out), attn_out)
 
 
 class _DebertaV2(_Adapter):
@@ -192,7 +188,7 @@ class _DebertaV2(_Adapter):
         enc = self.model.encoder
         return {"rel_pos": enc.get_rel_pos(hidden), "rel_emb": enc.get_rel_embedding()}
 
-    def layer(self, i, hidden, kv, key_mask, ctx):
+    def layer(self, i, hidden, kv, key_mask, ctx, packing=None):  # never packed (packs is false)
         layer = self.layers()[i]
         sa = layer.attention.self
         heads = sa.num_attention_heads

@@ -340,7 +340,8 @@ class Backbone(nn.Module):
         embedded = hidden
         ctx = adapter.context(hidden, token_mask)
         packing = self.packing(token_mask)
-        x = packing.pack(hidden) if packing is not None else None  # (packing adapters: no after_layer)
+        if packing is not None:  # the layers' input and output: the packed tokens
+            hidden = packing.pack(hidden)
         # the prefix masks in the token mask's dtype, and which layers any row uses, once per
         # forward (one host sync instead of one a layer)
         layer_masks = used = None
@@ -353,12 +354,9 @@ class Backbone(nn.Module):
             if layer_masks is not None and used[i]:
                 kv = (prefix.kv[i, 0].to(hidden.dtype), prefix.kv[i, 1].to(hidden.dtype))
                 key_mask = torch.cat([layer_masks[i], token_mask], dim=1)
-            if packing is not None:
-                x = adapter.layer_packed(i, x, packing, kv, key_mask, ctx)
-            else:
-                hidden = adapter.layer(i, hidden, kv, key_mask, ctx)
-                hidden = adapter.after_layer(i, hidden, embedded, token_mask)
-        return packing.unpack(x) if packing is not None else hidden
+            hidden = adapter.layer(i, hidden, kv, key_mask, ctx, packing)
+            hidden = adapter.after_layer(i, hidden, embedded, token_mask)  # (none where it packs)
+        return packing.unpack(hidden) if packing is not None else hidden
 
     def _offset_rows(
         self, hidden: Tensor, input_ids: Tensor, token_type_ids: Tensor | None, offsets: Sequence[int]

@@ -64,16 +64,14 @@ class CompiledLayerLoop:
         ) -> Tensor:
             ctx = adapter.context(hidden, token_mask)
             packing = Packing(token_mask, index) if self.packs else None
-            x = packing.pack(hidden) if packing is not None else None
             embedded = hidden
+            if packing is not None:
+                hidden = packing.pack(hidden)
             for i in range(n_layers):
                 key_mask = torch.cat([prefix_mask[i], token_mask], dim=1)
-                if packing is not None:
-                    x = adapter.layer_packed(i, x, packing, (kv[i, 0], kv[i, 1]), key_mask, ctx)
-                else:
-                    hidden = adapter.layer(i, hidden, (kv[i, 0], kv[i, 1]), key_mask, ctx)
-                    hidden = adapter.after_layer(i, hidden, embedded, token_mask)
-            return packing.unpack(x) if packing is not None else hidden
+                hidden = adapter.layer(i, hidden, (kv[i, 0], kv[i, 1]), key_mask, ctx, packing)
+                hidden = adapter.after_layer(i, hidden, embedded, token_mask)  # (none where it packs)
+            return packing.unpack(hidden) if packing is not None else hidden
 
         import torch._inductor.config as inductor_config
 

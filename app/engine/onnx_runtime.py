@@ -113,7 +113,7 @@ def _dummy_inputs(backbone: Backbone, b: int = 2, n: int = 5, p: int = 3) -> tup
     kv = torch.randn(backbone.num_layers, 2, b, p, backbone.kv_size, generator=g)
     mask = torch.ones(backbone.num_layers, b, p)
     mask[:, 1, 2:] = 0
-    return hidden, token_mask, kv, mask, token_mask.reshape(-1).nonzero().squeeze(1)
+    return hidden, token_mask, kv, mask, Packing(token_mask).index
 
 
 def export_fp32(backbone: Backbone, path: str | Path) -> None:
