@@ -137,6 +137,13 @@ class TaskModel(nn.Module):
         self.finetuned: Backbone | None = None
         self._shared = [backbone]  # a list, so the shared backbone is not a submodule
         if spec.method == "p-tuning-v2":
+            if shared_prefix is not None and shared_prefix.prefix_length < spec.prefix_length:
+                raise SpecError(
+                    f"prefix_length {spec.prefix_length} is longer than the shared prefix "
+                    f"({shared_prefix.prefix_length} slots)",
+                    field="prefix_length",
+                )
+            # a shared (multi-task) prefix may be longer: this task reads its first prefix_length slots
             self.prefix = shared_prefix or new_prefix_encoder(spec, backbone)
         elif spec.method == "prompt-tuning":
             self.prompt = InputPrompt(
@@ -157,7 +164,7 @@ class TaskModel(nn.Module):
         if self.prefix is None:
             return None
         bb = self._shared[0]
-        kv = self.prefix()  # [n_active, 2, P, kv]
+        kv = self.prefix()[:, :, : self.spec.prefix_length]  # [n_active, 2, P, kv]
         layers = torch.tensor(self.spec.layers, device=kv.device)
         full = spread_layers(kv, self.spec.layers, bb.num_layers)
         mask = kv.new_zeros(bb.num_layers, batch_size, kv.shape[2])
@@ -194,7 +201,7 @@ class TaskModel(nn.Module):
         bb = self._shared[0]
         kv = layer_mask = prompt = None
         if self.prefix is not None:
-            flat = self.prefix.fold()
+            flat = self.prefix.fold()[:, :, : self.spec.prefix_length].contiguous()
             layers = torch.tensor(self.spec.layers, device=flat.device)
             kv = spread_layers(flat, self.spec.layers, bb.num_layers)
             layer_mask = torch.zeros(bb.num_layers, dtype=torch.bool, device=flat.device)

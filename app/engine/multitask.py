@@ -1,10 +1,12 @@
 """Multi-task training (the paper's MPT-2): one P-Tuning v2 prefix shared by several tasks, each
 with its own head, trained jointly through app.engine.train's loop; then, optionally, each task
-continues alone from the shared prefix."""
+continues alone from the shared prefix. Each task keeps its own prefix length: the shared prefix
+is as long as the longest, and a shorter task reads its first slots."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from app.engine.backbone import Backbone
 from app.engine.int8_sim import for_training
@@ -47,14 +49,14 @@ def train_multitask(
     first = next(iter(tasks.values()))[0]
     first.validate(backbone.num_layers)
     for spec, _, _ in tasks.values():
-        spec.prefix_length, spec.layers, spec.reparameterize = (
-            first.prefix_length,
-            list(first.layers),
-            first.reparameterize,
-        )
+        # one prefix: its layers and form are the first task's; each task keeps its own length
+        spec.layers, spec.reparameterize = list(first.layers), first.reparameterize
         spec.validate(backbone.num_layers)
+    # the shared prefix has the longest task's slots; a task with a shorter prefix_length reads
+    # the first ones (so every slot it reads is trained by all tasks, the rest by the longer ones)
+    slots = max(spec.prefix_length for spec, _, _ in tasks.values())
     seed_everything(config.seed)
-    shared = new_prefix_encoder(first, backbone).to(backbone.device)
+    shared = new_prefix_encoder(replace(first, prefix_length=slots), backbone).to(backbone.device)
     models: dict[str, tuple[TaskModel, list[dict], Sequence | None]] = {}
     tasks = {
         name: (spec, *split_holdout(train, ev, config.holdout_fraction, config.seed))

@@ -393,6 +393,14 @@ class Run:
 
     def payload(self, mode_budget: Budget, backbone: str) -> dict:
         if self.kind == "multitask":
+            names = self.task.split("+")
+            own = {t: multitask_prefix_length(mode_budget, t) for t in names}
+            # only where a task's own length differs from its budget's (so other runs keep their keys)
+            lengths = (
+                {"prefix_lengths": own}
+                if any(own[t] != mode_budget.task(t).prefix_length for t in names)
+                else {}
+            )
             return {
                 "kind": "multitask",
                 "backbone": backbone,
@@ -402,6 +410,7 @@ class Run:
                 "mt_per_task_lr_scale": mode_budget.mt_per_task_lr_scale,
                 "mt_batch_size": mode_budget.mt_batch_size,
                 "hp": METHOD_HP["p-tuning-v2"].key_dict(),
+                **lengths,
                 "seed": TRAIN_SEED,
                 "data_seed": DATA_SEED,
             }
@@ -431,6 +440,13 @@ ABLATION_VARIANTS = {
     "layers-upper-half": {"layers": "upper-half"},
     "head-verbalizer": {"head": "verbalizer"},
 }
+
+
+def multitask_prefix_length(budget: Budget, task: str) -> int:
+    """The slots a task reads of the multi-task run's shared prefix: its own single-task P-Tuning v2
+    length (Brown POS: 64; the others: 16). The shared prefix is as long as the longest."""
+    hp = budget.task_method_hp.get((task, "p-tuning-v2"))
+    return (hp.prefix_length if hp else None) or budget.task(task).prefix_length
 
 
 def plan_runs(budget: Budget, tasks: list[str], methods: list[str], ablations: list[str]) -> list[Run]:

@@ -248,7 +248,9 @@ def execute_multitask(run: Run, key: str, budget: Budget, backbone, manifests: d
     for t in names:
         tb = budget.task(t)
         splits[t] = (tb, *data.load_task_data(tb))
-        specs[t], _ = training_for(tb, pt2, (manifests.get(t) or {}).get("labels"))
+        # each task reads its own single-task prefix length of the shared prefix (Brown POS: 64)
+        own = replace(pt2, prefix_length=plan.multitask_prefix_length(budget, t))
+        specs[t], _ = training_for(tb, own, (manifests.get(t) or {}).get("labels"))
     _, mt_config = training_for(
         budget.task(names[0]), pt2, None, epochs=budget.mt_epochs, batch_size=budget.mt_batch_size
     )

@@ -253,6 +253,43 @@ def test_multitask_shared_prefix_then_per_task(tiny_backbone):
     assert not torch.equal(cont["sent"].task.kv, cont["tags"].task.kv)  # each continued alone
 
 
+def test_multitask_tasks_keep_their_own_prefix_length(tiny_backbone):
+    """A shared prefix as long as the longest task's; a shorter task reads its first slots, in
+    training and as served, and continues alone at its own length."""
+    tasks = {
+        "sent": (TaskSpec("classification", prefix_length=3), sentiment(64, 0), sentiment(16, 1)),
+        "tags": (TaskSpec("token-classification", prefix_length=8), tagging(64, 0), tagging(16, 1)),
+    }
+    joint = train_multitask(tiny_backbone, tasks, TrainConfig(epochs=1, lr=3e-2, batch_size=16))
+    sent, tags = joint["sent"].task, joint["tags"].task
+    assert (sent.spec.prefix_length, tags.spec.prefix_length) == (3, 8)
+    assert (sent.prefix_length, tags.prefix_length) == (3, 8)
+    assert torch.equal(sent.kv, tags.kv[:, :, :3])  # the first slots of one shared prefix
+    tasks2 = {
+        k: (TaskSpec(v[0].task_type, prefix_length=v[0].prefix_length), v[1], v[2]) for k, v in tasks.items()
+    }
+    cont = train_multitask(
+        tiny_backbone, tasks2, TrainConfig(epochs=1, lr=3e-2, batch_size=16), per_task_epochs=1
+    )
+    assert (cont["sent"].task.prefix_length, cont["tags"].task.prefix_length) == (3, 8)
+
+
+def test_a_task_cannot_read_more_slots_than_a_shared_prefix_has(tiny_backbone):
+    from app.engine.model import SpecError, TaskModel, new_prefix_encoder
+
+    shared = new_prefix_encoder(
+        TaskSpec("classification", labels=["a", "b"], prefix_length=4).validate(tiny_backbone.num_layers),
+        tiny_backbone,
+    )
+    with pytest.raises(SpecError) as e:
+        TaskModel(
+            TaskSpec("classification", labels=["a", "b"], prefix_length=6),
+            tiny_backbone,
+            shared_prefix=shared,
+        )
+    assert e.value.field == "prefix_length"
+
+
 def test_continuation_starts_from_the_prefix_and_the_head_of_the_same_task(tiny_backbone):
     first = train_task(
         tiny_backbone, TaskSpec("classification", prefix_length=6), sentiment(64, 0), None, FAST
