@@ -54,20 +54,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def table_records(out: Path, budget: C.Budget, backbone: str, docs: dict[str, dict]) -> list[dict]:
     """The records the tables show: every run of the budget's whole plan (all tasks, methods and
-    ablations) that is done, in this invocation (``docs``, by key) or cached by an earlier one, in
-    plan order; then any of this invocation's runs outside that plan. So a run of a few tasks or
-    methods adds its rows to the tables and never drops the others'."""
+    ablations) that is done on any of the table's backbones (C.TABLE_BACKBONES and ``backbone``),
+    in this invocation (``docs``, by key) or cached by an earlier one, in plan order; then any of
+    this invocation's runs outside that plan. So a run of a few tasks, methods or another backbone
+    adds its rows to the tables and never drops the others'."""
     records: list[dict] = []
     seen: set[str] = set()
     full = C.plan_runs(budget, list(C.TASK_ORDER), list(C.ALL_METHODS), list(C.ABLATIONS))
-    for r in full:
-        key = r.key(budget, backbone)
-        doc = docs.get(key) or run.load_cached(out, key)
-        if doc is None:
-            continue
-        seen.add(key)
-        for rec in run.expand(doc):
-            records.append({**rec, "variant": r.variant} if r.kind == "single" else dict(rec))
+    for bb in dict.fromkeys([*C.TABLE_BACKBONES, backbone]):
+        for r in full:
+            key = r.key(budget, bb)
+            doc = docs.get(key) or run.load_cached(out, key)
+            if doc is None:
+                continue
+            seen.add(key)
+            for rec in run.expand(doc):
+                records.append({**rec, "variant": r.variant} if r.kind == "single" else dict(rec))
     for key, doc in docs.items():
         if key not in seen:
             records += [dict(rec) for rec in run.expand(doc)]

@@ -26,6 +26,10 @@ DEFAULT_OUT = REPO_ROOT / "bench" / "results"
 CKPT_DIR = REPO_ROOT / ".cache" / "quality" / "ckpt"
 STORE_ROOT = REPO_ROOT / "prompts_store"
 
+#: The backbones whose cached runs the tables show (``--backbone``'s keys): MiniLM in every row,
+#: MPNet-base in rows of their own for the tasks it was run on.
+TABLE_BACKBONES = ("minilm", "mpnet")
+
 #: Seed of every data subset and of every training run (init, batch order, dropout).
 DATA_SEED = 0
 TRAIN_SEED = 42

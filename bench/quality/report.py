@@ -48,6 +48,24 @@ def index_records(records: list[dict]) -> tuple[dict, dict]:
     return main, ablation
 
 
+#: The backbone of every row; rows of another backbone (``--backbone mpnet``) follow each task's
+#: own row, marked with the short name.
+PRIMARY_BACKBONE = "all-MiniLM-L6-v2"
+BACKBONE_NAMES = {"all-MiniLM-L6-v2": "MiniLM-L6", "all-mpnet-base-v2": "MPNet-base"}
+
+
+def by_backbone(records: list[dict]) -> dict[str, list[dict]]:
+    """Records grouped by backbone, the primary first, then in first-seen order."""
+    out: dict[str, list[dict]] = {PRIMARY_BACKBONE: []}
+    for r in records:
+        out.setdefault(r.get("backbone") or PRIMARY_BACKBONE, []).append(r)
+    return {b: rs for b, rs in out.items() if rs}
+
+
+def row_label(task: str, backbone: str) -> str:
+    return task if backbone == PRIMARY_BACKBONE else f"{task}, {BACKBONE_NAMES.get(backbone, backbone)}"
+
+
 def best_pt2(main: dict, task: str) -> dict | None:
     cands = [main.get((task, m)) for m in ("p-tuning-v2", "p-tuning-v2-mlp")]
     cands = [c for c in cands if c is not None]
@@ -55,15 +73,26 @@ def best_pt2(main: dict, task: str) -> dict | None:
 
 
 def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
-    main, ablation = index_records(records)
-    tasks = [t for t in C.TASK_ORDER if any(k[0] == t for k in main) or any(k[0] == t for k in ablation)]
+    groups = by_backbone(records)
+    indexed = {b: index_records(rs) for b, rs in groups.items()}
+    main, ablation = indexed.get(PRIMARY_BACKBONE, ({}, {}))
+    tasks = [t for t in C.TASK_ORDER if any(k[0] == t for m, a in indexed.values() for k in [*m, *a])]
+    # (task, backbone) rows: each task's primary row, then its rows on other backbones
+    rows = [(t, b) for t in tasks for b, (m, _) in indexed.items() if any(k[0] == t for k in m)]
     methods = [*C.METHODS, *C.MULTITASK_METHODS]
+    sizes = {b: rs[0].get("backbone_params") for b, rs in groups.items()}
+    others = "; ".join(
+        f"{b} ({(sizes[b] or 0) / 1e6:.1f}M parameters) in the rows marked {BACKBONE_NAMES.get(b, b)}"
+        for b in groups
+        if b != PRIMARY_BACKBONE
+    )
     lines = [
         f"# Quality benchmark ({budget.name} budget)",
         "",
         f"Command: `{meta['command']}`  ",
-        f"Backbone: {meta['backbone']} ({meta['backbone_params'] / 1e6:.1f}M parameters), CPU, "
-        f"{meta['threads']} thread(s), seeds: data {C.DATA_SEED}, training {C.TRAIN_SEED}.  ",
+        f"Backbone: {PRIMARY_BACKBONE} ({(sizes.get(PRIMARY_BACKBONE) or meta['backbone_params']) / 1e6:.1f}M "
+        f"parameters){'; ' + others if others else ''}. CPU, "
+        f"{meta['threads']} thread(s) a run, seeds: data {C.DATA_SEED}, training {C.TRAIN_SEED}.  ",
         f'Generated {meta["generated_at"]}. Scores in percent; "—" = not run yet.',
         "",
         "## Main table",
@@ -73,8 +102,9 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
         + " | majority class | best PT2 − FT | target met | defaults − FT | LoRA − FT |",
         "|---" * (len(methods) + 6) + "|",
     ]
-    for t in tasks:
+    for t, b in rows:
         tb = budget.task(t)
+        main = indexed[b][0]
         n_eval = next((r["n_eval"] for (tt, _), r in main.items() if tt == t), tb.n_eval)
         cells = [_fmt(main.get((t, m))) for m in methods]
         ft, pt2 = main.get((t, "fine-tuning")), best_pt2(main, t)
@@ -91,7 +121,7 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
             for m in ("defaults", "lora")
         ]
         lines.append(
-            f"| {t} ({METRIC_NAMES[t]}, {tb.eval_split} n={n_eval}) | "
+            f"| {row_label(t, b)} ({METRIC_NAMES[t]}, {tb.eval_split} n={n_eval}) | "
             + " | ".join(cells)
             + f" | {'—' if majority is None else f'{majority:.1f}'} | {gap} | {target} | "
             + " | ".join(vs_ft)
@@ -112,14 +142,14 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
         "| task | " + " | ".join(C.METHOD_TABLE_NAMES[m] for m in methods) + " |",
         "|---" * (len(methods) + 1) + "|",
     ]
-    for t in tasks:
+    for t, b in rows:
         cells = []
         for m in methods:
-            r = main.get((t, m))
+            r = indexed[b][0].get((t, m))
             cells.append(
                 "—" if r is None else f"{_pct(r['trainable_fraction'])} / {_pct(r['stored_fraction'])}"
             )
-        lines.append(f"| {t} | " + " | ".join(cells) + " |")
+        lines.append(f"| {row_label(t, b)} | " + " | ".join(cells) + " |")
     if ablation:
         ab = budget.ablation_budget()
         lines += [
@@ -159,7 +189,9 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
         )
     lines += [
         "",
-        f"Multi-task: one prefix shared by {', '.join(C.MULTITASK_TASKS)} (own heads), {budget.mt_epochs} joint "
+        f"Multi-task: one prefix shared by {', '.join(C.MULTITASK_TASKS)} (own heads; each task reads the first "
+        + ", ".join(f"{C.multitask_prefix_length(budget, t)} ({t})" for t in C.MULTITASK_TASKS)
+        + f" of its slots, its own P-Tuning v2 length), {budget.mt_epochs} joint "
         f"epoch(s) at batch {budget.mt_batch_size}, then {budget.mt_per_task_epochs} epoch(s) per task from the shared prefix and heads "
         f"at {budget.mt_per_task_lr_scale:g}x the P-Tuning v2 LR.",
         "",
@@ -216,9 +248,9 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
         "| task | method | variant | score | n_train | n_eval | steps | train s | eval s | trainable |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in records:
+    for r in [r for rs in groups.values() for r in rs]:
         lines.append(
-            f"| {r['task']} | {r['method']} | {r.get('variant') or ''} | {_fmt(r)} | {r['n_train']} | {r['n_eval']} | "
+            f"| {row_label(r['task'], r.get('backbone') or PRIMARY_BACKBONE)} | {r['method']} | {r.get('variant') or ''} | {_fmt(r)} | {r['n_train']} | {r['n_eval']} | "
             f"{r['steps']} | {r['train_seconds']:.0f} | {r['eval_seconds']:.0f} | {r['num_trainable']:,} |"
         )
     return "\n".join(lines) + "\n"

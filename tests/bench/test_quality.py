@@ -595,3 +595,33 @@ def test_markdown_defaults_and_lora_columns():
     md = report.render_markdown(recs, C.FULL, meta)
     assert "| 87.0 (86.0 at 64 tokens) |" in md
     assert "| defaults (classification) | 0.03 |" in md and "LoRA rank 8 on query, value" in md
+
+
+def test_another_backbones_runs_get_rows_of_their_own(tmp_path, monkeypatch, tiny_backbone):
+    """Runs of ``--backbone mpnet`` and MiniLM's share one table: each task's MiniLM row, then its
+    MPNet-base row with its own gap; a --report-only on either backbone keeps both."""
+    monkeypatch.setattr(D, "prepare_datasets", lambda names: {})
+    import app.engine.backbone as B
+
+    monkeypatch.setattr(B, "load_backbone", lambda name=None, device="cpu": tiny_backbone)
+    cached = [
+        ("minilm", "all-MiniLM-L6-v2", "fine-tuning", 86.0, 1.0),
+        ("minilm", "all-MiniLM-L6-v2", "p-tuning-v2", 86.5, 0.005),
+        ("mpnet", "all-mpnet-base-v2", "fine-tuning", 90.0, 1.0),
+        ("mpnet", "all-mpnet-base-v2", "p-tuning-v2", 88.0, 0.002),
+    ]
+    for alias, name, method, score, frac in cached:
+        r = C.plan_runs(C.QUICK, ["banking77"], [method], [])[0]
+        key = r.key(C.QUICK, alias)
+        rec = {**_fake_record("banking77", method, score, frac=frac), "key": key, "backbone": name}
+        R.store_cached(tmp_path, key, {**rec, "backbone_params": 110e6 if alias == "mpnet" else 22e6})
+    for alias in ("minilm", "mpnet"):
+        args = ["--quick", "--tasks", "banking77", "--ablations", "none", "--backbone", alias]
+        assert cli.main([*args, "--report-only", "--out", str(tmp_path)]) == 0
+        lines = (tmp_path / "quality-quick.md").read_text().splitlines()
+        rows = [line for line in lines if line.startswith("| banking77")]
+        main = [line for line in rows if "accuracy, test" in line]
+        assert [line.split(" (")[0] for line in main] == ["| banking77", "| banking77, MPNet-base"]
+        assert "| +0.5 | yes |" in main[0] and "| -2.0 | no (1.0 short) |" in main[1]
+        assert any(line.startswith("| banking77, MPNet-base | p-tuning-v2 |") for line in rows)  # runs table
+        assert any("all-mpnet-base-v2 (110.0M parameters) in the rows marked MPNet-base" in x for x in lines)
