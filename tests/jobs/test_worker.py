@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 import pytest
+import torch
 
 from app.config import Settings
 from app.db import datasets as db_datasets
@@ -235,6 +236,28 @@ def test_multitask_job(worker, settings):
     assert set(j.metrics) == {"sent-a", "sent-b"}
     with get_sessionmaker(settings.database_url)() as s:
         assert db_tasks.get_task(s, "sent-b").labels == ["NEG", "POS"]
+
+
+def test_multitask_job_publishes_each_task_at_its_own_prefix_length(worker, settings, tiny_backbone):
+    """No prefix_length given: each task gets its task type's default (classification 16,
+    token classification 64), read from one shared 64-slot prefix, and is served at that length."""
+    tags = [{"tokens": r["text"].split(), "tags": ["X"] * len(r["text"].split())} for r in RECORDS]
+    hp = {k: v for k, v in HP.items() if k not in ("prefix_length", "batch_size", "lr")}
+    tasks = [
+        {"task": "sent", "task_type": "classification", "train": {"records": RECORDS}, "eval": None},
+        {"task": "tags", "task_type": "token-classification", "train": {"records": tags}, "eval": None},
+    ]
+    job_id = submit(settings, {"tasks": tasks, "hyperparameters": {**hp, "epochs": 1}}, "multitask")
+    assert worker.run_once()
+    assert job(settings, job_id).state == "succeeded", job(settings, job_id).error
+    store = PromptStore(settings.store_dir)
+    served = {}
+    with get_sessionmaker(settings.database_url)() as s:
+        for name in ("sent", "tags"):
+            ver = db_tasks.get_version(s, name, 1)
+            served[name] = load_checkpoint_bytes(store.read_version(name, 1, ver.sha256), tiny_backbone)
+    assert (served["sent"].prefix_length, served["tags"].prefix_length) == (16, 64)
+    assert torch.equal(served["sent"].kv, served["tags"].kv[:, :, :16])  # the shared prefix's first slots
 
 
 def test_cancel_running_job(worker, settings):
