@@ -60,8 +60,8 @@ def table_records(out: Path, budget: C.Budget, backbone: str, docs: dict[str, di
     adds its rows to the tables and never drops the others'."""
     records: list[dict] = []
     seen: set[str] = set()
-    full = C.plan_runs(budget, list(C.TASK_ORDER), list(C.ALL_METHODS), list(C.ABLATIONS))
     for bb in dict.fromkeys([*C.TABLE_BACKBONES, backbone]):
+        full = C.plan_runs(budget, list(C.TASK_ORDER), list(C.ALL_METHODS), list(C.ABLATIONS), bb)
         for r in full:
             key = r.key(budget, bb)
             doc = docs.get(key) or run.load_cached(out, key)
@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.engine.backbone import load_backbone
 
     backbone = load_backbone(args.backbone)
-    runs = C.plan_runs(budget, args.tasks, args.methods, args.ablations)
+    runs = C.plan_runs(budget, args.tasks, args.methods, args.ablations, args.backbone)
     records: list[dict] = []
     pending: list[str] = []
     docs: dict[str, dict] = {}

@@ -230,6 +230,15 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
             if m == "fine-tuning"
             else f"| {m} | {hp.lr:g} | — | {note} |"
         )
+    from app.engine.backbone import BACKBONE_ALIASES
+
+    for (bb, m), hp in C.BACKBONE_METHOD_HP.items():
+        name = BACKBONE_ALIASES.get(bb, bb)
+        if name in groups:
+            lines.append(
+                f"| {m} on {BACKBONE_NAMES.get(name, name)} | {hp.lr:g} | {hp.backbone_lr:g} | "
+                "exception to the row above (every task on that backbone) |"
+            )
     for (t, m), hp in budget.task_method_hp.items():
         own = [
             f"{hp.epochs} epochs" if hp.epochs else "",

@@ -611,7 +611,7 @@ def test_another_backbones_runs_get_rows_of_their_own(tmp_path, monkeypatch, tin
         ("mpnet", "all-mpnet-base-v2", "p-tuning-v2", 88.0, 0.002),
     ]
     for alias, name, method, score, frac in cached:
-        r = C.plan_runs(C.QUICK, ["banking77"], [method], [])[0]
+        r = C.plan_runs(C.QUICK, ["banking77"], [method], [], alias)[0]
         key = r.key(C.QUICK, alias)
         rec = {**_fake_record("banking77", method, score, frac=frac), "key": key, "backbone": name}
         R.store_cached(tmp_path, key, {**rec, "backbone_params": 110e6 if alias == "mpnet" else 22e6})
@@ -625,3 +625,18 @@ def test_another_backbones_runs_get_rows_of_their_own(tmp_path, monkeypatch, tin
         assert "| +0.5 | yes |" in main[0] and "| -2.0 | no (1.0 short) |" in main[1]
         assert any(line.startswith("| banking77, MPNet-base | p-tuning-v2 |") for line in rows)  # runs table
         assert any("all-mpnet-base-v2 (110.0M parameters) in the rows marked MPNet-base" in x for x in lines)
+        assert any(x.startswith("| fine-tuning on MPNet-base | 0.001 | 3e-05 |") for x in lines)
+
+
+def test_a_backbone_exception_keys_only_that_backbones_runs():
+    """MPNet-base fine-tunes at its own encoder LR; MiniLM's runs (and their keys) are unchanged."""
+    mini = C.plan_runs(C.FULL, ["banking77"], ["fine-tuning", "p-tuning-v2"], [])
+    mp = C.plan_runs(C.FULL, ["banking77"], ["fine-tuning", "p-tuning-v2"], [], "mpnet")
+    assert [r.method_hp.backbone_lr for r in mini if r.method == "fine-tuning"] == [1e-4]
+    assert [r.method_hp.backbone_lr for r in mp if r.method == "fine-tuning"] == [3e-5]
+    assert [r.hp for r in mini] == [None, None]
+    assert [r.key(C.FULL, "mpnet") for r in mp if r.method == "p-tuning-v2"] == [
+        r.key(C.FULL, "mpnet") for r in mini if r.method == "p-tuning-v2"
+    ]
+    brown = C.plan_runs(C.FULL, ["brown_pos"], ["p-tuning-v2"], [], "mpnet")[0]
+    assert brown.method_hp.prefix_length == 64  # the task's own exception still applies
