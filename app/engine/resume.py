@@ -29,7 +29,9 @@ from app.engine.checkpoint import atomic_write
 
 log = logging.getLogger(__name__)
 
-STATE_VERSION = 1
+#: 2: the optimizer's parameter groups changed (app.engine.train._param_groups); a state saved
+#: with the old groups would not load into the new optimizer, so such a run starts over
+STATE_VERSION = 2
 
 
 class RunCheckpointer:

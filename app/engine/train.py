@@ -63,17 +63,22 @@ def training_batch(
 # ------------------------------------------------------------------------------------ optimisation
 
 
-def _param_groups(model: TaskModel, config: TrainConfig) -> list[dict]:
+def _param_groups(models: Sequence[TaskModel], config: TrainConfig) -> list[dict]:
+    """AdamW groups: a fine-tuned encoder copy at backbone_lr, the rest (head, prefix, prompt) at
+    lr; no weight decay on biases, layer norms, prefixes and prompts. Names are read on each task
+    model itself (``finetuned.``, ``prefix.``, ``prompt.``), never on a module that holds them:
+    there every name starts with that module's own path and none of the rules would match."""
     groups: dict[tuple[float, float], list] = {}
     seen: set[int] = set()
-    for name, p in model.named_parameters():
-        if not p.requires_grad or id(p) in seen:
-            continue
-        seen.add(id(p))
-        lr = config.backbone_lr if name.startswith("finetuned.") else config.lr
-        no_decay = p.dim() < 2 or "LayerNorm" in name or name.startswith(("prefix.", "prompt."))
-        key = (lr, 0.0 if no_decay else config.weight_decay)
-        groups.setdefault(key, []).append(p)
+    for model in models:
+        for name, p in model.named_parameters():
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            lr = config.backbone_lr if name.startswith("finetuned.") else config.lr
+            no_decay = p.dim() < 2 or "LayerNorm" in name or name.startswith(("prefix.", "prompt."))
+            key = (lr, 0.0 if no_decay else config.weight_decay)
+            groups.setdefault(key, []).append(p)
     return [{"params": ps, "lr": lr, "weight_decay": wd} for (lr, wd), ps in groups.items()]
 
 
@@ -263,7 +268,7 @@ def _fit(
         for p in model.trainable_parameters():
             params[id(p)] = p
     joint = _JointModule([m for m, _, _ in tasks.values()])
-    opt = torch.optim.AdamW(_param_groups(joint, config), lr=config.lr)
+    opt = torch.optim.AdamW(_param_groups(list(joint.models), config), lr=config.lr)
     steps_per_epoch = sum(math.ceil(len(f) / config.batch_size) for _, f, _ in tasks.values())
     total = steps_per_epoch * config.epochs
     if config.max_steps:

@@ -15,6 +15,10 @@ from bench.quality.run import torch_threads
 def _fmt(rec: dict | None) -> str:
     if rec is None:
         return "—"
+    return _score(rec) + (" †" if rec.get("optimizer_legacy") else "")
+
+
+def _score(rec: dict) -> str:
     short = rec.get("at_budget_max_length")
     if short and rec["metric"] != "f1":
         return f"{rec['score']:.1f} ({short['score']:.1f} at {short['max_length']} tokens)"
@@ -136,6 +140,14 @@ def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
         "LoRA: rank-8 adapters on query/value and the head, fine-tuning's budget. "
         "(x at N tokens): the same run scored at the other columns' max_length (the gaps use the first number).",
         "SQuAD cells are EM / F1 (the gap uses F1). CoNLL is a 76-sentence sanity check, not a benchmark.",
+        *(
+            [
+                "† trained before the optimizer fix: a fine-tuned encoder at the head's LR (1e-3) instead of "
+                "its own, and weight decay 0.01 on prefixes and prompts; the same command reruns it."
+            ]
+            if any(r.get("optimizer_legacy") for r in records)
+            else []
+        ),
         "",
         "## Trainable parameters (training time / stored and served), % of the backbone",
         "",

@@ -327,6 +327,21 @@ def store_cached(out: Path, key: str, doc: dict) -> None:
     os.replace(tmp, p)
 
 
+def load_for_table(out: Path, r: Run, budget: Budget, backbone: str) -> dict | None:
+    """A planned run's cached document: at its key, or else at its key from before the optimizer
+    fix (plan.OPTIMIZER_REVISION), its records then marked ``"optimizer_legacy": True``."""
+    doc = load_cached(out, r.key(budget, backbone))
+    if doc is not None:
+        return doc
+    old = r.legacy_key(budget, backbone)
+    doc = load_cached(out, old) if old else None
+    if doc is None:
+        return None
+    if doc.get("kind") == "multitask":
+        return {**doc, "records": [{**rec, "optimizer_legacy": True} for rec in doc.get("records") or []]}
+    return {**doc, "optimizer_legacy": True}
+
+
 def expand(doc: dict) -> list[dict]:
     """A cached run document -> its table records."""
     if doc.get("kind") == "multitask":

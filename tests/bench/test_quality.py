@@ -428,8 +428,28 @@ def test_multitask_run_continues_each_task_at_a_scaled_lr(tmp_path, monkeypatch,
 def test_every_planned_run_is_found_in_the_committed_cache(budget):
     """Run keys are file names of bench/results/runs: a refactor that changes one loses the run."""
     runs = C.plan_runs(budget, list(C.TASK_ORDER), list(C.ALL_METHODS), list(C.ABLATIONS))
-    missing = [r.label for r in runs if R.load_cached(C.DEFAULT_OUT, r.key(budget, "minilm")) is None]
+    missing = [r.label for r in runs if R.load_for_table(C.DEFAULT_OUT, r, budget, "minilm") is None]
     assert missing == []
+
+
+def test_a_run_from_before_the_optimizer_fix_is_shown_marked_until_rerun(tmp_path):
+    """The optimizer fix re-keys every method but LoRA; a run cached under its old key fills its
+    cell marked †, and the run at its new key replaces it."""
+    ft, lora = C.plan_runs(C.FULL, ["banking77"], ["fine-tuning", "lora"], [])
+    assert ft.legacy_key(C.FULL, "minilm") != ft.key(C.FULL, "minilm")
+    assert lora.legacy_key(C.FULL, "minilm") is None  # adapters and head share one lr and decay
+    old = ft.legacy_key(C.FULL, "minilm")
+    R.store_cached(tmp_path, old, {**_fake_record("banking77", "fine-tuning", 80.0, frac=1.0), "key": old})
+    doc = R.load_for_table(tmp_path, ft, C.FULL, "minilm")
+    assert doc["optimizer_legacy"] is True
+    meta = {"command": "c", "backbone": "x", "backbone_params": 1e6, "threads": 1, "generated_at": "now"}
+    md = report.render_markdown([doc], C.FULL, meta)
+    assert "| 80.0 † |" in md and "† trained before the optimizer fix" in md
+    new = ft.key(C.FULL, "minilm")
+    R.store_cached(tmp_path, new, {**_fake_record("banking77", "fine-tuning", 85.0, frac=1.0), "key": new})
+    doc = R.load_for_table(tmp_path, ft, C.FULL, "minilm")
+    assert doc["score"] == 85.0 and "optimizer_legacy" not in doc
+    assert "†" not in report.render_markdown([doc], C.FULL, meta)
 
 
 def test_runs_are_mapped_by_the_engine_options_table():

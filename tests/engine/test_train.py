@@ -64,6 +64,42 @@ def test_prefix_training_reduces_loss_and_reports_progress(tiny_backbone):
     assert result.trainable_fraction < 0.2
 
 
+@pytest.mark.parametrize("method", ["fine-tuning", "p-tuning-v2", "prompt-tuning"])
+def test_the_optimizer_gives_the_encoder_its_lr_and_prompts_no_weight_decay(
+    tiny_backbone, monkeypatch, method
+):
+    """The training loop's AdamW groups: a fine-tuned encoder at backbone_lr, the head at lr, no
+    weight decay on prefixes, prompts, biases and layer norms."""
+    import app.engine.train as T
+
+    seen: list[tuple] = []
+    real = T._param_groups
+
+    def spy(models, config):
+        groups = real(models, config)
+        seen.append((models, groups))
+        return groups
+
+    monkeypatch.setattr(T, "_param_groups", spy)
+    cfg = TrainConfig(epochs=1, lr=1e-2, backbone_lr=1e-4, batch_size=8, max_steps=1, weight_decay=0.05)
+    spec = TaskSpec("classification", method=method, prefix_length=4)
+    train_task(tiny_backbone, spec, sentiment(16, 0), None, cfg)
+    (models, groups), *_ = seen
+    names = {id(p): n for n, p in models[0].named_parameters()}
+    # the scheduler has moved each group's "lr" by the end; "initial_lr" is the one it was given
+    by_name = {names[id(p)]: (g["initial_lr"], g["weight_decay"]) for g in groups for p in g["params"]}
+    head = [v for n, v in by_name.items() if n.startswith("head.") and n.endswith("weight")]
+    assert head and all(v == (1e-2, 0.05) for v in head)
+    if method == "fine-tuning":
+        enc = {v for n, v in by_name.items() if n.startswith("finetuned.") and n.endswith("dense.weight")}
+        assert enc == {(1e-4, 0.05)}
+        norms = {v for n, v in by_name.items() if n.startswith("finetuned.") and "LayerNorm" in n}
+        assert norms == {(1e-4, 0.0)}
+    else:
+        own = [v for n, v in by_name.items() if n.startswith(("prefix.", "prompt."))]
+        assert own and all(v == (1e-2, 0.0) for v in own)
+
+
 def test_training_is_reproducible(tiny_backbone):
     cfg = TrainConfig(epochs=1, lr=1e-2, batch_size=8, seed=11, max_steps=5)
     a = train_task(tiny_backbone, TaskSpec("classification", prefix_length=4), sentiment(40, 0), None, cfg)
