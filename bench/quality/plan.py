@@ -169,14 +169,11 @@ TASK_METHOD_HP: dict[tuple[str, str], MethodHP] = {
 }
 
 #: (backbone, method) exceptions to METHOD_HP (a task's own exception, TASK_METHOD_HP, wins).
-#: MPNet-base fine-tunes its encoder at 3e-5, the middle of the usual grid for a base-size encoder
-#: (2e-5..5e-5); not probed on dev. The first MPNet fine-tuning run on BANKING77 diverged (training
-#: loss 4.29 -> 2.64 at epoch 1.45, back to chance, 4.33 = ln 77, by epoch 2.1), but it trained its
-#: encoder at 1e-3, the head's LR, through the optimizer-group bug (OPTIMIZER_REVISION), so it says
-#: nothing about MiniLM's 1e-4 on MPNet, which was not run after the fix.
-BACKBONE_METHOD_HP: dict[tuple[str, str], MethodHP] = {
-    ("mpnet", "fine-tuning"): replace(METHOD_HP["fine-tuning"], backbone_lr=3e-5),
-}
+#: None now: MPNet-base fine-tunes at MiniLM's encoder LR, 1e-4 (BANKING77 89.19). It had one,
+#: 3e-5, after its first fine-tuning run diverged to chance; that run trained its encoder at 1e-3,
+#: the head's LR, through the optimizer-group bug (OPTIMIZER_REVISION), and at 3e-5 fine-tuning
+#: was far from converged in this budget (83.47; docs/quality.md, "MPNet-base").
+BACKBONE_METHOD_HP: dict[tuple[str, str], MethodHP] = {}
 
 #: The ablation runs' own settings (their table compares variants under one setting; these are
 #: the first protocol's P-Tuning v2 settings, kept so the finished ablation runs stay valid).

@@ -617,9 +617,14 @@ def test_markdown_defaults_and_lora_columns():
     assert "| defaults (classification) | 0.03 |" in md and "LoRA rank 8 on query, value" in md
 
 
+MPNET_FT = {("mpnet", "fine-tuning"): replace(C.METHOD_HP["fine-tuning"], backbone_lr=3e-5)}
+
+
 def test_another_backbones_runs_get_rows_of_their_own(tmp_path, monkeypatch, tiny_backbone):
     """Runs of ``--backbone mpnet`` and MiniLM's share one table: each task's MiniLM row, then its
-    MPNet-base row with its own gap; a --report-only on either backbone keeps both."""
+    MPNet-base row with its own gap; a --report-only on either backbone keeps both; a backbone's
+    own method LR is listed."""
+    monkeypatch.setattr(C, "BACKBONE_METHOD_HP", MPNET_FT)
     monkeypatch.setattr(D, "prepare_datasets", lambda names: {})
     import app.engine.backbone as B
 
@@ -648,8 +653,10 @@ def test_another_backbones_runs_get_rows_of_their_own(tmp_path, monkeypatch, tin
         assert any(x.startswith("| fine-tuning on MPNet-base | 0.001 | 3e-05 |") for x in lines)
 
 
-def test_a_backbone_exception_keys_only_that_backbones_runs():
-    """MPNet-base fine-tunes at its own encoder LR; MiniLM's runs (and their keys) are unchanged."""
+def test_a_backbone_exception_keys_only_that_backbones_runs(monkeypatch):
+    """A backbone's own method LR applies to that backbone's runs; MiniLM's runs (and their keys)
+    are unchanged."""
+    monkeypatch.setattr(C, "BACKBONE_METHOD_HP", MPNET_FT)
     mini = C.plan_runs(C.FULL, ["banking77"], ["fine-tuning", "p-tuning-v2"], [])
     mp = C.plan_runs(C.FULL, ["banking77"], ["fine-tuning", "p-tuning-v2"], [], "mpnet")
     assert [r.method_hp.backbone_lr for r in mini if r.method == "fine-tuning"] == [1e-4]
