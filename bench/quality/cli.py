@@ -100,11 +100,11 @@ def main(argv: list[str] | None = None) -> int:
     pending: list[str] = []
     docs: dict[str, dict] = {}
     for i, r in enumerate(runs, 1):
-        key = r.key(budget, args.backbone)
+        key, old = r.key(budget, args.backbone), r.legacy_key(budget, args.backbone)
         doc = docs.get(key) or run.load_cached(out, key)
         if doc is not None:
             log(f"[{i}/{len(runs)}] cached {r.label} ({key})")
-        elif args.report_only and run.load_for_table(out, r, budget, args.backbone) is not None:
+        elif args.report_only and old is not None and run.load_cached(out, old) is not None:
             log(f"[{i}/{len(runs)}] cached before the optimizer fix, shown marked: {r.label}")
             pending.append(f"{r.label} (rerun after the optimizer fix)")
             continue

@@ -79,7 +79,7 @@ def best_pt2(main: dict, task: str) -> dict | None:
 def render_markdown(records: list[dict], budget: C.Budget, meta: dict) -> str:
     groups = by_backbone(records)
     indexed = {b: index_records(rs) for b, rs in groups.items()}
-    main, ablation = indexed.get(PRIMARY_BACKBONE, ({}, {}))
+    ablation = indexed.get(PRIMARY_BACKBONE, ({}, {}))[1]  # the ablations run on the primary only
     tasks = [t for t in C.TASK_ORDER if any(k[0] == t for m, a in indexed.values() for k in [*m, *a])]
     # (task, backbone) rows: each task's primary row, then its rows on other backbones
     rows = [(t, b) for t in tasks for b, (m, _) in indexed.items() if any(k[0] == t for k in m)]
