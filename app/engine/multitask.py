@@ -1,11 +1,12 @@
 """Multi-task training (the paper's MPT-2): one P-Tuning v2 prefix shared by several tasks, each
 with its own head, trained jointly through app.engine.train's loop; then, optionally, each task
 continues alone from the shared prefix. Each task keeps its own prefix length: the shared prefix
-is as long as the longest, and a shorter task reads its first slots."""
+is as long as the longest, and a shorter task reads its first slots. With `task_configs`, each
+task also keeps its own batch size in the joint stage and its own settings in the per-task one."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 
 from app.engine.backbone import Backbone
@@ -33,12 +34,17 @@ def train_multitask(
     should_stop: StopFn | None = None,
     per_task_epochs: int = 0,
     checkpointer: RunCheckpointer | None = None,
+    task_configs: Mapping[str, TrainConfig] | None = None,
 ) -> dict[str, TrainResult]:
     """One prefix shared by all tasks (each its own head), trained jointly on batches drawn from
     every task; then, with per_task_epochs > 0, each task continues alone from the shared prefix.
     `checkpointer`: the joint stage saves its state there and each per-task stage beside it
-    (`checkpointer.stage(name)`), so a resumed job goes on from the stage it was in."""
+    (`checkpointer.stage(name)`), so a resumed job goes on from the stage it was in.
+    `task_configs`: a task's own TrainConfig (by name). The joint stage trains at `config`'s
+    settings but draws each task's batches at its own batch size; the per-task stage trains each
+    task at its own settings. Without it, every task trains at `config`'s."""
     config = config or TrainConfig()
+    own = {name: (task_configs or {}).get(name, config) for name in tasks}
     if len(tasks) < 2:
         raise ValueError("multi-task training needs at least two tasks")
     backbone = for_training(backbone, config.precision, config.int8_keep_ffn_out_fp32)
@@ -66,12 +72,20 @@ def train_multitask(
         model = TaskModel(spec, backbone, shared_prefix=shared).to(backbone.device)
         feats = encode_examples(spec, backbone.tokenizer, list(train), with_labels=True)
         models[name] = (model, feats, ev)
-    results = _fit(backbone, models, config, progress, should_stop, checkpointer)
+    results = _fit(
+        backbone,
+        models,
+        config,
+        progress,
+        should_stop,
+        checkpointer,
+        batch_sizes={name: c.batch_size for name, c in own.items()},
+    )
     if per_task_epochs <= 0:
         return results
     out = {}
     for name, (spec, train, ev) in tasks.items():
-        cont = TrainConfig(**{**config.to_dict(), "epochs": per_task_epochs, "max_steps": None})
+        cont = TrainConfig(**{**own[name].to_dict(), "epochs": per_task_epochs, "max_steps": None})
         spec_cont = TaskSpec.from_dict(spec.to_dict())
         spec_cont.prefix_dropout = spec.prefix_dropout
         result = train_task(

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 
 import torch
@@ -256,8 +256,10 @@ def _fit(
     should_stop: StopFn | None,
     checkpointer: RunCheckpointer | None = None,
     epoch_end: EpochFn | None = None,
+    batch_sizes: Mapping[str, int] | None = None,
 ) -> dict[str, TrainResult]:
-    """The training loop over one or more task models (several share a prefix encoder)."""
+    """The training loop over one or more task models (several share a prefix encoder).
+    `batch_sizes`: a task's own batch size, where it differs from config.batch_size."""
     start_time = time.monotonic()
     gen = torch.Generator().manual_seed(config.seed)
     pad = backbone.tokenizer.pad_token_id or 0
@@ -269,7 +271,8 @@ def _fit(
             params[id(p)] = p
     joint = _JointModule([m for m, _, _ in tasks.values()])
     opt = torch.optim.AdamW(_param_groups(list(joint.models), config), lr=config.lr)
-    steps_per_epoch = sum(math.ceil(len(f) / config.batch_size) for _, f, _ in tasks.values())
+    sizes = {name: (batch_sizes or {}).get(name, config.batch_size) for name in names}
+    steps_per_epoch = sum(math.ceil(len(f) / sizes[n]) for n, (_, f, _) in tasks.items())
     total = steps_per_epoch * config.epochs
     if config.max_steps:
         total = min(total, config.max_steps)
@@ -288,6 +291,8 @@ def _fit(
         "tasks": {n: [len(f), len(e or ())] for n, (_, f, e) in tasks.items()},
         "params": [[n, list(p.shape)] for n, p in trainable],
     }
+    if any(size != config.batch_size for size in sizes.values()):
+        fingerprint["batch_sizes"] = sizes
     gen_epoch_state = gen.get_state()
 
     def run_state() -> dict:
@@ -348,7 +353,7 @@ def _fit(
     while step < total and not finished:
         epoch += 1
         gen_epoch_state = gen.get_state()
-        plan = [(name, b) for name in names for b in _batches(len(tasks[name][1]), config.batch_size, gen)]
+        plan = [(name, b) for name in names for b in _batches(len(tasks[name][1]), sizes[name], gen)]
         order = torch.randperm(len(plan), generator=gen).tolist()
         joint.train()
         running, count = 0.0, 0

@@ -375,6 +375,7 @@ class Worker:
         hp = payload.get("hyperparameters") or {}
         mode = payload.get("activate") or "always"
         tasks: dict[str, tuple[Any, Any, Any]] = {}
+        configs: dict[str, TrainConfig] = {}
         datas: dict[str, dict[str, Any]] = {}
         for i, t in enumerate(payload.get("tasks") or []):
             name = t["task"]
@@ -385,15 +386,20 @@ class Worker:
                 infer_labels(spec, train)
                 train, ev = split_holdout(train, ev, config.holdout_fraction, config.seed)
             tasks[name] = (spec, train, ev)
+            configs[name] = config
             datas[name] = data
+        # the joint stage trains at the first task's settings (its prefix's layers and form are the
+        # first task's too), each task at its own batch size; the per-task stage at each task's own
+        joint = next(iter(configs.values()))
         results = train_multitask(
             backbone,
             tasks,
-            config,
+            joint,
             progress=run.progress,
             should_stop=run.should_stop,
             per_task_epochs=int(payload.get("per_task_epochs") or 0),
             checkpointer=self._state_checkpointer(job_id),
+            task_configs=configs,
         )
         published: dict[str, int] = {}
         promotion: dict[str, Any] = {}
@@ -408,7 +414,7 @@ class Worker:
                 tasks[name][2],
                 backbone,
                 hp,
-                config,
+                configs[name],
                 datas[name],
                 multitask=sorted(tasks),
             )

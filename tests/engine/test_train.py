@@ -310,6 +310,32 @@ def test_multitask_tasks_keep_their_own_prefix_length(tiny_backbone):
     assert (cont["sent"].task.prefix_length, cont["tags"].task.prefix_length) == (3, 8)
 
 
+def test_multitask_tasks_keep_their_own_batch_size_and_per_task_settings(tiny_backbone):
+    """With task_configs, the joint stage draws each task's batches at its own batch size, and
+    the per-task stage trains each task at its own settings (here: the tags task at lr ~0)."""
+
+    def tasks():
+        return {
+            "sent": (TaskSpec("classification", prefix_length=4), sentiment(64, 0), sentiment(16, 1)),
+            "tags": (TaskSpec("token-classification", prefix_length=4), tagging(64, 0), tagging(16, 1)),
+        }
+
+    joint_cfg = TrainConfig(epochs=1, lr=3e-2, batch_size=16, early_stopping_patience=0)
+    own = {"sent": joint_cfg, "tags": replace(joint_cfg, batch_size=4, lr=1e-12)}
+    events = []
+    cont = train_multitask(
+        tiny_backbone, tasks(), joint_cfg, progress=events.append, per_task_epochs=1, task_configs=own
+    )
+    joint_steps = [e for e in events if e.task is not None]
+    assert sum(e.task == "sent" for e in joint_steps) == 64 // 16
+    assert sum(e.task == "tags" for e in joint_steps) == 64 // 4  # its own batch size
+    assert joint_steps[-1].total == 64 // 16 + 64 // 4
+    alone = train_multitask(tiny_backbone, tasks(), joint_cfg, task_configs=own)
+    # the per-task stage: tags at its own lr (~0) stays where the joint stage left it; sent moves
+    assert torch.allclose(cont["tags"].task.kv, alone["tags"].task.kv)
+    assert not torch.allclose(cont["sent"].task.kv, alone["sent"].task.kv)
+
+
 def test_a_task_cannot_read_more_slots_than_a_shared_prefix_has(tiny_backbone):
     from app.engine.model import SpecError, TaskModel, new_prefix_encoder
 

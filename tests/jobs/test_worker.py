@@ -18,7 +18,7 @@ from app.db import datasets as db_datasets
 from app.db import jobs as db_jobs
 from app.db import tasks as db_tasks
 from app.db.session import REPO_ROOT, get_sessionmaker
-from app.engine.checkpoint import load_checkpoint_bytes, read_metadata
+from app.engine.checkpoint import load_checkpoint_bytes, parse_header, read_metadata
 from app.jobs import worker as worker_mod
 from app.jobs.process import settings_env, spawn_embedded_worker, stop_embedded_worker
 from app.jobs.worker import Worker
@@ -239,13 +239,14 @@ def test_multitask_job(worker, settings):
 
 
 def test_multitask_job_publishes_each_task_at_its_own_prefix_length(worker, settings, tiny_backbone):
-    """No prefix_length given: each task gets its task type's default (classification 16,
-    token classification 64), read from one shared 64-slot prefix, and is served at that length."""
+    """No prefix_length or batch_size given: each task gets its task type's defaults
+    (classification 16 slots, batches of 16; token classification 64 slots, batches of 8), reads
+    one shared 64-slot prefix, and is served at its length; the task order does not matter."""
     tags = [{"tokens": r["text"].split(), "tags": ["X"] * len(r["text"].split())} for r in RECORDS]
     hp = {k: v for k, v in HP.items() if k not in ("prefix_length", "batch_size", "lr")}
     tasks = [
-        {"task": "sent", "task_type": "classification", "train": {"records": RECORDS}, "eval": None},
         {"task": "tags", "task_type": "token-classification", "train": {"records": tags}, "eval": None},
+        {"task": "sent", "task_type": "classification", "train": {"records": RECORDS}, "eval": None},
     ]
     job_id = submit(settings, {"tasks": tasks, "hyperparameters": {**hp, "epochs": 1}}, "multitask")
     assert worker.run_once()
@@ -255,7 +256,9 @@ def test_multitask_job_publishes_each_task_at_its_own_prefix_length(worker, sett
     with get_sessionmaker(settings.database_url)() as s:
         for name in ("sent", "tags"):
             ver = db_tasks.get_version(s, name, 1)
-            served[name] = load_checkpoint_bytes(store.read_version(name, 1, ver.sha256), tiny_backbone)
+            blob = store.read_version(name, 1, ver.sha256)
+            served[name] = load_checkpoint_bytes(blob, tiny_backbone)
+            assert parse_header(blob)["training"]["config"]["batch_size"] == {"sent": 16, "tags": 8}[name]
     assert (served["sent"].prefix_length, served["tags"].prefix_length) == (16, 64)
     assert torch.equal(served["sent"].kv, served["tags"].kv[:, :, :16])  # the shared prefix's first slots
 
