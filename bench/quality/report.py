@@ -7,7 +7,7 @@ import platform
 import time
 from pathlib import Path
 
-from bench.quality import data
+from bench.quality import data, figure
 from bench.quality import plan as C
 from bench.quality.run import torch_threads
 
@@ -304,6 +304,14 @@ def write_results(
     }
     jpath.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
     md = render_markdown(records, budget, meta)
+    svg = figure.render_svg(records, BACKBONE_NAMES, PRIMARY_BACKBONE)
+    if svg is not None:
+        spath = out / f"quality{suffix}.svg"
+        spath.write_text(svg)
+        md += (
+            "\n## Figure\n\nScore against the parameters stored per task, fine-tuning's score dashed "
+            f"and the 1-point band shaded:\n\n![quality: score against parameters stored per task]({spath.name})\n"
+        )
     if pending:
         md += "\nNot run yet (resume with the same command): " + ", ".join(pending) + "\n"
     mpath.write_text(md)

@@ -432,6 +432,64 @@ def test_every_planned_run_is_found_in_the_committed_cache(budget):
     assert missing == []
 
 
+def test_the_figure_draws_each_method_against_its_stored_parameters(tmp_path):
+    """quality.svg: a panel per (backbone, task) with a fine-tuning run, one marker per method (a
+    tooltip naming its score and stored parameters), a run from before the optimizer fix hollow;
+    the ablations and tasks outside the figure are not drawn. write_results writes it and links it."""
+    import xml.etree.ElementTree as ET
+
+    from bench.quality import figure
+
+    def rec(task, method, score, stored, **kw):
+        return {**_fake_record(task, method, score), "stored_params": stored, **kw}
+
+    recs = [
+        rec("banking77", "fine-tuning", 86.2, 22_595_021),
+        rec("banking77", "p-tuning-v2", 87.0, 103_373),
+        rec("banking77", "lora", 87.4, 103_373),
+        rec("banking77", "p-tuning-v2", 75.0, 103_373, variant="layers-all"),
+        rec("brown_pos", "fine-tuning", 93.1, 22_635_061),
+        rec("brown_pos", "prompt-tuning", 91.5, 94_261, optimizer_legacy=True),
+        rec("boolq", "fine-tuning", 61.7, 22_566_146),
+        rec("boolq", "p-tuning-v2", 60.8, 74_498),
+        rec("banking77", "p-tuning-v2", 89.8, 354_125, backbone="mpnet-x"),  # no fine-tuning: no panel
+    ]
+    svg = figure.render_svg(recs, {"mpnet-x": "MPNet"}, "primary")
+    root = ET.fromstring(svg)
+    ns = "{http://www.w3.org/2000/svg}"
+    titles = [t.text for t in root.iter(f"{ns}text")]
+    assert "BANKING77 (accuracy), primary" in titles and "Brown POS (token accuracy), primary" in titles
+    assert not any("MPNet" in (t or "") for t in titles) and not any(
+        "boolq" in (t or "").lower() for t in titles
+    )
+    tips = [t.text for t in root.iter(f"{ns}title")]
+    assert sorted(tips) == sorted(
+        [
+            "Fine-tuning: 86.20, 22,595,021 parameters stored",
+            "P-Tuning v2: 87.00, 103,373 parameters stored",
+            "LoRA: 87.40, 103,373 parameters stored",
+            "Fine-tuning: 93.10, 22,635,061 parameters stored",
+            "Prompt tuning (shallow): 91.50, 94,261 parameters stored",
+        ]
+    )
+    markers = [(g.find(f"{ns}title").text, list(g)[1]) for g in root.iter(f"{ns}g")]
+    hollow = [tip for tip, m in markers if m.get("fill") == "white"]
+    assert hollow == ["Prompt tuning (shallow): 91.50, 94,261 parameters stored"] and "hollow marker" in svg
+    # PT2 and LoRA store the same count: drawn side by side, not on top of each other
+    by = {tip.split(":")[0]: m for tip, m in markers if "103,373" in tip}
+    pt2_x = float(by["P-Tuning v2"].get("cx"))
+    lora_x = float(by["LoRA"].get("points").split()[0].split(",")[0])  # the diamond's top point
+    assert abs(pt2_x - lora_x) >= 9.0
+    meta = {"command": "c", "backbone": "x", "backbone_params": 1e6, "threads": 1, "generated_at": "now"}
+    assert figure.render_svg([recs[1]], {}, "primary") is None  # no fine-tuning run: no figure
+    report.write_results(tmp_path, C.FULL, recs[:3], meta, [])
+    assert (tmp_path / "quality.svg").read_text().startswith("<svg")
+    assert (
+        "![quality: score against parameters stored per task](quality.svg)"
+        in (tmp_path / "quality.md").read_text()
+    )
+
+
 def test_a_run_from_before_the_optimizer_fix_is_shown_marked_until_rerun(tmp_path):
     """The optimizer fix re-keys every method but LoRA; a run cached under its old key fills its
     cell marked †, and the run at its new key replaces it."""
