@@ -127,8 +127,9 @@ def _panel(ox: float, oy: float, title: str, recs: dict[str, dict]) -> list[str]
 
 
 def render_svg(records: list[dict], backbone_names: dict[str, str], primary: str) -> str | None:
-    """The figure of the runs in `records` (single-task and multi-task rows, no ablations): one
-    panel per (backbone, task) in FIGURE_TASKS with a fine-tuning run; None when there is none."""
+    """The figure of the runs in `records` (single-task and multi-task rows, no ablations; a record
+    without a stored parameter count is left out): one panel per (backbone, task) in FIGURE_TASKS
+    with a fine-tuning run; None when there is none."""
     panels: list[tuple[str, dict[str, dict]]] = []
     backbones = list(dict.fromkeys([primary, *(r.get("backbone") or primary for r in records)]))
     for b in backbones:
@@ -137,7 +138,7 @@ def render_svg(records: list[dict], backbone_names: dict[str, str], primary: str
                 r["method"]: r
                 for r in records
                 if (r.get("backbone") or primary) == b and r["task"] == t and not r.get("variant")
-                and r["method"] in STYLE
+                and r["method"] in STYLE and r.get("stored_params")
             }  # fmt: skip
             if "fine-tuning" in recs and len(recs) > 1:
                 name = backbone_names.get(b, b)

@@ -453,6 +453,7 @@ def test_the_figure_draws_each_method_against_its_stored_parameters(tmp_path):
         rec("boolq", "fine-tuning", 61.7, 22_566_146),
         rec("boolq", "p-tuning-v2", 60.8, 74_498),
         rec("banking77", "p-tuning-v2", 89.8, 354_125, backbone="mpnet-x"),  # no fine-tuning: no panel
+        _fake_record("brown_pos", "lora", 92.0),  # no stored parameter count: not drawn
     ]
     svg = figure.render_svg(recs, {"mpnet-x": "MPNet"}, "primary")
     root = ET.fromstring(svg)
