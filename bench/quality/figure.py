@@ -126,20 +126,18 @@ def _panel(ox: float, oy: float, title: str, recs: dict[str, dict]) -> list[str]
     return out
 
 
-def render_svg(records: list[dict], backbone_names: dict[str, str], primary: str) -> str | None:
-    """The figure of the runs in `records` (single-task and multi-task rows, no ablations; a record
-    without a stored parameter count is left out): one panel per (backbone, task) in FIGURE_TASKS
-    with a fine-tuning run; None when there is none."""
+def render_svg(groups: dict[str, list[dict]], backbone_names: dict[str, str]) -> str | None:
+    """The figure of the runs, grouped by backbone in panel order (report.by_backbone): single-task
+    and multi-task rows, no ablations; a record without a stored parameter count is left out. One
+    panel per (backbone, task) in FIGURE_TASKS with a fine-tuning run; None when there is none."""
     panels: list[tuple[str, dict[str, dict]]] = []
-    backbones = list(dict.fromkeys([primary, *(r.get("backbone") or primary for r in records)]))
-    for b in backbones:
+    for b, records in groups.items():
         for t in FIGURE_TASKS:
             recs = {
                 r["method"]: r
                 for r in records
-                if (r.get("backbone") or primary) == b and r["task"] == t and not r.get("variant")
-                and r["method"] in STYLE and r.get("stored_params")
-            }  # fmt: skip
+                if r["task"] == t and not r.get("variant") and r["method"] in STYLE and r.get("stored_params")
+            }
             if "fine-tuning" in recs and len(recs) > 1:
                 name = backbone_names.get(b, b)
                 panels.append((f"{TASK_TITLES.get(t, t)}, {name}", recs))

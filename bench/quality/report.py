@@ -304,7 +304,7 @@ def write_results(
     }
     jpath.write_text(json.dumps(doc, indent=2, sort_keys=True, default=str) + "\n")
     md = render_markdown(records, budget, meta)
-    svg = figure.render_svg(records, BACKBONE_NAMES, PRIMARY_BACKBONE)
+    svg = figure.render_svg(by_backbone(records), BACKBONE_NAMES)
     if svg is not None:
         spath = out / f"quality{suffix}.svg"
         spath.write_text(svg)

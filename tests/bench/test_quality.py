@@ -455,7 +455,8 @@ def test_the_figure_draws_each_method_against_its_stored_parameters(tmp_path):
         rec("banking77", "p-tuning-v2", 89.8, 354_125, backbone="mpnet-x"),  # no fine-tuning: no panel
         _fake_record("brown_pos", "lora", 92.0),  # no stored parameter count: not drawn
     ]
-    svg = figure.render_svg(recs, {"mpnet-x": "MPNet"}, "primary")
+    names = {"mpnet-x": "MPNet", report.PRIMARY_BACKBONE: "primary"}
+    svg = figure.render_svg(report.by_backbone(recs), names)  # no "backbone": the primary
     root = ET.fromstring(svg)
     ns = "{http://www.w3.org/2000/svg}"
     titles = [t.text for t in root.iter(f"{ns}text")]
@@ -482,7 +483,7 @@ def test_the_figure_draws_each_method_against_its_stored_parameters(tmp_path):
     lora_x = float(by["LoRA"].get("points").split()[0].split(",")[0])  # the diamond's top point
     assert abs(pt2_x - lora_x) >= 9.0
     meta = {"command": "c", "backbone": "x", "backbone_params": 1e6, "threads": 1, "generated_at": "now"}
-    assert figure.render_svg([recs[1]], {}, "primary") is None  # no fine-tuning run: no figure
+    assert figure.render_svg(report.by_backbone([recs[1]]), names) is None  # no fine-tuning run: no figure
     report.write_results(tmp_path, C.FULL, recs[:3], meta, [])
     assert (tmp_path / "quality.svg").read_text().startswith("<svg")
     assert (
